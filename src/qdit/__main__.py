@@ -1,0 +1,5 @@
+import sys
+
+from qdit.cli import main
+
+sys.exit(main())

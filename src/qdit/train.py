@@ -1,0 +1,166 @@
+"""Training the embedded Fashion-MNIST DiT (resumable, checkpointed, time-boxed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qdit.data import load_fashion_mnist
+from qdit.diffusion.schedule import GaussianDiffusion
+from qdit.models.dit import DiT, DiTConfig
+from qdit.models.embedded import EMBEDDED_CONFIG
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 8000
+    max_minutes: float = 105.0
+    batch_size: int = 128
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    seed: int = 0
+    bf16: bool = True
+    flip: bool = True
+    log_every: int = 50
+    ckpt_every: int = 250
+    threads: int = 0  # 0 = torch default
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_embedded(
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    model_config: DiTConfig = EMBEDDED_CONFIG,
+    data_dir: str | None = None,
+) -> Path:
+    """Train (or resume) in ``out_dir``; writes ``state.pt`` checkpoints, ``log.jsonl`` and ``ema.safetensors``."""
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    images, labels = load_fashion_mnist("train", data_dir)
+    x_all = torch.from_numpy(images.copy()).float().div(127.5).sub(1).unsqueeze(1)
+    y_all = torch.from_numpy(labels)
+
+    torch.manual_seed(cfg.seed)
+    model = DiT(model_config)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    diffusion = GaussianDiffusion.linear()
+    step, elapsed = 0, 0.0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state_path = out / "state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed = state["step"], state["elapsed"]
+    (out / "config.json").write_text(
+        json.dumps({"train": asdict(cfg), "model": model_config.to_dict()}, indent=2)
+    )
+    log = open(out / "log.jsonl", "a")
+    model.train()
+    t_start = time.time() - elapsed
+    losses: list[float] = []
+    n = x_all.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    cursor = (step * cfg.batch_size) % n
+
+    def save() -> None:
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "elapsed": time.time() - t_start,
+            },
+            state_path,
+        )
+
+    while step < cfg.max_steps and (time.time() - t_start) < cfg.max_minutes * 60:
+        if cursor + cfg.batch_size > n:
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        idx = perm[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        x0, y = x_all[idx], y_all[idx]
+        if cfg.flip:
+            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = diffusion.q_sample(x0, t, noise)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out_t = model(x_t, t, y)
+        loss = diffusion.training_losses(out_t.float(), x0, x_t, t, noise, model_config.learn_sigma).mean()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - cfg.ema_decay)
+        step += 1
+        losses.append(loss.item())
+        if step % cfg.log_every == 0:
+            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "minutes": (time.time() - t_start) / 60}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+            losses = []
+        if step % cfg.ckpt_every == 0:
+            save()
+            export_ema(ema, out / "ema.safetensors")
+    save()
+    export_ema(ema, out / "ema.safetensors")
+    log.close()
+    return out / "ema.safetensors"
+
+
+def export_ema(ema: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def main() -> None:  # python -m qdit.train OUT_DIR
+    import argparse
+
+    p = argparse.ArgumentParser(description="train the embedded Fashion-MNIST DiT")
+    p.add_argument("out_dir")
+    p.add_argument("--max-steps", type=int, default=TrainConfig.max_steps)
+    p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args()
+    train_embedded(a.out_dir, TrainConfig(max_steps=a.max_steps, max_minutes=a.max_minutes, threads=a.threads))
+
+
+if __name__ == "__main__":
+    main()
