@@ -15,7 +15,9 @@ COMMANDS = ("demo", "train", "quantize", "search", "sample", "eval", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qdit", description="post-training quantization of diffusion transformers")
+    parser = argparse.ArgumentParser(
+        prog="qdit", description="post-training quantization of diffusion transformers"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:

@@ -39,16 +39,12 @@ class DataNotFoundError(FileNotFoundError):
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The first folder that holds the Fashion-MNIST files: ``data_dir``, ``$QDIT_FASHION_MNIST``,
     then the Debian package's folder."""
-    candidates = (
-        [data_dir] if data_dir is not None else [os.environ.get(ENV_VAR), *DEFAULT_DIRS]
-    )
+    candidates = [data_dir] if data_dir is not None else [os.environ.get(ENV_VAR), *DEFAULT_DIRS]
     needed = [f for pair in _FILES.values() for f in pair]
     for cand in candidates:
         if cand and all((Path(cand) / f).is_file() for f in needed):
             return Path(cand)
-    where = (
-        str(data_dir) if data_dir is not None else ", ".join(c for c in candidates if c)
-    )
+    where = str(data_dir) if data_dir is not None else ", ".join(c for c in candidates if c)
     raise DataNotFoundError(f"Fashion-MNIST files not found in {where}; {HOW_TO_GET}")
 
 
@@ -61,9 +57,7 @@ def _read_idx(path: Path) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise ValueError(
-            f"{path} is truncated: expected {int(np.prod(dims))} values, found {body.size}"
-        )
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {body.size}")
     return body.reshape(dims)
 
 
@@ -78,7 +72,5 @@ def load_fashion_mnist(
     images = _read_idx(root / img_file)
     labels = _read_idx(root / lbl_file).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"{root}: {images.shape[0]} images but {labels.shape[0]} labels"
-        )
+        raise ValueError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
     return images, labels

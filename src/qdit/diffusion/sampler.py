@@ -151,15 +151,29 @@ def generate(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(indices) * spaced.num_timesteps, desc=progress_desc, unit="step", unit_scale=False, leave=False)
+        bar = tqdm(
+            total=len(indices) * spaced.num_timesteps,
+            desc=progress_desc,
+            unit="step",
+            unit_scale=False,
+            leave=False,
+        )
     pos = 0
     for chunk in iter_batches(list(indices), batch_size):
         y = torch.from_numpy(labels[pos : pos + len(chunk)]).to(device)
         pos += len(chunk)
         noise = SampleNoise(seed, chunk, device)
-        cb = (lambda i, x, n=len(chunk): bar.update(n)) if bar is not None else None
+        cb = None
+        if bar is not None:
+            n_chunk = len(chunk)
+
+            def cb(i: int, x: torch.Tensor, n: int = n_chunk) -> None:
+                bar.update(n)
+
         outs.append(
-            sample_batch(fn, spaced, image_shape, y, noise, config.method, config.clip_denoised, image_shape[0], cb).cpu()
+            sample_batch(
+                fn, spaced, image_shape, y, noise, config.method, config.clip_denoised, image_shape[0], cb
+            ).cpu()
         )
     if bar is not None:
         bar.close()
@@ -169,3 +183,53 @@ def generate(
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     """Model-space images in [-1, 1] ``[N, C, H, W]`` to uint8 ``[N, H, W, C]`` (ADM convention)."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def model_image_shape(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images/latents a DiT-like model denoises (from its ``config``)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "input_size"):
+        raise ValueError(
+            "model has no DiT-like config (input_size, in_channels); pass image_shape explicitly"
+        )
+    return (cfg.in_channels, cfg.input_size, cfg.input_size)
+
+
+def sample_images(
+    model: nn.Module,
+    num: int,
+    seed: int = 0,
+    config: SamplerConfig | None = None,
+    labels: Sequence[int] | np.ndarray | None = None,
+    batch_size: int = 250,
+    progress: bool = False,
+    ctx: object | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sample ``num`` images, sharded over ``torch.distributed`` ranks when ``ctx`` is active.
+
+    Returns uint8 ``[N, H, W, C]`` and int64 labels on the main rank (``None`` on the others); the
+    result is identical whatever the number of ranks or the batch size.
+    """
+    from qdit.diffusion.distributed import DistContext, gather_to_main, shard
+
+    ctx = ctx if isinstance(ctx, DistContext) else DistContext()
+    config = config or SamplerConfig()
+    shape = model_image_shape(model)
+    num_classes = int(model.config.num_classes)  # type: ignore[union-attr]
+    all_labels = default_labels(num, num_classes) if labels is None else np.asarray(labels, dtype=np.int64)
+    if len(all_labels) != num:
+        raise ValueError(f"got {len(all_labels)} labels for {num} samples")
+    if num and (all_labels.min() < 0 or all_labels.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes - 1}]")
+    mine = shard(list(range(num)), ctx.rank, ctx.world_size)
+    x = generate(
+        model, shape, num_classes, all_labels[mine], seed, config, indices=mine,
+        batch_size=batch_size, device=ctx.device, progress=progress and ctx.is_main,
+    )  # fmt: skip
+    parts = gather_to_main((mine, to_uint8_nhwc(x)), ctx)
+    if parts is None:
+        return None
+    images = np.zeros((num, shape[1], shape[2], shape[0]), dtype=np.uint8)
+    for idx, arr in parts:  # type: ignore[misc]
+        images[idx] = arr
+    return images, all_labels

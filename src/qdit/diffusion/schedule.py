@@ -113,7 +113,9 @@ class GaussianDiffusion:
     def model_log_variance(self, t: torch.Tensor, var_out: torch.Tensor | None) -> torch.Tensor:
         """Log variance of p(x_{t-1}|x_t): learned interpolation when the model predicts it
         (``var_out`` in [-1, 1] between the posterior variance and beta), else fixed-small."""
-        min_log = self._take(self.posterior_log_variance_clipped, t, var_out if var_out is not None else t.float())
+        min_log = self._take(
+            self.posterior_log_variance_clipped, t, var_out if var_out is not None else t.float()
+        )
         if var_out is None:
             return min_log
         max_log = self._take(np.log(self.betas), t, var_out)
@@ -150,7 +152,9 @@ class GaussianDiffusion:
         return mse + vb * self.num_timesteps / 1000.0
 
 
-def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
     return 0.5 * (
         -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
     )

@@ -50,7 +50,9 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
     if missing:
         raise CheckpointError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all)")
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+        raise CheckpointError(
+            f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)"
+        )
     for k, v in state_dict.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(

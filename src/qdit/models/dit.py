@@ -29,13 +29,9 @@ class DiTConfig:
 
     def __post_init__(self) -> None:
         if self.input_size % self.patch_size:
-            raise ValueError(
-                f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}"
-            )
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
-            )
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.hidden_size % 4:
             raise ValueError("hidden_size must be a multiple of 4 for the 2-D sin-cos position embedding")
 
@@ -79,9 +75,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps: ``[cos(t w), sin(t w)]``."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -200,7 +194,7 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """Class-conditional diffusion transformer: ``forward(x, t, y) -> [N, out_channels, H, W]``."""
 
-    def __init__(self, config: DiTConfig) -> None:
+    def __init__(self, config: DiTConfig, init_weights: bool = True) -> None:
         super().__init__()
         self.config = config
         c = config
@@ -217,7 +211,8 @@ class DiT(nn.Module):
             [DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.depth)]
         )
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
-        self.initialize_weights()
+        if init_weights:  # skip when a checkpoint will overwrite every tensor anyway
+            self.initialize_weights()
 
     def initialize_weights(self) -> None:
         for m in self.modules():
