@@ -1,0 +1,45 @@
+"""qdit: accurate post-training quantization of diffusion transformers (Q-DiT and beyond).
+
+The public API is loaded lazily, so ``import qdit`` stays light (no torch until it is used)::
+
+    import qdit
+    model = qdit.quantize(model, qdit.Recipe.baseline("qdit"))
+    qdit.save(model, "out/")
+    same = qdit.load("out/")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "quantize": "qdit.api",
+    "save": "qdit.io.checkpoint",
+    "load": "qdit.io.checkpoint",
+    "Recipe": "qdit.recipe",
+    "QuantSpec": "qdit.recipe",
+    "CalibConfig": "qdit.calib",
+    "Calibration": "qdit.calib",
+    "QditError": "qdit.errors",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("qdit")
+        except PackageNotFoundError:
+            return "unknown"
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qdit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -41,3 +41,57 @@ def side_by_side(
         out.paste(g, (x, gap + title_h))
         x += g.width + gap
     return out
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    size: tuple[int, int] = (640, 400),
+    log_y: bool = False,
+) -> Image.Image:
+    """A small line plot (one polyline per named series) with axes, ticks and a legend."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
+    w, h = size
+    left, right, top, bottom = 64, 16, 28, 44
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    xs = [float(x) for xv, _ in series.values() for x in xv]
+    ys = [float(y) for _, yv in series.values() for y in yv]
+    if not xs:
+        return img
+    fy = (lambda v: float(np.log10(max(v, 1e-12)))) if log_y else float
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(map(fy, ys)), max(map(fy, ys))
+    x1 = x1 if x1 > x0 else x0 + 1
+    y1 = y1 if y1 > y0 else y0 + 1
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (
+            left + (x - x0) / (x1 - x0) * (w - left - right),
+            h - bottom - (fy(y) - y0) / (y1 - y0) * (h - top - bottom),
+        )
+
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    for k in range(5):
+        xv = x0 + (x1 - x0) * k / 4
+        yv = y0 + (y1 - y0) * k / 4
+        gx, _ = px(xv, 10**y0 if log_y else y0)
+        gy = h - bottom - k / 4 * (h - top - bottom)
+        draw.line([gx, h - bottom, gx, h - bottom + 4], fill="black")
+        draw.text((gx - 12, h - bottom + 6), f"{xv:.4g}", fill="black")
+        draw.line([left - 4, gy, left, gy], fill="black")
+        draw.text((4, gy - 6), f"{(10**yv if log_y else yv):.4g}", fill="black")
+    for i, (name, (xv, yv)) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        pts = [px(float(a), float(b)) for a, b in zip(xv, yv)]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        for p in pts if len(pts) < 60 else []:
+            draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=color)
+        draw.text((left + 8, top + 6 + 14 * i), name, fill=color)
+    heading = f"{title}   ({ylabel})" if ylabel else title
+    draw.text((left, 8), heading, fill="black")
+    draw.text(((w - len(xlabel) * 6) / 2, h - 16), xlabel, fill="black")
+    return img

@@ -1,0 +1,86 @@
+"""The public entry point: ``qdit.quantize(model, recipe, calib)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from torch import nn
+
+from qdit.calib import CalibConfig, Calibration, calibrate
+from qdit.calib.capture import calibration_run
+from qdit.calib.sequential import quantize_sequential
+from qdit.errors import QditError
+from qdit.models.adapter import get_adapter
+from qdit.nn.swap import quant_layers, swap_layers
+from qdit.recipe import QuantSpec, Recipe
+
+
+def resolve_specs(model: nn.Module, recipe: Recipe) -> dict[str, QuantSpec]:
+    """Per-layer specs of ``recipe`` on ``model`` (its adapter says which linears and which groups)."""
+    adapter = get_adapter(model)
+    return recipe.resolve(adapter.layer_widths(model), adapter.layer_groups(model))
+
+
+def quantize(
+    model: nn.Module,
+    recipe: Recipe | QuantSpec | None = None,
+    calib: Calibration | CalibConfig | None = None,
+    *,
+    bank_groups: Iterable[int] | Mapping[str, Iterable[int]] = (),
+    bank_bits: Iterable[int] = (),
+    progress: bool = False,
+) -> nn.Module:
+    """Quantize ``model`` in place by ``recipe`` and return it.
+
+    ``recipe``: a :class:`Recipe`, a :class:`QuantSpec` (applied to the model's default layers), or
+    ``None`` (the default :class:`Recipe`). ``calib``: calibration data for specs that need it (GPTQ,
+    static activations, smoothing) -- a :class:`Calibration` captured earlier, or a :class:`CalibConfig`
+    (or ``None`` for the default one) to capture it now by sampling from the model. ``bank_groups`` /
+    ``bank_bits``: weight variants to precompute per layer for :func:`qdit.nn.set_groups`.
+    """
+    if quant_layers(model):
+        raise QditError("the model is already quantized")
+    if recipe is None:
+        recipe = Recipe()
+    elif isinstance(recipe, QuantSpec):
+        recipe = Recipe(default=recipe)
+    elif not isinstance(recipe, Recipe):
+        raise QditError(f"recipe must be a Recipe or QuantSpec, got {type(recipe).__name__}")
+    specs = resolve_specs(model, recipe)
+    if not specs:
+        raise QditError("the recipe selects no layer to quantize")
+    need = [n for n, s in specs.items() if s.needs_calibration]
+    hess = [n for n, s in specs.items() if s.needs_hessian]
+    swap_kw = dict(bank_groups=bank_groups, bank_bits=bank_bits)
+    if need and (calib is None or isinstance(calib, CalibConfig)):
+        config = calib if isinstance(calib, CalibConfig) else CalibConfig(progress=progress)
+        adapter = get_adapter(model)
+        blocks = adapter.block_names(model) if config.sequential else None
+        if blocks:
+            run = calibration_run(model, config, adapter)
+
+            def swap(
+                module: nn.Module, local: Mapping[str, QuantSpec], stats: Mapping | None, prefix: str
+            ) -> None:
+                swap_layers(module, local, stats, prefix=prefix, **swap_kw)  # type: ignore[arg-type]
+
+            quantize_sequential(
+                model, specs, blocks, run, swap, max_rows=config.max_rows, seed=config.seed, progress=progress
+            )
+            model.qdit_recipe = recipe
+            return model
+        calib = calibrate(model, need, config, hessian_layers=hess, adapter=adapter)
+    stats: Calibration | None = None
+    if need:
+        if not isinstance(calib, Calibration):
+            raise QditError(f"calib must be a Calibration or CalibConfig, got {type(calib).__name__}")
+        missing = [n for n in need if n not in calib]
+        if missing:
+            raise QditError(f"the calibration data has no layer {missing[0]!r} ({len(missing)} missing)")
+        no_h = [n for n in hess if calib[n].hessian is None]
+        if no_h:
+            raise QditError(f"the calibration data has no Hessian for {no_h[0]!r} (needed by GPTQ)")
+        stats = calib
+    swap_layers(model, specs, stats, progress=progress, **swap_kw)  # type: ignore[arg-type]
+    model.qdit_recipe = recipe
+    return model

@@ -1,0 +1,295 @@
+"""Quantized model folders: packed low-bit weights + scales in ``model.safetensors`` and ``qdit.json``.
+
+Layout of a folder written by :func:`save`:
+
+* ``qdit.json``: ``format`` ("qdit"), ``format_version``, ``qdit_version``, ``model`` (the adapter's
+  description of the base model, e.g. ``{"arch": "dit", "config": {...}, "source": "embedded"}``),
+  ``recipe`` (the recipe it was quantized with, if known) and ``layers``: for each quantized linear its
+  ``spec``, ``in_features``, ``out_features``, ``bias``, ``weight_dtype`` and ``scale_dtype``.
+* ``model.safetensors``: for each quantized layer ``<name>.weight_packed`` (its codes, bit-packed by
+  :func:`qdit.quant.packing.pack_bits`, shaped ``[out, in * bits / 8]`` when that is whole),
+  ``<name>.weight_scale`` ``[out, G]``, ``<name>.weight_zero_packed`` (asymmetric only, packed),
+  its bias, SmoothQuant factors and static activation ranges; every other tensor of the model as is.
+
+:func:`load` rebuilds the model on the meta device, so no float weight of a quantized layer is ever
+materialized, then assigns the stored tensors. Writes are atomic: the folder is written beside the
+target and renamed into place; on error an existing target is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qdit.errors import QditError
+
+FORMAT = "qdit"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "qdit.json"
+
+
+def qdit_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qdit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _dtype(name: object) -> torch.dtype:
+    dt = getattr(torch, str(name), None)
+    if not isinstance(dt, torch.dtype):
+        raise QditError(f"unknown dtype {name!r} in {META_FILE}")
+    return dt
+
+
+def is_qdit_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / META_FILE).is_file()
+
+
+def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Fill a fresh folder with ``write(tmp)`` beside ``target``, then rename it over ``target``.
+
+    An existing ``target`` must be a qdit folder or empty (we never replace a folder we did not write);
+    it is replaced only after ``write`` succeeded.
+    """
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise QditError(f"{target} exists and is not a folder")
+        if any(target.iterdir()) and not is_qdit_dir(target):
+            raise QditError(f"refusing to overwrite {target}: it is not empty and not a qdit model folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _layer_tensors(name: str, layer: Any) -> dict[str, torch.Tensor]:
+    from qdit.quant.packing import pack_bits
+
+    qw = layer.qweight
+    out, width = qw.shape
+    bits = qw.bits
+    packed = pack_bits(qw.codes, bits)
+    if (width * bits) % 8 == 0:
+        packed = packed.reshape(out, width * bits // 8)
+    tensors = {f"{name}.weight_packed": packed, f"{name}.weight_scale": qw.scale}
+    if qw.zero is not None:
+        tensors[f"{name}.weight_zero_packed"] = pack_bits(qw.zero, bits)
+    return tensors
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Write a quantized ``model`` to the folder ``path`` (atomically); returns a size report.
+
+    The report: ``bytes`` (``model.safetensors``), ``quantized_layers``, ``quantized_weight_bytes``
+    (packed codes + scales + zeros of the quantized layers) and ``quantized_weight_bf16_bytes`` (the
+    same weights in bf16).
+    """
+    from safetensors.torch import save_file
+
+    from qdit.models.adapter import get_adapter
+    from qdit.nn.swap import quant_layers
+
+    layers = quant_layers(model)
+    if not layers:
+        raise QditError("the model has no quantized layers; quantize it first (qdit.quantize)")
+    description = get_adapter(model).describe(model)
+    if description is None:
+        raise QditError(
+            f"qdit cannot save a {type(model).__name__}: its model adapter cannot describe it for rebuilding"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    layer_meta: dict[str, dict[str, Any]] = {}
+    skip: set[str] = set()
+    q_bytes = bf16_bytes = 0
+    for name, layer in layers.items():
+        lt = _layer_tensors(name, layer)
+        tensors.update(lt)
+        q_bytes += sum(t.numel() * t.element_size() for t in lt.values())
+        bf16_bytes += layer.in_features * layer.out_features * 2
+        skip |= {f"{name}.weight_codes", f"{name}.weight_scale", f"{name}.weight_zero"}
+        layer_meta[name] = {
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "bias": layer.bias is not None,
+            "spec": layer.spec.to_dict(),
+            "weight_dtype": _dtype_name(layer.weight_dtype),
+            "scale_dtype": _dtype_name(layer.weight_scale.dtype),
+        }
+    for key, value in model.state_dict().items():
+        if key not in skip:
+            tensors[key] = value
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+    recipe = getattr(model, "qdit_recipe", None)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "qdit_version": qdit_version(),
+        "model": description,
+        "recipe": recipe.to_dict() if recipe is not None else None,
+        "layers": layer_meta,
+    }
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    write_dir_atomic(path, write)
+    return {
+        "path": str(path),
+        "bytes": (Path(path) / WEIGHTS_FILE).stat().st_size,
+        "quantized_layers": len(layers),
+        "quantized_weight_bytes": q_bytes,
+        "quantized_weight_bf16_bytes": bf16_bytes,
+    }
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated ``qdit.json`` of a quantized model folder."""
+    root = Path(path)
+    if not root.exists():
+        raise QditError(f"quantized model folder not found: {root}")
+    if not root.is_dir():
+        raise QditError(f"{root} is not a quantized model folder (not a folder)")
+    meta_path = root / META_FILE
+    if not meta_path.is_file():
+        raise QditError(f"{root} is not a quantized model folder: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QditError(f"{meta_path} is corrupt: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise QditError(f"{meta_path} is not a qdit checkpoint description")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise QditError(
+            f"{meta_path}: unsupported format_version {version!r} (this qdit reads 1..{FORMAT_VERSION})"
+        )
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta.get("layers"), dict):
+        raise QditError(f"{meta_path} is corrupt: 'model' and 'layers' must be objects")
+    return meta
+
+
+def _take(tensors: dict[str, torch.Tensor], key: str, source: Path) -> torch.Tensor:
+    try:
+        return tensors.pop(key)
+    except KeyError:
+        raise QditError(f"{source}: missing tensor {key!r}") from None
+
+
+def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save` (in eval mode, on ``device``); outputs match exactly."""
+    from safetensors.torch import load_file
+
+    from qdit.models.adapter import adapter_for_description
+    from qdit.nn.quant_linear import QuantLinear
+    from qdit.nn.swap import set_submodule
+    from qdit.quant.packing import unpack_bits
+    from qdit.quant.primitives import num_groups
+    from qdit.recipe import QuantSpec, Recipe
+
+    root = Path(path)
+    meta = read_meta(root)
+    weights = root / WEIGHTS_FILE
+    if not weights.is_file():
+        raise QditError(f"{root} is not a complete quantized model folder: {WEIGHTS_FILE} is missing")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except Exception as exc:
+        raise QditError(f"{weights} is corrupt or unreadable: {type(exc).__name__}: {exc}") from None
+
+    adapter = adapter_for_description(meta["model"])
+    with torch.device("meta"):
+        model = adapter.build(meta["model"])
+    state: dict[str, torch.Tensor] = {}
+    for name, info in meta["layers"].items():
+        try:
+            spec = QuantSpec.from_dict(info["spec"])
+            width, out, has_bias = int(info["in_features"]), int(info["out_features"]), bool(info["bias"])
+            weight_dtype, scale_dtype = _dtype(info["weight_dtype"]), _dtype(info["scale_dtype"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QditError(f"{root / META_FILE}: bad entry for layer {name!r}: {exc}") from None
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise QditError(f"{root / META_FILE}: the model has no layer {name!r}") from None
+        if not isinstance(old, nn.Linear) or (old.in_features, old.out_features) != (width, out):
+            raise QditError(f"{root / META_FILE}: layer {name!r} does not match the model")
+        layer = QuantLinear(
+            width,
+            out,
+            spec,
+            has_bias,
+            weight_dtype=weight_dtype,
+            scale_dtype=scale_dtype,
+            device="meta",
+            name=name,
+        )
+        set_submodule(model, name, layer)
+        bits = spec.w_bits
+        try:
+            packed = _take(tensors, f"{name}.weight_packed", weights)
+            state[f"{name}.weight_codes"] = unpack_bits(packed, bits, out * width).reshape(out, width)
+            state[f"{name}.weight_scale"] = _take(tensors, f"{name}.weight_scale", weights)
+            if not spec.w_symmetric:
+                zp = _take(tensors, f"{name}.weight_zero_packed", weights)
+                groups = num_groups(width, spec.w_group)
+                state[f"{name}.weight_zero"] = unpack_bits(zp, bits, out * groups).reshape(out, groups)
+        except ValueError as exc:
+            raise QditError(f"{weights}: bad packed weight of layer {name!r}: {exc}") from None
+    state.update(tensors)
+
+    expected = model.state_dict()
+    for key in expected:
+        if key not in state:
+            raise QditError(f"{weights}: missing tensor {key!r}")
+    for key in state:
+        if key not in expected:
+            raise QditError(f"{weights}: unexpected tensor {key!r}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise QditError(
+                f"{weights}: tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True, assign=True)
+    for key, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta:
+            raise QditError(f"{root}: tensor {key!r} was not restored")
+    if meta.get("recipe") is not None:
+        try:
+            model.qdit_recipe = Recipe.from_dict(meta["recipe"])
+        except QditError as exc:
+            raise QditError(f"{root / META_FILE}: bad recipe: {exc}") from None
+    return model.to(device).eval()

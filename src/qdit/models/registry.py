@@ -1,0 +1,125 @@
+"""Loading a model from a command-line spec: ``embedded``, a DiT checkpoint file, or a quantized folder.
+
+``arch`` for a checkpoint file is an official name (``DiT-XL/2``), a JSON object of
+:class:`~qdit.models.dit.DiTConfig` fields (inline, e.g. ``'{"hidden_size": 64, "depth": 2, ...}'``, or a
+path to a ``.json`` file), or ``None`` to infer it from the tensor shapes (the head count then comes from
+the official sizes). Shape-derived fields (input size, channels, classes, learned sigma) are always read
+from the checkpoint unless the JSON sets them, so ``--arch DiT-XL/2`` loads 256 and 512 checkpoints.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qdit.errors import QditError
+from qdit.models.dit import DiT, DiTConfig, dit_config
+
+_HEADS_BY_WIDTH = {1152: 16, 1024: 16, 768: 12, 384: 6}
+
+
+def infer_dit_fields(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """DiT config fields readable from an official-layout state dict (``num_heads`` only for official widths)."""
+    try:
+        hidden, in_ch, patch, _ = state["x_embedder.proj.weight"].shape
+        num_patches = state["pos_embed"].shape[1]
+        depth = len(
+            {k.split(".")[1] for k in state if k.startswith("blocks.") and k.endswith(".attn.qkv.weight")}
+        )
+        table = state["y_embedder.embedding_table.weight"].shape[0]
+        out_ch = state["final_layer.linear.weight"].shape[0] // (patch * patch)
+        mlp_hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise QditError(f"not an official-layout DiT checkpoint (cannot read {exc})") from None
+    grid = math.isqrt(int(num_patches))
+    fields_: dict[str, Any] = dict(
+        input_size=grid * int(patch), patch_size=int(patch), in_channels=int(in_ch), hidden_size=int(hidden),
+        depth=depth, mlp_ratio=mlp_hidden / int(hidden), num_classes=int(table) - 1,
+        learn_sigma=out_ch == 2 * int(in_ch),
+    )  # fmt: skip
+    if int(hidden) in _HEADS_BY_WIDTH:
+        fields_["num_heads"] = _HEADS_BY_WIDTH[int(hidden)]
+    return fields_
+
+
+def _config_fields(arch: str) -> dict[str, Any] | None:
+    """The DiTConfig fields of a JSON ``arch`` (inline or a file), or ``None`` for an official name."""
+    text = arch.strip()
+    if not text.startswith("{"):
+        if not text.endswith(".json"):
+            return None
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise QditError(f"cannot read --arch file {arch}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QditError(f"--arch is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise QditError("--arch JSON must be an object of DiTConfig fields")
+    known = [f.name for f in fields(DiTConfig)]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise QditError(f"--arch: unknown DiTConfig field {key!r}{hint}")
+    return data
+
+
+def resolve_dit_config(arch: str | None, state: dict[str, torch.Tensor]) -> DiTConfig:
+    inferred = infer_dit_fields(state)
+    shape_fields = {k: inferred[k] for k in ("input_size", "in_channels", "num_classes", "learn_sigma")}
+    try:
+        if arch is None:
+            if "num_heads" not in inferred:
+                raise QditError(
+                    f"cannot infer the head count of a DiT with width {inferred['hidden_size']}; pass --arch"
+                )
+            return DiTConfig(**inferred)
+        explicit = _config_fields(arch)
+        if explicit is None:
+            return dit_config(arch, **shape_fields)
+        return DiTConfig(**{**inferred, **explicit})
+    except (TypeError, ValueError) as exc:
+        raise QditError(f"bad architecture {arch!r}: {exc}") from None
+
+
+def load_dit_checkpoint(path: str | Path, arch: str | None = None) -> DiT:
+    """An official-layout DiT checkpoint (``.pt``/``.pth``/``.safetensors``), strictly loaded, in eval mode."""
+    from qdit.models.checkpoint import load_state_dict_file, load_strict
+
+    state = load_state_dict_file(path)
+    model = DiT(resolve_dit_config(arch, state))
+    load_strict(model, state, source=str(path))
+    model.qdit_source = str(path)
+    return model.eval()
+
+
+def load_model(spec: str, arch: str | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """``embedded``, a DiT checkpoint file (with ``arch``), or a quantized folder written by ``qdit.save``."""
+    from qdit.io.checkpoint import is_qdit_dir, load
+
+    if spec == "embedded":
+        from qdit.models.embedded import load_embedded
+
+        model = load_embedded()
+        model.qdit_source = "embedded"
+        return model.to(device)
+    path = Path(spec)
+    if path.is_dir():
+        if is_qdit_dir(path):
+            return load(path, device=device)
+        raise QditError(f"{path} is a folder but not a quantized qdit model folder (no qdit.json)")
+    if path.is_file():
+        return load_dit_checkpoint(path, arch).to(device)
+    raise QditError(
+        f"model not found: {spec!r} (use 'embedded', a DiT checkpoint file, or a qdit model folder)"
+    )

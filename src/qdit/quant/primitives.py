@@ -1,0 +1,169 @@
+"""Uniform affine quantization: pure tensor functions (no modules, no files).
+
+Conventions, shared by weights and activations:
+
+* Groups run along the **last** dimension: ``x[..., C]`` is viewed as ``[..., C // g, g]``;
+  ``group_size`` 0 or ``None`` means one group per row (the whole last dimension).
+* The range of a group always contains 0: ``min = min(x_min, 0)``, ``max = max(x_max, 0)``. So 0 is
+  exactly representable and the asymmetric zero point is itself a valid ``bits``-bit code.
+* Asymmetric: ``s = (max - min) / (2^b - 1)``, ``z = round(-min / s)``,
+  ``q = clamp(round(x / s) + z, 0, 2^b - 1)``, ``x_hat = (q - z) * s``.
+* Symmetric: ``s = absmax / (2^(b-1) - 1)``, ``z = 0``, ``q = clamp(round(x / s), -2^(b-1), 2^(b-1) - 1)``.
+* A zero range gives ``s = 1`` (all codes equal ``z``, which dequantizes to exactly 0): ``s > 0`` always.
+* Everything is computed in float32; ``round`` is round-half-to-even (``torch.round``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_BITS = 2
+MAX_BITS = 8
+
+# the MSE clip search: shrink factors 1.000, 0.999, ..., 0.901 and the L_p norm of the error
+MSE_GRID = 100
+MSE_STEP = 0.001
+MSE_NORM = 2.4
+
+
+def check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    return bits
+
+
+def code_range(bits: int, symmetric: bool = False) -> tuple[int, int]:
+    """The smallest and largest integer code of a ``bits``-bit quantizer."""
+    check_bits(bits)
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def num_groups(width: int, group_size: int | None) -> int:
+    g = group_size or width
+    if g <= 0 or width % g:
+        raise ValueError(f"group size {group_size} does not divide the width {width}")
+    return width // g
+
+
+def group_view(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """``x[..., C]`` as ``[..., C // g, g]`` (a view when possible)."""
+    c = x.shape[-1]
+    n = num_groups(c, group_size)
+    return x.reshape(*x.shape[:-1], n, c // n)
+
+
+def minmax(x: torch.Tensor, dim: int | tuple[int, ...] = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range over ``dim`` (kept), widened to contain 0."""
+    return x.amin(dim=dim, keepdim=True).clamp(max=0), x.amax(dim=dim, keepdim=True).clamp(min=0)
+
+
+def qparams(
+    xmin: torch.Tensor,
+    xmax: torch.Tensor,
+    bits: int,
+    symmetric: bool = False,
+    scale_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point (float32 tensors) for the ranges ``[xmin, xmax]`` (which should contain 0).
+
+    With ``scale_dtype`` the scale is rounded to that dtype first (how it will be stored), and the zero
+    point and codes are computed with the rounded scale, so storing it loses nothing further.
+    """
+    lo, hi = code_range(bits, symmetric)
+    xmin = xmin.float()
+    xmax = xmax.float()
+    if symmetric:
+        scale = torch.maximum(xmin.abs(), xmax.abs()) / hi
+    else:
+        scale = (xmax - xmin) / hi
+    if scale_dtype is not None and scale_dtype != torch.float32:
+        scale = scale.clamp(max=torch.finfo(scale_dtype).max).to(scale_dtype).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if symmetric:
+        zero = torch.zeros_like(scale)
+    else:
+        zero = torch.round(-xmin / scale).clamp(lo, hi)
+    return scale, zero
+
+
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool = False
+) -> torch.Tensor:
+    """Integer codes (as float32 values) ``clamp(round(x / s) + z, lo, hi)``."""
+    lo, hi = code_range(bits, symmetric)
+    return torch.clamp(torch.round(x.float() / scale) + zero, lo, hi)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return (q.float() - zero) * scale
+
+
+def fake_quantize_range(
+    xg: torch.Tensor,
+    xmin: torch.Tensor,
+    xmax: torch.Tensor,
+    bits: int,
+    symmetric: bool = False,
+    scale_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Quantize-dequantize ``xg`` with ranges broadcastable to it (float32 result)."""
+    scale, zero = qparams(xmin, xmax, bits, symmetric, scale_dtype)
+    return dequantize(quantize(xg, scale, zero, bits, symmetric), scale, zero)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = False,
+    scale_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Quantize-dequantize with one ``(s, z)`` per row and group of the last dimension; same dtype as ``x``."""
+    xg = group_view(x.float(), group_size)
+    xmin, xmax = minmax(xg)
+    out = fake_quantize_range(xg, xmin, xmax, bits, symmetric, scale_dtype)
+    return out.reshape(x.shape).to(x.dtype)
+
+
+def mse_clip_range(
+    xg: torch.Tensor,
+    bits: int,
+    symmetric: bool = False,
+    scale_dtype: torch.dtype | None = None,
+    grid: int = MSE_GRID,
+    step: float = MSE_STEP,
+    norm: float = MSE_NORM,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group clipped range of ``xg[..., G, g]``: the shrink factor ``1 - i * step`` (i < grid) whose
+    quantization error ``sum |x - x_hat|^norm`` over the group is lowest (ties keep the wider range)."""
+    xg = xg.float()
+    base_min, base_max = minmax(xg)
+    best_err = torch.full_like(base_min, float("inf"))
+    best_min, best_max = base_min.clone(), base_max.clone()
+    for i in range(grid):
+        factor = 1.0 - i * step
+        cmin, cmax = base_min * factor, base_max * factor
+        err = (fake_quantize_range(xg, cmin, cmax, bits, symmetric, scale_dtype) - xg).abs_().pow_(norm)
+        err = err.sum(dim=-1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_min = torch.where(better, cmin, best_min)
+        best_max = torch.where(better, cmax, best_max)
+    return best_min, best_max
+
+
+def group_range(
+    xg: torch.Tensor,
+    bits: int,
+    symmetric: bool = False,
+    method: str = "minmax",
+    scale_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group range of ``xg[..., G, g]`` by ``method``: ``"minmax"`` or ``"mse"`` (clip search)."""
+    if method == "minmax":
+        return minmax(xg.float())
+    if method == "mse":
+        return mse_clip_range(xg, bits, symmetric, scale_dtype)
+    raise ValueError(f"unknown range method {method!r}; use 'minmax' or 'mse'")

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import qdit
+from conftest import TINY
+from qdit.errors import QditError
+from qdit.models.registry import load_model
+from qdit.recipe import QuantSpec, Recipe
+from quant_helpers import dit_inputs, one_thread, tiny_dit  # noqa: F401  (one_thread: autouse fixture)
+
+ARCH = json.dumps(TINY.to_dict())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "qdit", "quantize", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_dit().state_dict(), path)  # the official layout: a bare state dict
+    return path
+
+
+def test_cli_quantize_writes_a_model_folder(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "q"
+    summary = tmp_path / "summary.json"
+    res = run_cli(
+        "--model", str(checkpoint), "--arch", ARCH, "--w-bits", "4", "--a-bits", "8", "--group-size", "32",
+        "--weight-method", "gptq", "--include", "adaln", "--calib-samples", "2", "--calib-steps", "2",
+        "--device", "cpu", "--out", str(out), "--json", str(summary),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "qdit.json"]
+    assert "quantized 10 layers (W4A8 g32/32 token gptq)" in res.stdout
+    report = json.loads(summary.read_text())
+    assert report["layers_quantized"] == 10 and report["size_mb_after"] < report["size_mb_before"]
+    model = load_model(str(out))
+    assert torch.isfinite(model(*dit_inputs())).all()
+    assert model.qdit_source == str(checkpoint)
+
+
+def test_cli_rtn_output_equals_library(tmp_path: Path, checkpoint: Path) -> None:
+    recipe = tmp_path / "recipe.json"
+    Recipe(QuantSpec(3, 8, 16, 16, "sample"), overrides={"blocks.1.mlp.fc2": {"w_group": 128}}).save(recipe)
+    out = tmp_path / "q"
+    res = run_cli(
+        "--model", str(checkpoint), "--arch", '{"num_heads": 2}', "--recipe", str(recipe), "--out", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    want = qdit.quantize(tiny_dit(), Recipe.load(recipe))
+    inputs = dit_inputs()
+    assert torch.equal(qdit.load(out)(*inputs), want(*inputs))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--w-bits", "9"], "qdit quantize: error: w_bits must be an integer in 2..8, got 9"),
+        (
+            ["--group-size", "48"],
+            "layer blocks.0.attn.qkv: weight group 48 does not divide its input width 64",
+        ),
+        (["--include", "adanl"], "did you mean 'adaln'"),
+        (["--act-granularity", "tensor"], "act_granularity must be one of token, sample, static"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_keeps_output(
+    tmp_path: Path, checkpoint: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "qdit.json").write_text("previous result")
+    res = run_cli("--model", str(checkpoint), "--arch", ARCH, "--out", str(out), *args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["qdit.json"]
+    assert (out / "qdit.json").read_text() == "previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "tiny.pt"]
+
+
+def test_load_model_specs(tmp_path: Path, checkpoint: Path) -> None:
+    model = load_model(str(checkpoint), ARCH)
+    assert model.config == TINY
+    with pytest.raises(QditError, match="cannot infer the head count"):
+        load_model(str(checkpoint))
+    with pytest.raises(QditError, match="unknown DiTConfig field 'hiden_size'; did you mean hidden_size"):
+        load_model(str(checkpoint), '{"hiden_size": 64}')
+    with pytest.raises(QditError, match="model not found"):
+        load_model(str(tmp_path / "nope.pt"))
+    with pytest.raises(QditError, match="not a quantized qdit model folder"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="missing key|unexpected key|shape"):
+        load_model(str(checkpoint), "DiT-S/2")
