@@ -26,6 +26,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 5e-4
     warmup_steps: int = 200
+    decay_steps: int = 0  # linear decay of the lr to 10% over the last decay_steps before max_steps
     ema_decay: float = 0.999
     seed: int = 0
     bf16: bool = True
@@ -111,6 +112,9 @@ def train_embedded(
         noise = torch.randn(x0.shape, generator=gen)
         x_t = diffusion.q_sample(x0, t, noise)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        if cfg.decay_steps:
+            left = (cfg.max_steps - step) / cfg.decay_steps
+            lr *= 0.1 + 0.9 * min(1.0, max(0.0, left))
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -158,8 +162,14 @@ def main() -> None:  # python -m qdit.train OUT_DIR
     p.add_argument("--max-steps", type=int, default=TrainConfig.max_steps)
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--decay-steps", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     a = p.parse_args()
-    train_embedded(a.out_dir, TrainConfig(max_steps=a.max_steps, max_minutes=a.max_minutes, threads=a.threads))
+    cfg = TrainConfig(
+        max_steps=a.max_steps, max_minutes=a.max_minutes, threads=a.threads,
+        decay_steps=a.decay_steps, ema_decay=a.ema_decay,
+    )  # fmt: skip
+    train_embedded(a.out_dir, cfg)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch) or a quantized folder"
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
-    p.add_argument("--num", type=int, required=True, help="number of samples")
+    p.add_argument("-n", "--num", type=int, required=True, help="number of samples (-n under torchrun, whose parser takes --num for its own --numa-binding)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (respaced)")
     p.add_argument("--method", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
