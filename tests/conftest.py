@@ -24,3 +24,11 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
 def tiny_dit() -> DiT:
     torch.manual_seed(0)
     return randomize(DiT(TINY)).eval()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny tests gain nothing from threads, and on a 2-core machine shared with other jobs extra
+    # OpenMP threads spin at barriers; QDIT_TEST_THREADS overrides.
+    import os
+
+    torch.set_num_threads(int(os.environ.get("QDIT_TEST_THREADS", "1")))

@@ -16,7 +16,7 @@ def write_idx(path, arr: np.ndarray) -> None:
 
 def make_fake(root, n=5):
     rng = np.random.default_rng(0)
-    for split, prefix in (("train", "train"), ("test", "t10k")):
+    for _split, prefix in (("train", "train"), ("test", "t10k")):
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
 
