@@ -28,11 +28,18 @@ def main() -> None:
     p.add_argument("run_dir")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--docs", default="docs")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="ship the EMA or the raw weights")
     a = p.parse_args()
     run = Path(a.run_dir)
     docs = Path(a.docs)
     (docs / "img").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "ema.safetensors", asset_path(EMBEDDED_WEIGHTS))
+    if a.weights == "ema":
+        shutil.copyfile(run / "ema.safetensors", asset_path(EMBEDDED_WEIGHTS))
+    else:
+        from safetensors.torch import save_file
+
+        state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)["model"]
+        save_file({k: v.contiguous() for k, v in state.items()}, str(asset_path(EMBEDDED_WEIGHTS)))
     cfg = json.loads((run / "config.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     steps = [r["step"] for r in log]
@@ -66,9 +73,15 @@ Fashion-MNIST training images (Debian's `dataset-fashion-mnist`), horizontal fli
 | architecture | DiT, adaLN-Zero, input 28x28x1, patch {cfg["model"]["patch_size"]} ({(28 // cfg["model"]["patch_size"]) ** 2} tokens), hidden {cfg["model"]["hidden_size"]}, depth {cfg["model"]["depth"]}, heads {cfg["model"]["num_heads"]}, MLP ratio 4, learned sigma |
 | classes | 10 + the null class (label dropout {cfg["model"]["class_dropout_prob"]}) for classifier-free guidance |
 | objective | eps MSE + variational bound for the variance (the DiT/improved-DDPM hybrid loss), linear betas, 1000 steps |
-| optimiser | AdamW lr {cfg["train"]["lr"]}, warm-up {cfg["train"]["warmup_steps"]} steps, batch {cfg["train"]["batch_size"]}, grad clip 1, bf16 autocast, EMA {cfg["train"]["ema_decay"]} (the weights shipped) |
+| optimiser | AdamW lr {cfg["train"]["lr"]}, warm-up {cfg["train"]["warmup_steps"]} steps, linear decay to 10% over the last {cfg["train"]["decay_steps"]} steps, batch {cfg["train"]["batch_size"]}, grad clip 1, bf16 autocast |
+| weights shipped | {"EMA (decay " + str(cfg["train"]["ema_decay"]) + ")" if a.weights == "ema" else "the raw (non-EMA) weights"} |
 | steps | {steps[-1] if steps else 0} ({steps[-1] * cfg["train"]["batch_size"] / 60000 if steps else 0:.1f} epochs) |
 | wall time | {log[-1]["minutes"] if log else 0:.0f} min on 2 CPU cores shared with other work (1 torch thread) |
+
+History of the run: it was started as `python -m qdit.train runs/embedded --max-steps 8000 --max-minutes 100
+--threads 1` (constant lr, EMA 0.999). At step 3500 it was resumed with `--max-steps 5500 --decay-steps 2000
+--ema-decay 0.995 --max-minutes 140`: in a run this short, EMA 0.999 lagged far behind the weights (the
+adaLN-Zero modulations grow from zero), and the lr decay gives the same smoothing without the lag.
 
 Loss curve:
 
