@@ -87,7 +87,7 @@ Loss curve:
 
 ![loss](img/embedded_loss.png)
 
-Samples (50 DDIM steps, guidance 1.5, seed 0; one row per class, T-shirt/top … ankle boot):
+Samples (50 DDIM steps, guidance 1.5, seed 0; one column per class, T-shirt/top … ankle boot):
 
 ![samples](img/embedded_samples.png)
 
