@@ -15,7 +15,7 @@ import torch
 
 from qdit.models.dit import DiT
 
-from .conftest import TINY, randomize
+from conftest import TINY, randomize
 
 ARCH = json.dumps({"input_size": 8, "patch_size": 2, "in_channels": 1, "hidden_size": 64, "depth": 2, "num_heads": 2, "num_classes": 3})
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

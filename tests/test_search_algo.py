@@ -1,0 +1,303 @@
+"""The search algorithm layer with a synthetic objective (no model): space, cost, evolution, resume."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from qdit.errors import QditError
+from qdit.search.cheap import CheapConfig, planned_images, run_cheap, rung_samples
+from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, repair
+from qdit.search.distributed import Dist, rounds, shard
+from qdit.search.evolution import EvolutionConfig, EvolutionSearch
+from qdit.search.objective import SyntheticObjective
+from qdit.search.runner import run_full
+from qdit.search.space import (
+    CandidateRule,
+    LayerInfo,
+    SearchSpace,
+    candidate_groups,
+    genome_key,
+    parse_int_list,
+)
+
+
+def embedded_like(**kw) -> SearchSpace:
+    layers = []
+    for b in range(4):
+        layers += [
+            LayerInfo(f"blocks.{b}.attn.qkv", 256, 768, 49),
+            LayerInfo(f"blocks.{b}.attn.proj", 256, 256, 49),
+            LayerInfo(f"blocks.{b}.mlp.fc1", 256, 1024, 49),
+            LayerInfo(f"blocks.{b}.mlp.fc2", 1024, 256, 49),
+        ]
+    return SearchSpace(tuple(layers), **kw)
+
+
+SMALL_EVO = EvolutionConfig(population=12, top_k=4, generations=4)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class Counting:
+    """Wraps an objective: counts calls, and raises after ``crash_after`` sample-based fitness calls."""
+
+    def __init__(self, inner: SyntheticObjective, crash_after: int | None = None) -> None:
+        self.inner = inner
+        self.crash_after = crash_after
+        self.fit_calls: list[tuple[str, int, str]] = []
+        self.proxy_calls: list[str] = []
+        self.forwards_per_image = inner.forwards_per_image
+
+    def fitness(self, genome, num_samples, known=None):
+        if self.crash_after is not None and len(self.fit_calls) >= self.crash_after:
+            raise Crash("killed")
+        self.fit_calls.append((genome_key(genome), num_samples, "fit"))
+        return self.inner.fitness(genome, num_samples, known)
+
+    def fidelity(self, genome, num_samples, known=None):
+        if self.crash_after is not None and len(self.fit_calls) >= self.crash_after:
+            raise Crash("killed")
+        self.fit_calls.append((genome_key(genome), num_samples, "fidelity"))
+        return self.inner.fidelity(genome, num_samples, known)
+
+    def proxy(self, genome):
+        self.proxy_calls.append(genome_key(genome))
+        return self.inner.proxy(genome)
+
+    def describe(self):
+        return self.inner.describe()
+
+
+# --- space and cost ------------------------------------------------------------------------------
+def test_candidate_rule_gives_the_papers_set_and_sensible_small_sets():
+    assert candidate_groups(1152) == (32, 64, 128, 192, 288)
+    assert candidate_groups(1024) == (32, 64, 128, 256)
+    assert candidate_groups(256) == (32, 64, 128, 256)
+    assert candidate_groups(4608)[0] >= 128 and len(candidate_groups(4608)) == 5
+    for w in (64, 96, 384, 768, 4608, 100, 7):
+        c = candidate_groups(w)
+        assert c and all(w % g == 0 for g in c)
+    assert candidate_groups(1152, CandidateRule(max_candidates=6)) == (32, 64, 96, 128, 192, 288)
+
+
+def test_parse_int_list_and_bad_choices():
+    assert parse_int_list("128,32, 64") == (32, 64, 128)
+    with pytest.raises(QditError):
+        parse_int_list("32,x")
+    with pytest.raises(QditError):
+        SearchSpace((LayerInfo("a", 256, 8),), group_choices={"a": (48,)})
+
+
+def test_cost_model_bits_per_weight_includes_scales():
+    space = embedded_like()
+    cost = CostModel()
+    u128 = space.uniform(128)
+    assert cost.bpw(space, u128) == pytest.approx(4 + 20 / 128)
+    assert cost.mean_group(space, u128) == 128
+    assert CostModel(symmetric=True).bpw(space, u128) == pytest.approx(4 + 16 / 128)
+    assert cost.bitops(space, space.uniform(32)) > cost.bitops(space, u128)
+    assert cost.size_bytes(space, u128) == pytest.approx(
+        cost.bpw(space, u128) * sum(x.params for x in space.layers) / 8
+    )
+
+
+def test_budget_repair_and_baseline():
+    space = embedded_like()
+    cost = CostModel()
+    rng = np.random.default_rng(0)
+    for budget in (
+        Budget("mean_group", 128),
+        Budget("bpw", 4.3),
+        Budget("bitops", cost.bitops(space, space.uniform(64))),
+    ):
+        for _ in range(20):
+            g = repair(space, cost, budget, space.random(rng), rng)
+            assert budget.meets(cost, space, g)
+    assert baseline_group(space, cost, Budget("mean_group", 128)) == 128
+    assert baseline_group(space, cost, Budget("bpw", 4 + 20 / 64)) == 64
+    with pytest.raises(QditError):
+        check_feasible(space, cost, Budget("mean_group", 512))
+    with pytest.raises(QditError):
+        Budget("flops", 1)
+
+
+def test_separate_activation_genes_and_bits_genes():
+    space = embedded_like(separate_act=True, bits_choices=(4, 6, 8))
+    assert len(space) == 16 * 3
+    g = space.uniform(64)
+    s = space.settings(g)["blocks.0.mlp.fc2"]
+    assert (s.w_group, s.a_group, s.w_bits) == (64, 64, 4)
+    cost = CostModel()
+    budget = Budget("bpw", 4.5)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        assert budget.meets(cost, space, repair(space, cost, budget, space.random(rng), rng))
+
+
+# --- evolution -----------------------------------------------------------------------------------
+def test_evolution_defaults_are_the_papers():
+    c = EvolutionConfig()
+    assert (c.population, c.top_k, c.generations, c.num_crossovers, c.num_mutations) == (50, 10, 10, 25, 25)
+    assert (c.crossover_prob, c.mutation_prob) == (0.5, 0.1)
+
+
+def test_evolution_ask_tell_budget_baseline_first_and_distinct():
+    space = embedded_like()
+    cost, budget = CostModel(), Budget("mean_group", 128)
+    obj = SyntheticObjective(space)
+    base = space.uniform(128)
+    evo = EvolutionSearch(space, cost, budget, SMALL_EVO, seed=3, seeds=[base])
+    assert evo.ask()[0] == base
+    seen = Counter()
+    while not evo.done:
+        batch = evo.ask()
+        assert len(batch) <= SMALL_EVO.population
+        for g in batch:
+            assert budget.meets(cost, space, g)
+            seen[genome_key(g)] += 1
+            evo.tell(g, obj.true_value(g))
+    assert max(seen.values()) == 1
+    assert len(seen) == len(evo.results) > SMALL_EVO.population
+    assert evo.best[1] <= obj.true_value(base)
+    with pytest.raises(QditError):
+        evo.tell(base, 0.0)
+
+
+def test_evolution_state_roundtrip_through_json_continues_identically():
+    space = embedded_like()
+    cost, budget = CostModel(), Budget("mean_group", 128)
+    obj = SyntheticObjective(space)
+
+    def run(stop_at: int | None):
+        evo = EvolutionSearch(space, cost, budget, SMALL_EVO, seed=5, seeds=[space.uniform(128)])
+        n = 0
+        while not evo.done:
+            for g in evo.ask():
+                if stop_at is not None and n == stop_at:
+                    state = json.loads(json.dumps(evo.state_dict()))
+                    evo = EvolutionSearch(space, cost, budget, SMALL_EVO, seed=5, seeds=[space.uniform(128)])
+                    evo.load_state_dict(state)
+                    stop_at = None
+                    break
+                evo.tell(g, obj.true_value(g))
+                n += 1
+        return evo.order, evo.best
+
+    assert run(None) == run(17) == run(12)
+
+
+# --- full and cheap searches with the runner -----------------------------------------------------
+@pytest.mark.parametrize("method", ["full", "cheap"])
+def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method):
+    space = embedded_like()
+    cost, budget = CostModel(), Budget("mean_group", 128)
+
+    def go(obj, state, resume=False, seed=0):
+        if method == "full":
+            return run_full(
+                space, cost, budget, obj, 16, SMALL_EVO, seed=seed, state_path=state, resume=resume
+            )
+        return run_cheap(
+            space,
+            cost,
+            budget,
+            obj,
+            16,
+            CheapConfig(
+                pool=8,
+                shortlist=4,
+                lofi_batch=6,
+                lofi_rounds=3,
+                proxy_population=16,
+                proxy_generations=5,
+                lofi_min_samples=2,
+            ),
+            seed=seed,
+            state_path=state,
+            resume=resume,
+        )
+
+    a_obj = Counting(SyntheticObjective(space))
+    a = go(a_obj, tmp_path / "a.json")
+    b = go(Counting(SyntheticObjective(space)), tmp_path / "b.json")
+    assert a.best_genome == b.best_genome and a.history == b.history
+    # every distinct candidate (at a given number of samples) is evaluated once
+    assert len(set(a_obj.fit_calls)) == len(a_obj.fit_calls)
+    assert len(set(a_obj.proxy_calls)) == len(a_obj.proxy_calls)
+    assert budget.meets(cost, space, a.best_genome)
+    assert a.best_fitness <= a.baseline_fitness
+    assert a.baseline_group == 128
+
+    # killed after k evaluations, resumed: finishes with the same result, evaluating each thing once
+    total = len(a_obj.fit_calls)
+    for k in (1, total // 2, total - 1):
+        state = tmp_path / f"c{k}.json"
+        first = Counting(SyntheticObjective(space), crash_after=k)
+        with pytest.raises(Crash):
+            go(first, state)
+        saved = json.loads(state.read_text())
+        assert sum(1 for h in saved["history"] if h["kind"] in ("fit", "fidelity")) == k
+        second = Counting(SyntheticObjective(space))
+        c = go(second, state, resume=True)
+        assert c.best_genome == a.best_genome and c.history == a.history
+        assert len(first.fit_calls) + len(second.fit_calls) == total
+        assert not set(first.fit_calls) & set(second.fit_calls)
+        assert not set(first.proxy_calls) & set(second.proxy_calls)
+        assert c.images_sampled == a.images_sampled
+
+    # a different seed is a different search: its state is refused
+    with pytest.raises(QditError, match="seed"):
+        go(Counting(SyntheticObjective(space)), tmp_path / "a.json", resume=True, seed=1)
+
+
+def test_full_search_with_paper_defaults_counts():
+    space = embedded_like()
+    cost, budget = CostModel(), Budget("mean_group", 128)
+    obj = Counting(SyntheticObjective(space))
+    res = run_full(space, cost, budget, obj, 8)
+    assert 400 < res.evaluations <= 500
+    assert res.images_sampled == 8 * res.evaluations
+    assert all(budget.meets(cost, space, tuple(int(v) for v in h["key"].split(","))) for h in res.history)
+
+
+def test_cheap_search_beats_full_with_a_tenth_of_the_images():
+    space = embedded_like()
+    cost, budget = CostModel(), Budget("mean_group", 128)
+    n = 64
+    full = run_full(space, cost, budget, SyntheticObjective(space), n)
+    cheap = run_cheap(space, cost, budget, SyntheticObjective(space), n)
+    truth = SyntheticObjective(space).true_value
+    assert cheap.image_equivalents <= full.image_equivalents / 10
+    assert cheap.images_sampled <= planned_images(n, CheapConfig())
+    assert truth(cheap.best_genome) <= truth(full.best_genome) + 0.05
+    assert truth(cheap.best_genome) < truth(cheap.baseline_genome)
+
+
+def test_rung_samples():
+    assert rung_samples(16, 128) == [32, 64, 128]
+    assert rung_samples(3, 10) == [6, 10]
+    assert rung_samples(8, 8) == []
+    assert CheapConfig().lofi_samples(256) == 32 and CheapConfig().lofi_samples(64) == 16
+    assert CheapConfig().lofi_samples(4) == 4 and CheapConfig(lofi_min_samples=2).lofi_samples(64) == 8
+
+
+# --- sharding ------------------------------------------------------------------------------------
+def test_rounds_and_shards_cover_every_item_once():
+    for n in (0, 1, 5, 50):
+        for w in (1, 2, 3, 8):
+            r = rounds(n, w)
+            assert [i for chunk in r for i in chunk] == list(range(n))
+            assert all(len(chunk) <= w for chunk in r)
+            parts = [shard(n, k, w) for k in range(w)]
+            assert sorted(i for p in parts for i in p) == list(range(n))
+            for k in range(w):
+                assert parts[k] == [chunk[k] for chunk in r if k < len(chunk)]
+    with pytest.raises(ValueError):
+        shard(3, 2, 2)
+    assert Dist().gather(5) == [5] and Dist().is_main

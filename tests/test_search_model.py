@@ -1,0 +1,298 @@
+"""The search on a (tiny, random) model: bank, fitness with sample reuse, proxy, recipe, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
+from qdit.errors import QditError
+from qdit.recipe import QuantSpec, Recipe
+from qdit.search.api import heldout_fitness, search_groups
+from qdit.search.cheap import CheapConfig
+from qdit.search.cost import Budget, CostModel
+from qdit.search.evolution import EvolutionConfig
+from qdit.search.model import (
+    FeatureSpace,
+    FitnessConfig,
+    ModelObjective,
+    build_space,
+    default_budget,
+    genome_recipe,
+    searchable_layers,
+)
+
+FIT = FitnessConfig(steps=4, batch_size=16, proxy_samples=2, proxy_steps=4)
+BASE = QuantSpec(w_bits=4, a_bits=8, w_group=64, a_group=64)
+
+
+def toy_features(dim: int = 6) -> FeatureSpace:
+    proj = np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32)
+    ref = np.random.default_rng(1).standard_normal((200, dim))
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        return (images.reshape(len(images), -1).astype(np.float32) / 127.5 - 1) @ proj
+
+    return FeatureSpace("toy_fd", extract, ref.mean(0), np.cov(ref, rowvar=False))
+
+
+@pytest.fixture
+def objective(tiny_dit):
+    layers = searchable_layers(tiny_dit, BASE)
+    space = build_space(layers, 4, 8)
+    return ModelObjective.build(tiny_dit, space, BASE, toy_features(), FIT, model_name="tiny")
+
+
+def test_space_of_a_dit(tiny_dit):
+    layers = searchable_layers(tiny_dit, BASE)
+    assert [x.name for x in layers][:4] == [
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+    ]
+    space = build_space(layers, 4, 8)
+    assert space.genes[0].choices == (32, 64) and space.genes[3].choices == (32, 64, 128, 256)
+    budget = default_budget(space, CostModel())
+    assert budget.value == 64  # 128 is more than the 64-wide layers allow
+    with pytest.raises(QditError):
+        build_space(layers, 4, 8, choices=(48,))
+
+
+def test_switching_groups_matches_quantizing_directly(objective, tiny_dit):
+    space = objective.space
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        g = space.random(rng)
+        objective.apply(g)
+        direct = genome_recipe(space, g, BASE)
+        from qdit.api import quantize
+
+        ref = quantize(__import__("copy").deepcopy(tiny_dit), direct)
+        x = torch.randn(3, 1, 8, 8)
+        t = torch.tensor([1, 500, 999])
+        y = torch.tensor([0, 1, 2])
+        with torch.no_grad():
+            assert torch.equal(objective.model(x, t, y), ref(x, t, y))
+
+
+def test_fitness_reuses_samples_and_is_paired(objective):
+    space = objective.space
+    g = space.uniform(64)
+    full = objective.fitness(g, 6)
+    part = objective.fitness(g, 3)
+    ext = objective.fitness(g, 6, part.features)
+    assert ext.images == 3 and full.images == 6 and part.images == 3
+    assert ext.value == pytest.approx(full.value, rel=1e-6)
+    assert objective.fitness(g, 6).value == full.value  # same noise and labels every time
+    assert objective.fitness_at(g, 6, None, seed=7).value != full.value
+    assert full.forwards == 6 * FIT.steps * 2
+    p = objective.proxy(g)
+    assert p.value >= 0 and p.images == 0 and p.forwards == FIT.proxy_samples * 2 * FIT.proxy_steps
+
+
+def test_samples_match_plain_generation(objective, tiny_dit):
+    """The objective's samples are the sampler's samples of the quantized model (seeded per index)."""
+    g = objective.space.uniform(32)
+    objective.apply(g)
+    imgs = objective.samples(g, 2, 5)
+    direct = generate(
+        objective.model,
+        (1, 8, 8),
+        3,
+        default_labels(5, 3)[2:5],
+        FIT.seed,
+        SamplerConfig(4),
+        indices=[2, 3, 4],
+    )
+    assert np.array_equal(imgs, to_uint8_nhwc(direct))
+
+
+@pytest.mark.parametrize("method", ["cheap", "full"])
+def test_search_groups_end_to_end(tiny_dit, tmp_path, method):
+    out = search_groups(
+        tiny_dit, toy_features(), method=method, num_samples=4, fitness=FIT,
+        evolution=EvolutionConfig(population=4, top_k=2, generations=2),
+        cheap=CheapConfig(pool=3, lofi_batch=3, lofi_rounds=2, shortlist=2, proxy_population=10, proxy_generations=3, lofi_min_samples=2),
+        state_path=tmp_path / "s.json", model_name="tiny",
+    )  # fmt: skip
+    r = out.report
+    assert r["budget"]["met"] and r["best_fitness"] <= r["baseline_fitness"]
+    assert r["baseline_group_size"] == 64
+    for key in ("baseline_fitness", "best_fitness", "budget", "evaluations", "images_sampled"):
+        assert key in r
+    # the recipe applies with the quant core and reproduces the searched model exactly
+    recipe = Recipe.from_json(out.recipe.to_json())
+    from qdit.api import quantize
+
+    q = quantize(__import__("copy").deepcopy(tiny_dit), recipe)
+    out.objective.apply(out.result.best_genome)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(q(x, t, y), out.objective.model(x, t, y))
+    h = heldout_fitness(out.objective, {"best": out.result.best_genome}, [5, 6], 4)
+    assert len(h["best"]["values"]) == 2
+
+
+def _tiny_checkpoint(tiny_dit, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_dit.state_dict().items()}, str(path))
+    arch = json.dumps(tiny_dit.config.to_dict())
+    return str(path), arch
+
+
+def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, monkeypatch):
+    import qdit.commands.search as cmd
+    from qdit.cli import main
+
+    monkeypatch.setattr(cmd, "_features", lambda args, model, device: toy_features())
+    ckpt, arch = _tiny_checkpoint(tiny_dit, tmp_path)
+    argv = [
+        "search", "--model", ckpt, "--arch", arch, "--num-samples", "4", "--steps", "3", "--batch-size", "8",
+        "--lofi-batch", "3", "--lofi-rounds", "2", "--lofi-samples", "2", "--shortlist", "2", "--out", str(tmp_path / "r.json"),
+        "--json", str(tmp_path / "rep.json"), "--plot", str(tmp_path / "p.png"), "--no-progress", "--device", "cpu",
+        "--heldout-seeds", "11,12", "--heldout-samples", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["method"] == "cheap" and rep["budget"]["met"]
+    assert set(rep["heldout"]) == {"best", "baseline"}
+    recipe = Recipe.load(tmp_path / "r.json")
+    assert len(recipe.overrides) == 8
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size[0] > 100
+    # resuming a finished search evaluates nothing and gives the same answer
+    assert main([*argv, "--resume", "--json", str(tmp_path / "rep2.json")]) == 0
+    rep2 = json.loads((tmp_path / "rep2.json").read_text())
+    assert rep2["history"] == rep["history"] and rep2["best_genome"] == rep["best_genome"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "fast"], "--method"),
+        (["--budget-group", "-3"], "--budget-group"),
+        (["--choices", "32,x"], "--choices"),
+        (["--bits-choices", "4,8"], "--budget-bpw"),
+        (["--model", "/nonexistent/model.pt"], "model not found"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, extra, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "qdit", "search", "--out", str(tmp_path / "r.json"), *extra],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_killed_midway_resumes_without_reevaluating(tiny_dit, tmp_path, monkeypatch):
+    """Interrupt the search after k sample-based evaluations; --resume finishes, evaluating nothing twice."""
+    import qdit.commands.search as cmd
+    from qdit.cli import main
+    from qdit.search.space import genome_key
+
+    monkeypatch.setattr(cmd, "_features", lambda args, model, device: toy_features())
+    calls: list[tuple[str, int, int, str]] = []
+    original = ModelObjective.fitness_at
+    limit = {"k": 7}
+
+    def counting(self, genome, num_samples, known, seed, reference=None):
+        if len(calls) >= limit["k"]:
+            raise KeyboardInterrupt
+        calls.append(
+            (genome_key(genome), num_samples, 0 if known is None else len(known), reference or "data")
+        )
+        return original(self, genome, num_samples, known, seed, reference)
+
+    monkeypatch.setattr(ModelObjective, "fitness_at", counting)
+    ckpt, arch = _tiny_checkpoint(tiny_dit, tmp_path)
+    argv = [
+        "search", "--model", ckpt, "--arch", arch, "--num-samples", "8", "--steps", "2", "--batch-size", "8",
+        "--lofi-batch", "4", "--lofi-rounds", "2", "--lofi-samples", "2", "--shortlist", "2", "--out", str(tmp_path / "r.json"),
+        "--json", str(tmp_path / "rep.json"), "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 130
+    assert not (tmp_path / "r.json").exists()
+    first = list(calls)
+    limit["k"] = 10**9
+    assert main([*argv, "--resume"]) == 0
+    second = calls[len(first) :]
+    keys = [(k, n, r) for k, n, _, r in first + second]
+    assert len(keys) == len(set(keys))  # every (candidate, samples, measure) measured once
+    # a candidate extended across the interruption reused the features saved before it
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert sum(1 for h in rep["history"] if h["kind"] in ("fit", "fidelity")) == len(keys)
+    setup = FitnessConfig().proxy_samples  # the proxy's full-precision trajectories, counted once
+    fp_ref = 2 * 8  # the float model's samples behind the fidelity (2 and then up to 8), once per process
+    assert rep["images_sampled"] >= setup + sum(n - have for _, n, have, _ in first + second)
+    assert rep["images_sampled"] <= setup + fp_ref + sum(n - have for _, n, have, _ in first + second)
+    assert any(have > 0 for _, _, have, _ in second)
+    # an uninterrupted run with the same seed agrees
+    calls.clear()
+    argv2 = [a if a != str(tmp_path / "r.json") else str(tmp_path / "r2.json") for a in argv]
+    argv2[argv2.index("--json") + 1] = str(tmp_path / "rep2.json")
+    assert main(argv2) == 0
+    rep2 = json.loads((tmp_path / "rep2.json").read_text())
+    assert rep2["best_genome"] == rep["best_genome"]
+    assert rep2["history"] == rep["history"]
+
+
+def test_import_is_light():
+    code = "import sys, qdit.search, qdit.commands.search; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_mixed_precision_and_separate_activation_genes(tiny_dit):
+    from qdit.api import quantize
+
+    layers = searchable_layers(tiny_dit, BASE)
+    space = build_space(layers, 4, 8, separate_act=True, bits_choices=(4, 8))
+    assert [g.kind for g in space.genes[:3]] == ["w_group", "a_group", "w_bits"]
+    obj = ModelObjective.build(tiny_dit, space, BASE, toy_features(), FIT, with_proxy=False)
+    rng = np.random.default_rng(3)
+    budget = Budget("bpw", 5.0)
+    from qdit.search.cost import repair
+
+    g = repair(space, CostModel(), budget, space.random(rng), rng)
+    obj.apply(g)
+    recipe = genome_recipe(space, g, BASE)
+    ref = quantize(__import__("copy").deepcopy(tiny_dit), Recipe.from_dict(recipe.to_dict()))
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(ref(x, t, y), obj.model(x, t, y))
+    s = space.settings(g)
+    for name, layer in obj.layers.items():
+        assert (layer.spec.w_group, layer.spec.a_group, layer.spec.w_bits) == (
+            s[name].w_group,
+            s[name].a_group,
+            s[name].w_bits,
+        )
+
+
+def test_fitness_against_the_float_models_samples(tiny_dit):
+    layers = searchable_layers(tiny_dit, BASE)
+    space = build_space(layers, 4, 8)
+    cfg = FitnessConfig(steps=3, batch_size=8, reference="fp")
+    obj = ModelObjective.build(tiny_dit, space, BASE, toy_features(), cfg, with_proxy=False)
+    g = space.uniform(64)
+    first = obj.fitness(g, 6)
+    assert first.images == 12  # its own 6 and the float model's 6 (once)
+    again = obj.fitness(space.uniform(32), 6)
+    assert again.images == 6
+    ref, extra = obj.reference_features(6)
+    assert extra == 0 and ref.shape[0] == 6
+    assert first.value >= 0 and obj.describe()["reference"] == "fp"
+    with pytest.raises(QditError):
+        FitnessConfig(reference="real")
