@@ -1,0 +1,308 @@
+"""``qdit search``: per-layer group sizes (automatic granularity allocation) -> a recipe JSON.
+
+The recipe (``--out``) is what ``qdit quantize --recipe`` applies. The search state is saved after
+every evaluation (``--state``, default ``<out>.state.json``); ``--resume`` continues an interrupted
+search without evaluating anything twice. Under ``torchrun`` the candidates are spread over the
+ranks and rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_SAMPLES = 64
+DEFAULT_STEPS = 20
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "search",
+        help="search per-layer group sizes under a budget (cheap search by default) -> recipe.json",
+        description=(
+            "Search one group size per quantized linear (weights and input activations), as Q-DiT's "
+            "automatic granularity allocation, under a cost budget. The fitness is the Fréchet distance of "
+            "generated samples (domain features for the embedded model, Inception FID otherwise)."
+        ),
+    )
+    p.add_argument("--model", default="embedded", help="'embedded' or a DiT checkpoint file (with --arch)")
+    p.add_argument(
+        "--arch", default=None, help="architecture of a checkpoint: DiT-XL/2, or JSON of DiTConfig fields"
+    )
+    p.add_argument("--w-bits", type=int, default=4, help="weight bits (default 4)")
+    p.add_argument("--a-bits", type=int, default=8, help="activation bits (default 8)")
+    p.add_argument(
+        "--method",
+        default="cheap",
+        help="cheap (default: proxy screening + surrogate-guided low-fidelity rounds + successive halving) or full (the paper's search)",
+    )
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget-group",
+        type=float,
+        default=None,
+        help="budget: mean group size >= G (default 128, or the coarsest group every layer has)",
+    )
+    budget.add_argument(
+        "--budget-bpw",
+        type=float,
+        default=None,
+        help="budget: bits per weight (scales and zero points included) <= X",
+    )
+    p.add_argument(
+        "--choices",
+        default=None,
+        help="candidate group sizes for every layer, e.g. 32,64,128,256 (default: derived from each layer's width)",
+    )
+    p.add_argument("--separate-act", action="store_true", help="search the activation group as its own gene")
+    p.add_argument("--bits-choices", default=None, help="mixed precision: weight bits as a gene, e.g. 4,6,8")
+    p.add_argument("--act-granularity", default="token", help="token | sample | static (default token)")
+    p.add_argument("--weight-method", default="rtn", help="rtn (default, as the paper) | mse")
+    p.add_argument("--symmetric", action="store_true", help="symmetric quantizers")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"samples per fitness evaluation (default {DEFAULT_SAMPLES})",
+    )
+    p.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps per sample (default {DEFAULT_STEPS})"
+    )
+    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--population", type=int, default=50, help="full search: population (default 50)")
+    p.add_argument("--top-k", type=int, default=10, help="full search: parents kept (default 10)")
+    p.add_argument("--generations", type=int, default=10, help="full search: generations (default 10)")
+    p.add_argument(
+        "--lofi-batch",
+        type=int,
+        default=None,
+        help="cheap search: candidates per low-fidelity round (default 16)",
+    )
+    p.add_argument(
+        "--lofi-rounds", type=int, default=None, help="cheap search: low-fidelity rounds (default 10)"
+    )
+    p.add_argument(
+        "--lofi-samples",
+        type=int,
+        default=None,
+        help="cheap search: samples per low-fidelity measurement (default max(16, N/8))",
+    )
+    p.add_argument(
+        "--shortlist",
+        type=int,
+        default=None,
+        help="cheap search: candidates in successive halving (default 8)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and of the fitness samples")
+    p.add_argument(
+        "--features",
+        default="auto",
+        help="auto | domain | inception (auto: domain for 28x28 grayscale models)",
+    )
+    p.add_argument(
+        "--fitness",
+        default="fd",
+        help="fd: Fréchet distance to the reference data (--ref; the paper's FID) | fd-fp: to the float "
+        "model's samples drawn with the same noise (paired: far less noisy with few samples)",
+    )
+    p.add_argument(
+        "--ref", default=None, help="reference: fashion-mnist-test (default for domain) or a reference .npz"
+    )
+    p.add_argument(
+        "--heldout-seeds",
+        default=None,
+        help="also measure the winner and the uniform baseline on these sample seeds, e.g. 101,102,103",
+    )
+    p.add_argument(
+        "--heldout-samples",
+        type=int,
+        default=None,
+        help="samples per held-out measurement (default --num-samples)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--out", required=True, help="the recipe JSON to write")
+    p.add_argument("--state", default=None, help="search state JSON (default <out>.state.json)")
+    p.add_argument("--resume", action="store_true", help="continue the search saved in the state file")
+    p.add_argument(
+        "--json", default=None, help="write the search report (fitness, baseline, budget, history) here"
+    )
+    p.add_argument("--plot", default=None, help="write a PNG of fitness against images sampled here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _check(args: argparse.Namespace) -> dict:
+    """Validate every option before any heavy work; returns parsed values."""
+    from qdit.errors import QditError
+    from qdit.search.api import METHODS
+    from qdit.search.space import parse_int_list
+
+    if args.method not in METHODS:
+        raise QditError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
+    for name in ("w_bits", "a_bits"):
+        v = getattr(args, name)
+        if not 2 <= v <= 8:
+            raise QditError(f"--{name.replace('_', '-')} must be in 2..8, got {v}")
+    for name in ("num_samples", "steps", "batch_size", "population", "top_k", "generations"):
+        if getattr(args, name) < 1:
+            raise QditError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.num_samples < 2:
+        raise QditError("--num-samples must be >= 2 (a Fréchet distance needs a covariance)")
+    if args.cfg < 1.0:
+        raise QditError(f"--cfg must be >= 1, got {args.cfg}")
+    if args.fitness not in ("fd", "fd-fp"):
+        raise QditError(f"--fitness must be fd or fd-fp, got {args.fitness!r}")
+    if args.features not in ("auto", "domain", "inception"):
+        raise QditError(f"--features must be auto, domain or inception, got {args.features!r}")
+    if args.budget_group is not None and args.budget_group <= 0:
+        raise QditError(f"--budget-group must be > 0, got {args.budget_group}")
+    if args.budget_bpw is not None and args.budget_bpw <= 0:
+        raise QditError(f"--budget-bpw must be > 0, got {args.budget_bpw}")
+    if args.act_granularity not in ("token", "sample", "static"):
+        raise QditError(f"--act-granularity must be token, sample or static, got {args.act_granularity!r}")
+    if args.act_granularity == "static":
+        raise QditError(
+            "the search evaluates dynamic activation quantizers; use --act-granularity token or sample"
+        )
+    if args.weight_method not in ("rtn", "mse"):
+        raise QditError(f"--weight-method must be rtn or mse for the search, got {args.weight_method!r}")
+    for name in ("lofi_batch", "lofi_rounds", "lofi_samples", "shortlist", "heldout_samples"):
+        v = getattr(args, name)
+        if v is not None and v < (2 if name == "heldout_samples" else 1):
+            raise QditError(f"--{name.replace('_', '-')} is too small: {v}")
+    out = {
+        "choices": parse_int_list(args.choices, "--choices") if args.choices else None,
+        "bits_choices": parse_int_list(args.bits_choices, "--bits-choices") if args.bits_choices else (),
+        "heldout": parse_int_list(args.heldout_seeds, "--heldout-seeds") if args.heldout_seeds else (),
+    }
+    if any(not 2 <= b <= 8 for b in out["bits_choices"]):
+        raise QditError("--bits-choices must be in 2..8")
+    if args.bits_choices and args.budget_bpw is None:
+        raise QditError("mixed precision (--bits-choices) needs a --budget-bpw budget")
+    if Path(args.out).is_dir():
+        raise QditError(f"--out {args.out} is a folder; give a file name such as recipe.json")
+    return out
+
+
+def _features(args: argparse.Namespace, model: object, device: str) -> object:
+    from qdit.errors import QditError
+    from qdit.search.model import domain_feature_space, inception_feature_space, model_geometry
+
+    shape, _ = model_geometry(model)  # type: ignore[arg-type]
+    kind = args.features
+    if kind == "auto":
+        kind = "domain" if tuple(shape) == (1, 28, 28) else "inception"
+    if kind == "domain":
+        if tuple(shape) != (1, 28, 28):
+            raise QditError(
+                f"domain features need a 28x28 grayscale model; this one makes {list(shape)} images"
+            )
+        return domain_feature_space(args.ref or "fashion-mnist-test")
+    if args.ref is None and args.fitness == "fd-fp":
+        return inception_feature_space(None, device=device)
+    if args.ref is None:
+        raise QditError(
+            "Inception FID needs a reference: give --ref (a reference .npz or fashion-mnist-test)"
+        )
+    return inception_feature_space(args.ref, device=device)
+
+
+def _num(v: float | None) -> str:
+    return "inf" if v is None else f"{v:.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    parsed = _check(args)
+    import time
+
+    import torch
+
+    from qdit.errors import QditError
+    from qdit.io.atomic import write_json
+    from qdit.models.registry import load_model
+    from qdit.search.api import heldout_fitness, search_groups
+    from qdit.search.cheap import CheapConfig
+    from qdit.search.cost import Budget
+    from qdit.search.distributed import Dist
+    from qdit.search.evolution import EvolutionConfig
+    from qdit.search.model import FitnessConfig
+    from qdit.search.plot import search_plot
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    budget = None
+    if args.budget_group is not None:
+        budget = Budget("mean_group", args.budget_group)
+    elif args.budget_bpw is not None:
+        budget = Budget("bpw", args.budget_bpw)
+    evolution = EvolutionConfig(population=args.population, top_k=args.top_k, generations=args.generations)
+    cheap_fields = {
+        k: v
+        for k, v in (
+            ("lofi_batch", args.lofi_batch),
+            ("lofi_rounds", args.lofi_rounds),
+            ("lofi_num_samples", args.lofi_samples),
+            ("shortlist", args.shortlist),
+        )
+        if v is not None
+    }
+    cheap = CheapConfig(**cheap_fields)
+    fitness = FitnessConfig(
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        reference="fp" if args.fitness == "fd-fp" else "data",
+    )
+    dist = Dist.from_env("nccl" if device.startswith("cuda") else "gloo")
+    if dist.world > 1 and device.startswith("cuda"):
+        device = f"cuda:{dist.rank % max(1, torch.cuda.device_count())}"
+    t0 = time.time()
+    model = load_model(args.model, args.arch, device=device)
+    if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
+        raise QditError(f"{args.model} is already quantized; search on the float model")
+    features = _features(args, model, device)
+    state = args.state or f"{args.out}.state.json"
+    outcome = search_groups(
+        model, features,  # type: ignore[arg-type]
+        w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,
+        fitness=fitness, evolution=evolution, cheap=cheap, choices=parsed["choices"],
+        separate_act=args.separate_act, bits_choices=parsed["bits_choices"], act_granularity=args.act_granularity,
+        weight_method=args.weight_method, symmetric=args.symmetric, seed=args.seed, state_path=state,
+        resume=args.resume, dist=dist, progress=not args.no_progress and dist.is_main, model_name=args.model,
+        device=device,
+    )  # fmt: skip
+    report = outcome.report
+    res = outcome.result
+    if parsed["heldout"] and dist.is_main:
+        n = args.heldout_samples or args.num_samples
+        genomes = {"best": res.best_genome, "baseline": res.baseline_genome}
+        report["heldout"] = heldout_fitness(
+            outcome.objective, genomes, parsed["heldout"], n, progress=not args.no_progress
+        )
+        report["heldout_samples"] = n
+    report["wall_seconds"] = time.time() - t0
+    report["world_size"] = dist.world
+    if dist.is_main:
+        outcome.recipe.save(args.out)
+        if args.json:
+            write_json(args.json, report)
+        if args.plot:
+            search_plot(report, args.plot)
+        b = report["budget"]
+        best, base = report["best_fitness"], report["baseline_fitness"]
+        print(
+            f"{args.method} search, W{args.w_bits}A{args.a_bits}, budget {b['description']}: "
+            f"best {_num(best)} vs uniform g{report['baseline_group_size']} {_num(base)} "
+            f"({report['evaluations']} evaluations, {report['images_sampled']} images, {report['wall_seconds']:.0f} s; "
+            f"{b['kind']} {b['best']:.4g}) -> {args.out}"
+        )
+        if "heldout" in report:
+            h = report["heldout"]
+            print(
+                f"held-out seeds {list(parsed['heldout'])}: best {_num(h['best']['mean'])} +- {_num(h['best']['std'])}, "
+                f"uniform {_num(h['baseline']['mean'])} +- {_num(h['baseline']['std'])}"
+            )
+    return 0

@@ -1,0 +1,61 @@
+"""Automatic granularity allocation: search per-layer group sizes (and bits) under a cost budget.
+
+* :mod:`~qdit.search.space` -- genes, candidate group sizes per layer width, genomes;
+* :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget and its repair;
+* :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
+* :mod:`~qdit.search.runner` -- state file, resume, the full search; :mod:`~qdit.search.cheap` -- the
+  cheap search (default); :mod:`~qdit.search.distributed` -- candidates spread over ranks;
+* :mod:`~qdit.search.model` -- the model side (weight bank, fitness, proxy, recipe export);
+  :mod:`~qdit.search.api` -- :func:`search_groups`; :mod:`~qdit.search.plot` -- PNG plots.
+
+Names are imported lazily, so ``import qdit.search`` loads neither torch nor the model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CandidateRule": "qdit.search.space",
+    "Gene": "qdit.search.space",
+    "LayerInfo": "qdit.search.space",
+    "SearchSpace": "qdit.search.space",
+    "candidate_groups": "qdit.search.space",
+    "Budget": "qdit.search.cost",
+    "CostModel": "qdit.search.cost",
+    "baseline_group": "qdit.search.cost",
+    "EvolutionConfig": "qdit.search.evolution",
+    "EvolutionSearch": "qdit.search.evolution",
+    "Evaluation": "qdit.search.objective",
+    "Objective": "qdit.search.objective",
+    "SyntheticObjective": "qdit.search.objective",
+    "SearchResult": "qdit.search.runner",
+    "run_full": "qdit.search.runner",
+    "CheapConfig": "qdit.search.cheap",
+    "run_cheap": "qdit.search.cheap",
+    "Dist": "qdit.search.distributed",
+    "FeatureSpace": "qdit.search.model",
+    "FitnessConfig": "qdit.search.model",
+    "ModelObjective": "qdit.search.model",
+    "genome_recipe": "qdit.search.model",
+    "search_groups": "qdit.search.api",
+    "heldout_fitness": "qdit.search.api",
+    "search_plot": "qdit.search.plot",
+    "line_plot": "qdit.search.plot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qdit.search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,153 @@
+"""The library entry point of the group-size search: :func:`search_groups` (what ``qdit search`` runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qdit.errors import QditError
+from qdit.recipe import QuantSpec, Recipe
+from qdit.search.cheap import CheapConfig, run_cheap
+from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible
+from qdit.search.distributed import Dist
+from qdit.search.evolution import EvolutionConfig
+from qdit.search.model import (
+    FeatureSpace,
+    FitnessConfig,
+    ModelObjective,
+    build_space,
+    default_budget,
+    genome_recipe,
+    searchable_layers,
+)
+from qdit.search.runner import SearchResult, run_full
+from qdit.search.space import CandidateRule, Genome
+
+METHODS = ("cheap", "full")
+
+
+@dataclass
+class SearchOutcome:
+    result: SearchResult
+    recipe: Recipe
+    report: dict
+    objective: ModelObjective = field(repr=False)
+
+
+def search_groups(
+    model: nn.Module,
+    features: FeatureSpace,
+    *,
+    w_bits: int = 4,
+    a_bits: int = 8,
+    method: str = "cheap",
+    budget: Budget | None = None,
+    num_samples: int = 64,
+    fitness: FitnessConfig | None = None,
+    evolution: EvolutionConfig | None = None,
+    cheap: CheapConfig | None = None,
+    choices: Sequence[int] | None = None,
+    rule: CandidateRule | None = None,
+    separate_act: bool = False,
+    bits_choices: Sequence[int] = (),
+    act_granularity: str = "token",
+    weight_method: str = "rtn",
+    symmetric: bool = False,
+    seed: int = 0,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    dist: Dist | None = None,
+    progress: bool = False,
+    model_name: str = "model",
+    device: torch.device | str = "cpu",
+) -> SearchOutcome:
+    """Search per-layer group sizes (and optionally bits) of ``model`` under ``budget``.
+
+    ``model`` is not changed (a copy is quantized). ``method``: ``"cheap"`` (the default; see
+    :mod:`qdit.search.cheap`) or ``"full"`` (the paper's evolutionary search). The fitness is the
+    Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says.
+    """
+    if method not in METHODS:
+        raise QditError(f"unknown search method {method!r}; use {' or '.join(METHODS)}")
+    if num_samples < 2:
+        raise QditError(f"the fitness needs at least 2 samples, got {num_samples}")
+    fitness = fitness or FitnessConfig(seed=seed)
+    base = QuantSpec(
+        w_bits=w_bits, a_bits=a_bits, w_group=0, a_group=0, act_granularity=act_granularity,
+        weight_method=weight_method, w_symmetric=symmetric, a_symmetric=symmetric,
+    )  # fmt: skip
+    layers = searchable_layers(model, base)
+    if not layers:
+        raise QditError("the model has no layer to search over")
+    space = build_space(layers, w_bits, a_bits, choices, rule, separate_act, bits_choices)
+    cost = CostModel(symmetric=symmetric)
+    budget = budget or default_budget(space, cost)
+    check_feasible(space, cost, budget)
+    g0 = baseline_group(space, cost, budget)
+    base = QuantSpec(**{**base.to_dict(), "w_group": g0, "a_group": g0})
+    objective = ModelObjective.build(
+        model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap",
+        progress=progress,
+    )  # fmt: skip
+    dist = dist or Dist.current()
+    if method == "full":
+        result = run_full(
+            space, cost, budget, objective, num_samples, evolution, seed, state_path, resume, dist, progress
+        )
+    else:
+        result = run_cheap(
+            space, cost, budget, objective, num_samples, cheap, seed, state_path, resume, dist, progress
+        )
+    recipe = genome_recipe(space, result.best_genome, base)
+    report = result.report(cost)
+    report.update(
+        model=model_name,
+        w_bits=w_bits,
+        a_bits=a_bits,
+        fitness_metric=features.name
+        if fitness.reference == "data"
+        else f"{features.name} to the float model",
+        steps=fitness.steps,
+        cfg_scale=fitness.cfg_scale,
+        seed=seed,
+        recipe=recipe.to_dict(),
+    )
+    return SearchOutcome(result, recipe, report, objective)
+
+
+def heldout_fitness(
+    objective: ModelObjective,
+    genomes: dict[str, Genome],
+    seeds: Sequence[int],
+    num_samples: int,
+    progress: bool = False,
+    reference: str | None = None,
+) -> dict[str, dict]:
+    """Fitness of each named genome on sample seeds the search never saw: per seed, mean and std.
+    ``reference``: ``"data"`` or ``"fp"`` (default: the objective's)."""
+    out: dict[str, dict] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(genomes) * len(seeds), desc="held-out seeds", unit="eval")
+    for name, genome in genomes.items():
+        vals = []
+        for s in seeds:
+            vals.append(objective.fitness_at(genome, num_samples, None, s, reference).value)
+            if bar is not None:
+                bar.update(1)
+        out[name] = {
+            "seeds": list(seeds),
+            "values": vals,
+            "mean": float(np.mean(vals)),
+            "std": float(np.std(vals)),
+        }
+    if bar is not None:
+        bar.close()
+    return out

@@ -1,0 +1,359 @@
+"""The cheap search (the default): proxy screening, surrogate-guided low-fidelity rounds and
+successive halving. It spends a few percent of the full search's sampled images.
+
+1. **Screening.** From the uniform baseline, every gene is moved to every other choice, one at a time,
+   and the proxy is measured: the noise-prediction error against the full-precision model on the
+   model calls of a few full-precision trajectories (no images are generated). With the assumption
+   that per-gene changes add up, this predicts the proxy of any genome for free.
+2. **Pool.** The paper's evolution runs on that prediction (free); the best ``pool`` candidates that
+   meet the budget get their proxy measured jointly (interactions included) and are ranked by it.
+3. **Low fidelity.** ``lofi_rounds`` rounds of ``lofi_batch`` candidates, each measured with the real
+   fitness on ``lofi_fraction * N`` samples (paired noise: sample ``i`` has the same noise and label
+   for every candidate). Round 0 takes the baseline and the pool's best; every later round fits an
+   additive surrogate (the screened proxy, rescaled, plus a ridge-regularised correction per gene
+   value, see :mod:`qdit.search.surrogate`) to all measurements so far and measures the best
+   unmeasured candidates of a free evolution on it. A share ``explore`` of every round is random
+   legal genomes, so the surrogate learns about genes the proxy misjudges.
+4. **Successive halving.** The surrogate's best (it averages the noise of many measurements) and the
+   best measured candidates, ``shortlist`` in all, are measured with twice the samples, the better
+   half goes on with twice again, ... up to ``N``. A candidate that goes on only generates its new
+   samples (its earlier features are kept, also across a resume).
+5. **Finish.** The baseline is measured with ``N`` samples too, and the best candidate measured with
+   ``N`` samples wins: on the search's samples the result is never worse than the uniform baseline.
+
+Everything measured is cached in the state file by genome (and number of samples). The algorithm is
+deterministic given the seed and the measurements, so a resumed run replays it from the cache and
+continues with the first measurement that is missing: nothing is measured twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qdit.errors import QditError
+from qdit.search.cost import Budget, CostModel, baseline_group, repair
+from qdit.search.distributed import Dist, evaluate_in_rounds
+from qdit.search.evolution import EvolutionConfig, EvolutionSearch
+from qdit.search.objective import Evaluation, Objective
+from qdit.search.runner import (
+    FeatureStore,
+    Progress,
+    SearchLog,
+    SearchResult,
+    StateFile,
+    best_full,
+    fingerprint,
+)
+from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
+from qdit.search.surrogate import AdditiveSurrogate
+
+
+@dataclass(frozen=True)
+class CheapConfig:
+    pool: int = 32  # candidates from the additive prediction whose proxy is measured jointly
+    lofi_batch: int = 16  # low fidelity: candidates per round
+    lofi_rounds: int = 6  # low fidelity: rounds (the first from the pool, then from the surrogate)
+    lofi_fraction: float = 0.125  # low fidelity: samples per candidate, as a fraction of N ...
+    lofi_min_samples: int = 16  # ... but at least this many (a Fréchet distance of fewer is mostly noise)
+    lofi_num_samples: int | None = None  # or exactly this many
+    shortlist: int = 8  # candidates that enter successive halving
+    lofi_measure: str = "fidelity"  # low fidelity: distance to the float model's samples, or "fit"
+    explore: float = 0.25  # low fidelity: share of each round drawn at random (for the surrogate)
+    ridge: float = 1.0  # surrogate: strength of the pull of per-gene corrections towards zero
+    proxy_population: int = 64  # the (free) evolutions on the proxy prediction and the surrogate
+    proxy_generations: int = 20
+
+    def __post_init__(self) -> None:
+        if (
+            min(
+                self.pool,
+                self.shortlist,
+                self.lofi_batch,
+                self.lofi_rounds,
+                self.proxy_population,
+                self.proxy_generations,
+            )
+            < 1
+        ):
+            raise QditError(
+                "pool, shortlist, low-fidelity batch and rounds and proxy population and generations must be >= 1"
+            )
+        if not 0 < self.lofi_fraction <= 1:
+            raise QditError(f"the low-fidelity fraction must be in (0, 1], got {self.lofi_fraction}")
+        if self.lofi_measure not in ("fidelity", "fit"):
+            raise QditError(
+                f"the low-fidelity measure must be 'fidelity' or 'fit', got {self.lofi_measure!r}"
+            )
+        if not 0 <= self.explore < 1:
+            raise QditError(f"the exploration share must be in [0, 1), got {self.explore}")
+        if self.ridge <= 0:
+            raise QditError(f"the surrogate's ridge must be > 0, got {self.ridge}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lofi_samples(self, num_samples: int) -> int:
+        if self.lofi_num_samples is not None:
+            return min(num_samples, max(2, self.lofi_num_samples))
+        return min(num_samples, max(2, self.lofi_min_samples, round(num_samples * self.lofi_fraction)))
+
+
+def rung_samples(start: int, num_samples: int) -> list[int]:
+    """Successive-halving sample counts after ``start``: doubling, ending at ``num_samples``."""
+    out: list[int] = []
+    n = start
+    while n < num_samples:
+        n = min(num_samples, 2 * n)
+        out.append(n)
+    return out
+
+
+def planned_images(num_samples: int, config: CheapConfig) -> int:
+    """An upper bound on the images the cheap search generates (screening and proxies generate none)."""
+    lo = config.lofi_samples(num_samples)
+    total = config.lofi_batch * config.lofi_rounds * lo + config.shortlist * lo
+    k, have = config.shortlist, lo
+    for n in rung_samples(lo, num_samples):
+        total += k * (n - have)
+        have = n
+        k = max(1, math.ceil(k / 2))
+    return total + num_samples
+
+
+def run_cheap(
+    space: SearchSpace,
+    cost: CostModel,
+    budget: Budget,
+    objective: Objective,
+    num_samples: int,
+    config: CheapConfig | None = None,
+    seed: int = 0,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    dist: Dist | None = None,
+    progress: bool = False,
+    on_evaluation: Callable[[SearchLog], None] | None = None,
+) -> SearchResult:
+    config = config or CheapConfig()
+    dist = dist or Dist.current()
+    if num_samples < 1:
+        raise QditError(f"the number of samples must be >= 1, got {num_samples}")
+    g0 = baseline_group(space, cost, budget)
+    base = space.uniform(g0)
+    fp = fingerprint(
+        "cheap", space, cost, budget, objective, seed, {"cheap": config.to_dict(), "num_samples": num_samples}
+    )
+    log = SearchLog("cheap", fp)
+    state_file = StateFile(state_path, dist)
+    store = FeatureStore()
+    saved = state_file.read(resume)
+    if saved is not None:
+        log.load_dict(saved)
+        state_file.read_features(store, resume)
+    else:
+        state_file.clear_features()
+    setup = getattr(objective, "setup_cost", None)
+    if saved is None and isinstance(setup, Evaluation):  # e.g. the proxy's full-precision trajectories
+        log.record("setup", "setup", base, 0, setup)
+    started = time.perf_counter() - log.seconds
+    screen_items = [base] + [
+        tuple(v if j == i else x for j, x in enumerate(base))
+        for i, gene in enumerate(space.genes)
+        for v in gene.choices
+        if v != base[i]
+    ]
+    bar = Progress(
+        progress and dist.is_main,
+        len(screen_items) + config.pool + planned_images(num_samples, config),
+        "search (cheap)",
+    )
+
+    def save() -> None:
+        log.seconds = time.perf_counter() - started
+        state_file.write(log.to_dict(), store)
+
+    def best_now() -> float | None:
+        b = best_full(log, num_samples)
+        return b[1] if b else None
+
+    # -- measuring with the cache -----------------------------------------------------------
+    def proxies(stage: str, genomes: list[Genome]) -> dict[str, float]:
+        todo = [g for g in dict.fromkeys(genomes) if log.lookup("proxy", g) is None]
+
+        def on_result(g: Genome, ev: Evaluation) -> None:
+            log.record(stage, "proxy", g, 0, ev)
+            save()
+            bar.update(1, best=best_now(), stage=stage)
+            if on_evaluation is not None:
+                on_evaluation(log)
+
+        evaluate_in_rounds(todo, objective.proxy, on_result, dist)
+        return {genome_key(g): float(log.lookup("proxy", g)) for g in genomes}  # type: ignore[arg-type]
+
+    def fitnesses(stage: str, genomes: list[Genome], n: int, kind: str = "fit") -> dict[str, float]:
+        todo = [g for g in dict.fromkeys(genomes) if log.lookup(kind, g, n) is None]
+        measure = objective.fitness if kind == "fit" else objective.fidelity
+
+        def evaluate(g: Genome) -> Evaluation:
+            return measure(g, n, store.get(genome_key(g)))
+
+        def on_result(g: Genome, ev: Evaluation) -> None:
+            store.put(genome_key(g), ev.features)
+            log.record(stage, kind, g, n, ev)
+            save()
+            bar.update(int(ev.images), best=best_now(), stage=stage)
+            if on_evaluation is not None:
+                on_evaluation(log)
+
+        evaluate_in_rounds(todo, evaluate, on_result, dist)
+        return {genome_key(g): float(log.lookup(kind, g, n)) for g in genomes}  # type: ignore[arg-type]
+
+    try:
+        # 1. screening
+        measured = proxies("screen", screen_items)
+        p0 = measured[genome_key(base)]
+        delta: list[dict[int, float]] = [{v: 0.0} for v in base]
+        for item in screen_items[1:]:
+            i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
+            delta[i][item[i]] = measured[genome_key(item)] - p0
+
+        def predicted(genome: Genome) -> float:
+            return p0 + sum(d[v] for d, v in zip(delta, genome))
+
+        # 2. pool: evolution on the additive prediction (free), then joint proxies
+        evo = _free_evolution(
+            space, cost, budget, config, seed, [base], lambda gs: [predicted(g) for g in gs]
+        )
+        ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
+        pool = [key_genome(k) for k in ranked[: config.pool]]
+        joint = proxies("pool", pool)
+        pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
+
+        # 3. low fidelity: rounds of measurements on a few paired-noise samples, each round's
+        # candidates the best of an additive surrogate fitted to all measurements so far
+        lo = config.lofi_samples(num_samples)
+        measured_lo: dict[str, float] = {}
+        rng = np.random.default_rng([seed, 17])
+        explore = round(config.lofi_batch * config.explore)
+
+        def random_legal(k: int, taken: set[str]) -> list[Genome]:
+            out: list[Genome] = []
+            for _ in range(50 * max(1, k)):
+                if len(out) >= k:
+                    break
+                g = repair(space, cost, budget, space.random(rng), rng)
+                if genome_key(g) not in taken:
+                    taken.add(genome_key(g))
+                    out.append(g)
+            return out
+
+        first = list(dict.fromkeys([base] + pool))[: max(1, config.lofi_batch - explore)]
+        batch = first + random_legal(config.lofi_batch - len(first), {genome_key(g) for g in first})
+        surrogate = AdditiveSurrogate(space, base, predicted, config.ridge)
+        for r in range(config.lofi_rounds):
+            if r > 0:
+                keys = list(measured_lo)
+                surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
+                top = sorted(keys, key=lambda k: (measured_lo[k], k))[: config.lofi_batch]
+                evo = _free_evolution(
+                    space,
+                    cost,
+                    budget,
+                    config,
+                    seed + 7919 * r,
+                    [key_genome(k) for k in top],
+                    surrogate.predict,
+                )
+                fresh = [
+                    k for k in sorted(evo.results, key=lambda k: (evo.results[k], k)) if k not in measured_lo
+                ]
+                batch = [key_genome(k) for k in fresh[: config.lofi_batch - explore]]
+                batch += random_legal(
+                    config.lofi_batch - len(batch), set(measured_lo) | set(map(genome_key, batch))
+                )
+            if not batch:
+                break
+            measured_lo.update(fitnesses(f"low fidelity {r} ({lo} samples)", batch, lo, config.lofi_measure))
+
+        # 4. successive halving from the best of the low-fidelity stage up to N samples
+        # the shortlist: half the surrogate's best (it averages the noise of many measurements; its
+        # best need not have been measured), half the best measured
+        keys = list(measured_lo)
+        surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
+        best_keys = sorted(keys, key=lambda k: (measured_lo[k], k))[: config.lofi_batch]
+        evo = _free_evolution(
+            space,
+            cost,
+            budget,
+            config,
+            seed + 7919 * config.lofi_rounds,
+            [key_genome(k) for k in best_keys],
+            surrogate.predict,
+        )
+        by_model = sorted(evo.results, key=lambda k: (evo.results[k], k))[: (config.shortlist + 1) // 2]
+        by_data = [k for k in sorted(keys, key=lambda k: (measured_lo[k], k)) if k not in by_model]
+        alive = [key_genome(k) for k in by_model + by_data[: config.shortlist - len(by_model)]]
+        fitnesses(f"shortlist ({lo} samples)", alive, lo, config.lofi_measure)
+        for r, n in enumerate(rung_samples(lo, num_samples)):
+            fit = fitnesses(f"rung {r} ({n} samples)", alive, n)
+            if n == num_samples:
+                break
+            alive.sort(key=lambda g: (fit[genome_key(g)], genome_key(g)))
+            alive = alive[: max(1, math.ceil(len(alive) / 2))]
+
+        # 5. the baseline with all samples (reported, and the winner is never worse on these samples)
+        fitnesses("baseline", [base], num_samples)
+    finally:
+        bar.close()
+    save()
+    winner = best_full(log, num_samples)
+    assert winner is not None
+    base_fit = log.lookup("fit", base, num_samples)
+    fits = [h for h in log.history if h["kind"] in ("fit", "fidelity")]
+    return SearchResult(
+        method="cheap",
+        space=space,
+        best_genome=winner[0],
+        best_fitness=winner[1],
+        baseline_group=g0,
+        baseline_genome=base,
+        baseline_fitness=base_fit if base_fit is not None else math.nan,
+        budget=budget,
+        evaluations=len(fits),
+        proxy_evaluations=sum(1 for h in log.history if h["kind"] == "proxy"),
+        images_sampled=log.images,
+        forwards=log.forwards,
+        forwards_per_image=objective.forwards_per_image,
+        seconds=log.seconds,
+        history=log.history,
+        num_samples=num_samples,
+    )
+
+
+def _free_evolution(
+    space: SearchSpace,
+    cost: CostModel,
+    budget: Budget,
+    config: CheapConfig,
+    seed: int,
+    seeds: list[Genome],
+    score: Callable[[list[Genome]], Sequence[float]],
+) -> EvolutionSearch:
+    """The paper's evolution on a function that costs nothing to evaluate (scored a generation at a time)."""
+    evo = EvolutionSearch(
+        space, cost, budget,
+        EvolutionConfig(population=config.proxy_population, top_k=max(2, config.proxy_population // 5), generations=config.proxy_generations, max_tries=5),
+        seed=seed,
+        seeds=seeds,
+    )  # fmt: skip
+    while not evo.done:
+        batch = evo.ask()
+        for g, v in zip(batch, score(batch)):
+            evo.tell(g, float(v))
+    return evo

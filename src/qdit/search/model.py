@@ -1,0 +1,452 @@
+"""The search on a real model: a per-layer bank of quantized weights, the sample-based fitness and the
+noise-prediction proxy, and the export of a genome as a :class:`qdit.recipe.Recipe`.
+
+The model is quantized once, with every candidate group size (and bit-width) precomputed per layer
+(``QuantLinear``'s bank), so switching to a candidate is a few pointer swaps and a candidate costs
+only its sampling. Every candidate is sampled with the same noise and labels (sample ``i`` of seed
+``s`` always has the same noise, see :mod:`qdit.diffusion.sampler`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
+from qdit.errors import QditError
+from qdit.recipe import QuantSpec, Recipe
+from qdit.search.cost import Budget, CostModel
+from qdit.search.objective import Evaluation
+from qdit.search.space import CandidateRule, Genome, LayerInfo, SearchSpace, candidate_groups
+
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] -> float [N, D]
+
+
+@dataclass
+class FeatureSpace:
+    """How samples are scored: a feature extractor and the reference statistics in its space."""
+
+    name: str
+    extract: FeatureFn
+    mu: np.ndarray | None = None  # reference statistics (None: only distances between sample sets)
+    sigma: np.ndarray | None = None
+
+    def distance(self, features: np.ndarray) -> float:
+        from qdit.eval.metrics import feature_stats, frechet_distance
+
+        if len(features) < 2:
+            raise QditError("the Fréchet distance needs at least 2 samples")
+        if self.mu is None or self.sigma is None:
+            raise QditError(f"{self.name}: no reference statistics (give a reference data set)")
+        mu, sigma = feature_stats(features)
+        return float(frechet_distance(mu, sigma, self.mu, self.sigma))
+
+
+def domain_feature_space(reference: str = "fashion-mnist-test") -> FeatureSpace:
+    """The domain Fréchet distance (qdit's Fashion-MNIST classifier features) against ``reference``."""
+    from qdit.eval.domain import DomainFeatures, domain_refstats
+    from qdit.eval.npz import load_reference
+
+    domain = DomainFeatures(progress=False)
+    stats = domain_refstats(load_reference(reference), domain)
+    return FeatureSpace("domain_fd", lambda images: domain.extract(images).features, stats.mu, stats.sigma)
+
+
+def inception_feature_space(
+    reference: str | None, bf16: bool = False, device: str | torch.device = "cpu"
+) -> FeatureSpace:
+    """Inception FID against ``reference`` (a named data set or a reference ``.npz``; ``None``: no
+    reference statistics, for distances to the float model's samples only)."""
+    from qdit.eval.inception import InceptionFeatures
+
+    inc = InceptionFeatures(bf16=bf16, device=device, progress=False)
+    if reference is None:
+        return FeatureSpace("fid", lambda images: inc.extract(images).pool)
+    from qdit.eval.npz import load_reference
+    from qdit.eval.refstats import inception_refstats
+
+    stats = inception_refstats(load_reference(reference), inc)
+    return FeatureSpace("fid", lambda images: inc.extract(images).pool, stats.mu, stats.sigma)
+
+
+REFERENCES = ("data", "fp")
+
+
+@dataclass
+class FitnessConfig:
+    """Sampling for the fitness and the proxy. ``proxy_samples`` full-precision trajectories give the
+    proxy's inputs; ``proxy_steps`` of their model calls (evenly spread) are kept.
+
+    ``reference``: the fitness is the Fréchet distance of the samples' features to the reference
+    data set (``"data"``, the paper's FID), or to the features of the full-precision model's samples
+    drawn with the same noise and labels (``"fp"``: how far quantization moved the distribution;
+    paired, so far less noisy with few samples)."""
+
+    steps: int = 20
+    cfg_scale: float = 1.5
+    method: str = "ddim"
+    seed: int = 0
+    batch_size: int = 64
+    proxy_samples: int = 4
+    proxy_steps: int = 10
+    proxy_seed: int = 10_000
+    reference: str = "data"  # "data": against the reference set; "fp": against the float model's samples
+
+    def __post_init__(self) -> None:
+        SamplerConfig(self.steps, self.method, self.cfg_scale)  # validates
+        if self.reference not in REFERENCES:
+            raise QditError(
+                f"the fitness reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
+            )
+        if self.batch_size < 1 or self.proxy_samples < 1 or self.proxy_steps < 1:
+            raise QditError("batch size, proxy samples and proxy steps must be >= 1")
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(steps=self.steps, method=self.method, cfg_scale=self.cfg_scale)
+
+    @property
+    def forwards_per_image(self) -> int:
+        return self.steps * (2 if self.cfg_scale != 1.0 else 1)
+
+
+def model_geometry(model: nn.Module) -> tuple[tuple[int, ...], int]:
+    """``(image_shape, num_classes)`` of a class-conditional DiT-like model."""
+    cfg = getattr(model, "config", None)
+    try:
+        return (int(cfg.in_channels), int(cfg.input_size), int(cfg.input_size)), int(cfg.num_classes)  # type: ignore[union-attr]
+    except AttributeError:
+        raise QditError(
+            f"the search needs a class-conditional DiT (with config.in_channels/input_size/num_classes); got {type(model).__name__}"
+        ) from None
+
+
+def searchable_layers(model: nn.Module, base: QuantSpec) -> list[LayerInfo]:
+    """The linears that ``base`` quantizes on ``model`` (its adapter's default set), in model order."""
+    from qdit.api import resolve_specs
+
+    specs = resolve_specs(model, Recipe(default=replace(base, w_group=0, a_group=0)))
+    modules = dict(model.named_modules())
+    tokens = int(getattr(getattr(model, "config", None), "num_patches", 1) or 1)
+    return [LayerInfo(n, modules[n].in_features, modules[n].out_features, tokens) for n in specs]
+
+
+def build_space(
+    layers: Sequence[LayerInfo],
+    w_bits: int,
+    a_bits: int,
+    choices: Sequence[int] | None = None,
+    rule: CandidateRule | None = None,
+    separate_act: bool = False,
+    bits_choices: Sequence[int] = (),
+) -> SearchSpace:
+    """The search space over ``layers``: ``choices`` (the divisors among them) or the rule's candidates."""
+    group_choices = {}
+    for layer in layers:
+        if choices:
+            legal = tuple(sorted(g for g in set(choices) if layer.in_features % g == 0))
+            if not legal:
+                raise QditError(
+                    f"none of the group sizes {sorted(set(choices))} divides the width {layer.in_features} of {layer.name}"
+                )
+        else:
+            legal = candidate_groups(layer.in_features, rule)
+        group_choices[layer.name] = legal
+    if not 2 <= w_bits <= 8 or not 2 <= a_bits <= 8 or any(not 2 <= b <= 8 for b in bits_choices):
+        raise QditError("bits must be in 2..8")
+    return SearchSpace(
+        tuple(layers), w_bits, a_bits, group_choices, separate_act, tuple(sorted(set(bits_choices)))
+    )
+
+
+def default_budget(space: SearchSpace, cost: CostModel, group: float = 128.0) -> Budget:
+    """The paper's budget, mean group size >= 128, lowered to the coarsest uniform group every layer
+    has when the model is too narrow for 128."""
+    common = min(max(g.choices) for g in space.genes if g.kind != "w_bits")
+    return Budget("mean_group", float(min(group, common)))
+
+
+def genome_recipe(space: SearchSpace, genome: Sequence[int], base: QuantSpec) -> Recipe:
+    """A recipe that ``qdit quantize --recipe`` applies: ``base`` plus each searched layer's groups/bits."""
+    settings = space.settings(genome)
+    overrides = {}
+    for layer in space.layers:
+        s = settings[layer.name]
+        o: dict[str, int] = {"w_group": s.w_group, "a_group": s.a_group}
+        if s.w_bits != base.w_bits:
+            o["w_bits"] = s.w_bits
+        overrides[layer.name] = o
+    return Recipe(default=base, overrides=overrides)
+
+
+def weights_digest(model: nn.Module, names: Sequence[str], per_layer: int = 4096) -> str:
+    """A short hash of the searched layers' float weights (a sample of each), to tell models apart."""
+    h = hashlib.sha256()
+    modules = dict(model.named_modules())
+    for name in names:
+        w = modules[name].weight.detach().float().cpu().reshape(-1)
+        step = max(1, w.numel() // per_layer)
+        h.update(name.encode())
+        h.update(str(tuple(modules[name].weight.shape)).encode())
+        h.update(w[::step][:per_layer].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Recorder:
+    """A model function that records its inputs (for the proxy's calibration batch)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.detach().clone(), t.detach().clone(), y.detach().clone()))
+        return self.model(x, t, y)
+
+
+@dataclass
+class _ProxyData:
+    x: torch.Tensor
+    t: torch.Tensor
+    y: torch.Tensor
+    eps: torch.Tensor  # full-precision noise prediction
+    scale: float = field(default=1.0)
+
+
+class ModelObjective:
+    """Fitness and proxy of genomes on a quantized model with a bank of group sizes per layer.
+
+    Build it with :meth:`build` from a float model (which is copied, not changed).
+    """
+
+    def __init__(
+        self,
+        qmodel: nn.Module,
+        space: SearchSpace,
+        features: FeatureSpace,
+        config: FitnessConfig,
+        proxy_data: _ProxyData | None,
+        model_name: str = "model",
+        device: torch.device | str = "cpu",
+        fp_model: nn.Module | None = None,
+    ) -> None:
+        if config.reference == "fp" and fp_model is None:
+            raise QditError("a fitness against the float model's samples needs the float model")
+        self.fp_model = fp_model
+        self._fp_features: dict[int, np.ndarray] = {}
+        self.model = qmodel
+        self.space = space
+        self.features = features
+        self.config = config
+        self.proxy_data = proxy_data
+        self.model_name = model_name
+        self.device = torch.device(device)
+        self.image_shape, self.num_classes = model_geometry(qmodel)
+        from qdit.nn.swap import quant_layers
+
+        self.layers = quant_layers(qmodel)
+        missing = [layer.name for layer in space.layers if layer.name not in self.layers]
+        if missing:
+            raise QditError(f"layer {missing[0]} of the search space is not quantized in the model")
+        self.forwards_per_image = config.forwards_per_image
+        self.weights_digest = ""
+        self._active: Genome | None = None
+        # what preparing the proxy cost: its full-precision trajectories and reference forward
+        self.setup_cost: Evaluation | None = None
+        if proxy_data is not None:
+            self.setup_cost = Evaluation(
+                0.0,
+                images=config.proxy_samples,
+                forwards=config.proxy_samples * config.forwards_per_image + len(proxy_data.x),
+            )
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        model: nn.Module,
+        space: SearchSpace,
+        base: QuantSpec,
+        features: FeatureSpace,
+        config: FitnessConfig | None = None,
+        model_name: str = "model",
+        device: torch.device | str = "cpu",
+        with_proxy: bool = True,
+        progress: bool = False,
+    ) -> ModelObjective:
+        """Copy ``model``, record the proxy's inputs with the float copy, quantize it with a bank of
+        every candidate group size (and bits) per layer, and return the objective."""
+        from qdit.api import quantize
+
+        config = config or FitnessConfig()
+        model = copy.deepcopy(model).to(device).eval()
+        digest = weights_digest(model, [layer.name for layer in space.layers])
+        fp_model = copy.deepcopy(model) if config.reference == "fp" or with_proxy else None
+        proxy = cls._proxy_inputs(model, config, device) if with_proxy else None
+        banks: dict[str, set[int]] = {}
+        for g in space.genes:
+            if g.kind != "w_bits":
+                banks.setdefault(g.layer, set()).update(g.choices)
+        bits = sorted({b for g in space.genes if g.kind == "w_bits" for b in g.choices} | {space.w_bits})
+        # every searched layer starts at its finest choice; the rest of the default set keeps ``base``
+        recipe = genome_recipe(
+            space, tuple(g.choices[0] if g.kind != "w_bits" else space.w_bits for g in space.genes), base
+        )
+        quantize(
+            model,
+            recipe,
+            bank_groups={k: sorted(v) for k, v in banks.items()},
+            bank_bits=bits if len(bits) > 1 else (),
+            progress=progress,
+        )
+        from qdit.nn.swap import quant_layers
+
+        for layer in quant_layers(model).values():
+            layer.precompute()
+        obj = cls(model, space, features, config, proxy, model_name, device, fp_model=fp_model)
+        obj.weights_digest = digest
+        return obj
+
+    @staticmethod
+    def _proxy_inputs(model: nn.Module, config: FitnessConfig, device: torch.device | str) -> _ProxyData:
+        shape, num_classes = model_geometry(model)
+        rec = _Recorder(model)
+        labels = default_labels(config.proxy_samples, num_classes)
+        generate(
+            rec,
+            shape,
+            num_classes,
+            labels,
+            config.proxy_seed,
+            config.sampler,
+            batch_size=config.batch_size,
+            device=device,
+        )
+        keep = np.unique(
+            np.linspace(0, len(rec.calls) - 1, min(config.proxy_steps, len(rec.calls))).round().astype(int)
+        )
+        x = torch.cat([rec.calls[i][0] for i in keep])
+        t = torch.cat([rec.calls[i][1] for i in keep])
+        y = torch.cat([rec.calls[i][2] for i in keep])
+        eps = model(x, t, y)[:, : shape[0]].float()
+        return _ProxyData(x, t, y, eps, float(eps.pow(2).mean().clamp(min=1e-12)))
+
+    # --- switching candidates ------------------------------------------------------------------
+    def apply(self, genome: Sequence[int]) -> None:
+        genome = tuple(int(v) for v in genome)
+        if genome == self._active:
+            return
+        for name, s in self.space.settings(genome).items():
+            self.layers[name].configure(w_group=s.w_group, a_group=s.a_group, w_bits=s.w_bits)
+        self._active = genome
+
+    # --- measurements --------------------------------------------------------------------------
+    @torch.no_grad()
+    def samples(self, genome: Sequence[int], start: int, stop: int, seed: int | None = None) -> np.ndarray:
+        """uint8 NHWC samples ``start..stop-1`` of ``genome``."""
+        self.apply(genome)
+        labels = default_labels(stop, self.num_classes)[start:stop]
+        x = generate(
+            self.model, self.image_shape, self.num_classes, labels, self.config.seed if seed is None else seed,
+            self.config.sampler, indices=list(range(start, stop)), batch_size=self.config.batch_size, device=self.device,
+        )  # fmt: skip
+        return to_uint8_nhwc(x)
+
+    def fitness(self, genome: Sequence[int], num_samples: int, known: np.ndarray | None = None) -> Evaluation:
+        return self.fitness_at(genome, num_samples, known, None)
+
+    def fitness_at(
+        self,
+        genome: Sequence[int],
+        num_samples: int,
+        known: np.ndarray | None,
+        seed: int | None,
+        reference: str | None = None,
+    ) -> Evaluation:
+        """The fitness with sample seed ``seed`` (default: the search's) against ``reference``
+        (default: the configured one)."""
+        have = 0 if known is None else min(len(known), num_samples)
+        parts = [] if known is None else [np.asarray(known[:have])]
+        if have < num_samples:
+            parts.append(
+                np.asarray(
+                    self.features.extract(self.samples(genome, have, num_samples, seed)), dtype=np.float32
+                )
+            )
+        feats = np.concatenate(parts)
+        new = num_samples - have
+        if (reference or self.config.reference) == "fp":
+            ref, extra = self.reference_features(num_samples, seed)
+            new += extra
+            from qdit.eval.metrics import feature_stats, frechet_distance
+
+            value = float(frechet_distance(*feature_stats(feats), *feature_stats(ref)))
+        else:
+            value = self.features.distance(feats)
+        return Evaluation(value, images=new, forwards=new * self.forwards_per_image, features=feats)
+
+    def fidelity(
+        self, genome: Sequence[int], num_samples: int, known: np.ndarray | None = None
+    ) -> Evaluation:
+        """The Fréchet distance to the float model's samples drawn with the same noise and labels."""
+        return self.fitness_at(genome, num_samples, known, None, "fp")
+
+    @torch.no_grad()
+    def reference_features(self, num_samples: int, seed: int | None = None) -> tuple[np.ndarray, int]:
+        """Features of the float model's samples ``0..num_samples-1`` (cached per seed) and how many
+        images had to be generated now."""
+        if self.fp_model is None:
+            raise QditError(
+                "distances to the float model's samples need an objective built with reference='fp'"
+            )
+        seed = self.config.seed if seed is None else seed
+        have = self._fp_features.get(seed, np.zeros((0, 0), dtype=np.float32))
+        extra = max(0, num_samples - len(have))
+        if extra:
+            labels = default_labels(num_samples, self.num_classes)[len(have) :]
+            x = generate(
+                self.fp_model, self.image_shape, self.num_classes, labels, seed, self.config.sampler,
+                indices=list(range(len(have), num_samples)), batch_size=self.config.batch_size, device=self.device,
+            )  # fmt: skip
+            new = np.asarray(self.features.extract(to_uint8_nhwc(x)), dtype=np.float32)
+            have = new if len(have) == 0 else np.concatenate([have, new])
+            self._fp_features[seed] = have
+        return have[:num_samples], extra
+
+    @torch.no_grad()
+    def proxy(self, genome: Sequence[int]) -> Evaluation:
+        """Relative mean squared error of the noise prediction against the float model."""
+        if self.proxy_data is None:
+            raise QditError("this objective was built without proxy inputs")
+        self.apply(genome)
+        d = self.proxy_data
+        c = self.image_shape[0]
+        err = 0.0
+        bs = max(1, self.config.batch_size * 2)
+        for s in range(0, len(d.x), bs):
+            out = self.model(d.x[s : s + bs], d.t[s : s + bs], d.y[s : s + bs])[:, :c].float()
+            err += float((out - d.eps[s : s + bs]).pow(2).sum())
+        value = err / d.eps.numel() / d.scale
+        return Evaluation(value, images=0, forwards=len(d.x))
+
+    def describe(self) -> dict:
+        c = self.config
+        return {
+            "model": self.model_name,
+            "weights": self.weights_digest,
+            "features": self.features.name,
+            "reference": c.reference,
+            "steps": c.steps,
+            "cfg_scale": c.cfg_scale,
+            "sampler": c.method,
+            "fitness_seed": c.seed,
+            "proxy_samples": c.proxy_samples,
+            "proxy_steps": c.proxy_steps,
+            "proxy_seed": c.proxy_seed,
+        }
