@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from qdit.models.dit import DiT
-
 from conftest import TINY, randomize
+from qdit.models.dit import DiT
 
 ARCH = json.dumps({"input_size": 8, "patch_size": 2, "in_channels": 1, "hidden_size": 64, "depth": 2, "num_heads": 2, "num_classes": 3})
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
