@@ -14,7 +14,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch) or a quantized folder"
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
-    p.add_argument("-n", "--num", type=int, required=True, help="number of samples (-n under torchrun, whose parser takes --num for its own --numa-binding)")
+    p.add_argument(
+        "-n",
+        "--num",
+        type=int,
+        required=True,
+        help="number of samples (-n under torchrun, whose parser takes --num for its own --numa-binding)",
+    )
     p.add_argument("--steps", type=int, default=50, help="sampling steps (respaced)")
     p.add_argument("--method", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
@@ -25,7 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated class ids, cycled (default: all classes, balanced)",
     )
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="samples per model call (x2 with guidance; default 64)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32, or bf16 autocast of the model (about 1.7x faster on CPUs with AMX)",
+    )
     p.add_argument("--out", required=True, help="output .npz (arr_0 uint8 NHWC, labels int64)")
     p.add_argument("--grid", default=None, help="also write an image grid PNG of the first samples")
     p.add_argument("--grid-num", type=int, default=100, help="images in the grid")
@@ -51,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qdit.diffusion.distributed import finalize, init_distributed
-    from qdit.diffusion.sampler import SamplerConfig, sample_images
+    from qdit.diffusion.sampler import SamplerConfig, precision_context, sample_images
     from qdit.errors import QditError
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, write_json
@@ -76,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         labels = parse_classes(args.classes, args.num, cfg.num_classes)
         sampler = SamplerConfig(steps=args.steps, method=args.method, cfg_scale=args.cfg, clip_denoised=True)
         t0 = time.time()
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(args.precision, ctx.device):
             result = sample_images(
                 model, args.num, args.seed, sampler, labels, args.batch_size, progress=True, ctx=ctx
             )
@@ -90,11 +104,12 @@ def run(args: argparse.Namespace) -> int:
                 image_grid(images[: args.grid_num], nrow=10, scale=2).save(tmp, format="PNG")
         summary = {
             "model": args.model, "num": args.num, "steps": args.steps, "method": args.method,
-            "cfg": args.cfg, "seed": args.seed, "seconds": round(seconds, 2), "ranks": ctx.world_size,
+            "cfg": args.cfg, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
             "out": str(args.out),
         }  # fmt: skip
         print(
-            f"sampled {args.num} images ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}) "
+            f"sampled {args.num} images ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}, "
+            f"{args.precision}) "
             f"in {seconds:.1f} s on {ctx.world_size} rank(s) -> {args.out}"
         )
         if args.json:

@@ -121,6 +121,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="samples per held-out measurement (default --num-samples)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
     p.add_argument("--out", required=True, help="the recipe JSON to write")
     p.add_argument("--state", default=None, help="search state JSON (default <out>.state.json)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in the state file")
@@ -229,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
     from qdit.search.model import FitnessConfig
     from qdit.search.plot import search_plot
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise QditError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -280,7 +287,12 @@ def run(args: argparse.Namespace) -> int:
         n = args.heldout_samples or args.num_samples
         genomes = {"best": res.best_genome, "baseline": res.baseline_genome}
         report["heldout"] = heldout_fitness(
-            outcome.objective, genomes, parsed["heldout"], n, progress=not args.no_progress
+            outcome.objective,
+            genomes,
+            parsed["heldout"],
+            n,
+            progress=not args.no_progress,
+            also=["fp"] if outcome.objective.fp_model is not None and fitness.reference == "data" else [],
         )
         report["heldout_samples"] = n
     report["wall_seconds"] = time.time() - t0

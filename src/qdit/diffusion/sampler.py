@@ -7,6 +7,7 @@ the batch size, or on the rank that drew it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -109,6 +110,20 @@ def sample_batch(
     return x
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_context(
+    precision: str, device: torch.device | str = "cpu"
+) -> contextlib.AbstractContextManager:
+    """``fp32``: nothing; ``bf16``: autocast the model's matmuls to bfloat16 (AMX / tensor cores)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def default_labels(num: int, num_classes: int) -> np.ndarray:
     """Balanced labels ``i % num_classes``: every class equally often, independent of batching."""
     return (np.arange(num) % num_classes).astype(np.int64)
@@ -128,7 +143,7 @@ def generate(
     seed: int,
     config: SamplerConfig,
     indices: Sequence[int] | None = None,
-    batch_size: int = 250,
+    batch_size: int = 64,
     device: torch.device | str = "cpu",
     diffusion: GaussianDiffusion | None = None,
     progress: bool = False,
@@ -201,7 +216,7 @@ def sample_images(
     seed: int = 0,
     config: SamplerConfig | None = None,
     labels: Sequence[int] | np.ndarray | None = None,
-    batch_size: int = 250,
+    batch_size: int = 64,
     progress: bool = False,
     ctx: object | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:

@@ -127,27 +127,32 @@ def heldout_fitness(
     num_samples: int,
     progress: bool = False,
     reference: str | None = None,
+    also: Sequence[str] = (),
 ) -> dict[str, dict]:
     """Fitness of each named genome on sample seeds the search never saw: per seed, mean and std.
-    ``reference``: ``"data"`` or ``"fp"`` (default: the objective's)."""
-    out: dict[str, dict] = {}
+
+    ``reference``: ``"data"`` or ``"fp"`` (default: the objective's). ``also``: more references
+    measured on the same samples, reported under ``"<name>@<reference>"``.
+    """
+    refs = [reference or objective.config.reference, *also]
+    vals: dict[str, list[float]] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(genomes) * len(seeds), desc="held-out seeds", unit="eval")
     for name, genome in genomes.items():
-        vals = []
         for s in seeds:
-            vals.append(objective.fitness_at(genome, num_samples, None, s, reference).value)
+            feats = None
+            for k, ref in enumerate(refs):
+                ev = objective.fitness_at(genome, num_samples, feats, s, ref)
+                feats = ev.features
+                vals.setdefault(name if k == 0 else f"{name}@{ref}", []).append(ev.value)
             if bar is not None:
                 bar.update(1)
-        out[name] = {
-            "seeds": list(seeds),
-            "values": vals,
-            "mean": float(np.mean(vals)),
-            "std": float(np.std(vals)),
-        }
     if bar is not None:
         bar.close()
-    return out
+    return {
+        key: {"seeds": list(seeds), "values": v, "mean": float(np.mean(v)), "std": float(np.std(v))}
+        for key, v in vals.items()
+    }

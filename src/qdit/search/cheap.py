@@ -49,6 +49,8 @@ from qdit.search.runner import (
     StateFile,
     best_full,
     fingerprint,
+    restore_reference,
+    stash_reference,
 )
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
 from qdit.search.surrogate import AdditiveSurrogate
@@ -156,6 +158,7 @@ def run_cheap(
     if saved is not None:
         log.load_dict(saved)
         state_file.read_features(store, resume)
+        restore_reference(objective, store)
     else:
         state_file.clear_features()
     setup = getattr(objective, "setup_cost", None)
@@ -173,9 +176,13 @@ def run_cheap(
         len(screen_items) + config.pool + planned_images(num_samples, config),
         "search (cheap)",
     )
+    # a resumed run starts the bar where the interrupted one stopped (proxies count 1, samples 1 each)
+    setup_images = sum(h["images"] for h in log.history[:1] if h["kind"] == "setup")
+    bar.update(sum(h["kind"] == "proxy" for h in log.history) + log.images - setup_images)
 
     def save() -> None:
         log.seconds = time.perf_counter() - started
+        stash_reference(objective, store)
         state_file.write(log.to_dict(), store)
 
     def best_now() -> float | None:

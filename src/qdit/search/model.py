@@ -419,6 +419,15 @@ class ModelObjective:
             self._fp_features[seed] = have
         return have[:num_samples], extra
 
+    def reference_cache(self) -> dict[str, np.ndarray]:
+        """The float model's sample features drawn so far, by sample seed (saved with a search's state)."""
+        return {str(seed): feats for seed, feats in self._fp_features.items()}
+
+    def restore_reference_cache(self, cache: dict[str, np.ndarray]) -> None:
+        for seed, feats in cache.items():
+            if len(feats) > len(self._fp_features.get(int(seed), ())):
+                self._fp_features[int(seed)] = np.asarray(feats, dtype=np.float32)
+
     @torch.no_grad()
     def proxy(self, genome: Sequence[int]) -> Evaluation:
         """Relative mean squared error of the noise prediction against the float model."""

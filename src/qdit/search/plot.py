@@ -175,10 +175,36 @@ def search_series(
     return out
 
 
+def stage_series(history: Sequence[dict], kind: str, label: str) -> list[Series]:
+    """One point series per sample count of the ``kind`` measurements (plus the running best of each)."""
+    by_n: dict[int, tuple[list[float], list[float]]] = {}
+    for h in history:
+        if h["kind"] == kind and h["value"] is not None:
+            xs, ys = by_n.setdefault(int(h["n"]), ([], []))
+            xs.append(float(h["images"]))
+            ys.append(float(h["value"]))
+    out = []
+    for i, (n, (xs, ys)) in enumerate(sorted(by_n.items())):
+        color = PALETTE[(i + 2) % len(PALETTE)]
+        out.append(Series(f"{label}, {n} samples", xs, ys, color, "points"))
+        bx, by = best_so_far(xs, ys)
+        out.append(Series(f"best, {n} samples", bx, by, color, "step", width=1))
+    return out
+
+
 def search_plot(report: dict, path: str | Path | None = None) -> Image.Image:
-    """Fitness against images sampled for one search report (``qdit search --plot``)."""
+    """Fitness against images sampled for one search report (``qdit search --plot``).
+
+    The top panel shows the fitness measured with all samples (every evaluation and the best so far)
+    and the uniform baseline; a cheap search adds its measurements with fewer samples and, in a second
+    panel, its low-fidelity measurements (distance to the float model's samples)."""
     n = int(report["num_samples"])
-    series = search_series(report["history"], n, str(report["method"]), PALETTE[0])
+    history = report["history"]
+    series = search_series(history, n, str(report["method"]), PALETTE[0])
+    if report["method"] != "full":
+        series = [
+            s for s in stage_series(history, "fit", "fitness") if not s.label.endswith(f" {n} samples")
+        ] + series
     if report.get("baseline_fitness") is not None:
         series.append(
             Series(
@@ -191,10 +217,22 @@ def search_plot(report: dict, path: str | Path | None = None) -> Image.Image:
         )
     img = line_plot(
         series,
-        title=f"{report['method']} search: fitness ({n} samples) vs images sampled",
+        title=f"{report['method']} search: fitness vs images sampled ({n} samples per full evaluation)",
         xlabel="images sampled",
         ylabel="fitness (lower is better)",
     )
+    lofi = stage_series(history, "fidelity", "distance to float samples")
+    if lofi:
+        low = line_plot(
+            lofi,
+            title="low-fidelity rounds: Frechet distance to the float model's samples (paired noise)",
+            xlabel="images sampled",
+            ylabel="FD to float",
+        )
+        both = Image.new("RGB", (img.width, img.height + low.height), "white")
+        both.paste(img, (0, 0))
+        both.paste(low, (0, img.height))
+        img = both
     if path is not None:
         from qdit.io.atomic import atomic_path
 

@@ -81,6 +81,26 @@ class FeatureStore:
         self.dirty.clear()
 
 
+REFERENCE_KEY = "reference-features"  # the store's key prefix for an objective's reference features
+
+
+def stash_reference(objective: Objective, store: FeatureStore) -> None:
+    """Put the objective's reference features (e.g. the float model's samples) into ``store``, so a
+    resumed search does not draw them again."""
+    export = getattr(objective, "reference_cache", None)
+    if export is not None:
+        for key, feats in export().items():
+            store.put(f"{REFERENCE_KEY}:{key}", feats)
+
+
+def restore_reference(objective: Objective, store: FeatureStore) -> None:
+    """Give the objective back the reference features a resumed search saved."""
+    restore = getattr(objective, "restore_reference_cache", None)
+    if restore is not None:
+        prefix = f"{REFERENCE_KEY}:"
+        restore({k[len(prefix) :]: v for k, v in store.data.items() if k.startswith(prefix)})
+
+
 @dataclass
 class SearchLog:
     """Everything a search measured, in order; the state file's common part."""
@@ -351,10 +371,15 @@ def run_full(
     )
     log = SearchLog("full", fp)
     state_file = StateFile(state_path, dist)
+    store = FeatureStore()  # only the objective's reference features: candidates keep none
     saved = state_file.read(resume)
     if saved is not None:
         log.load_dict(saved)
         search.load_state_dict(saved["extra"]["evolution"])
+        state_file.read_features(store, resume)
+        restore_reference(objective, store)
+    else:
+        state_file.clear_features()
     started = time.perf_counter() - log.seconds
     bar = Progress(progress and dist.is_main, config.population * config.generations, "search (full)")
     bar.update(len(search.results), best=search.best[1] if search.best else None)
@@ -362,7 +387,8 @@ def run_full(
     def save() -> None:
         log.seconds = time.perf_counter() - started
         log.extra["evolution"] = search.state_dict()
-        state_file.write(log.to_dict())
+        stash_reference(objective, store)
+        state_file.write(log.to_dict(), store)
 
     def evaluate(genome: Genome) -> Evaluation:
         ev = objective.fitness(genome, num_samples)
