@@ -16,7 +16,7 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded model end to end: FP vs quantized, a table and an image grid")
     p.add_argument("--num", type=int, default=250, help="samples per configuration")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--group-size", type=int, default=64, help="group size of the group-wise configurations")
