@@ -56,6 +56,13 @@ def group_view(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
 
 def minmax(x: torch.Tensor, dim: int | tuple[int, ...] = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Range over ``dim`` (kept), widened to contain 0."""
+    if isinstance(dim, tuple) and len(dim) > 1:
+        # one dimension at a time, innermost first: the same values, and much faster than a strided
+        # multi-dimension reduction (e.g. a sample's groups over all of its tokens)
+        lo, hi = x, x
+        for d in sorted(dim, key=lambda d: d % x.dim(), reverse=True):
+            lo, hi = lo.amin(dim=d, keepdim=True), hi.amax(dim=d, keepdim=True)
+        return lo.clamp(max=0), hi.clamp(min=0)
     return x.amin(dim=dim, keepdim=True).clamp(max=0), x.amax(dim=dim, keepdim=True).clamp(min=0)
 
 
@@ -110,7 +117,10 @@ def fake_quantize_range(
 ) -> torch.Tensor:
     """Quantize-dequantize ``xg`` with ranges broadcastable to it (float32 result)."""
     scale, zero = qparams(xmin, xmax, bits, symmetric, scale_dtype)
-    return dequantize(quantize(xg, scale, zero, bits, symmetric), scale, zero)
+    lo, hi = code_range(bits, symmetric)
+    # quantize then dequantize, in place on one temporary: the same arithmetic as
+    # dequantize(quantize(...)), without four full-size intermediates
+    return xg.float().div(scale).round_().add_(zero).clamp_(lo, hi).sub_(zero).mul_(scale)
 
 
 def fake_quantize(
