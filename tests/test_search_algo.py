@@ -270,8 +270,9 @@ def test_cheap_search_beats_full_with_a_tenth_of_the_images():
     space = embedded_like()
     cost, budget = CostModel(), Budget("mean_group", 128)
     n = 64
-    # the toy objective's low-fidelity measurement is noisier than the real one: more, smaller rounds
-    config = CheapConfig(lofi_rounds=10, lofi_min_samples=8)
+    # the toy's noise is unlike the real one's (its fitness is mostly noise at few samples, its
+    # fidelity nearly noiseless): more, smaller rounds on the fidelity
+    config = CheapConfig(lofi_rounds=10, lofi_fraction=0.125, lofi_min_samples=8, lofi_measure="fidelity")
     full = run_full(space, cost, budget, SyntheticObjective(space), n)
     cheap = run_cheap(space, cost, budget, SyntheticObjective(space), n, config)
     truth = SyntheticObjective(space).true_value
@@ -285,8 +286,10 @@ def test_rung_samples():
     assert rung_samples(16, 128) == [32, 64, 128]
     assert rung_samples(3, 10) == [6, 10]
     assert rung_samples(8, 8) == []
-    assert CheapConfig().lofi_samples(256) == 32 and CheapConfig().lofi_samples(64) == 16
-    assert CheapConfig().lofi_samples(4) == 4 and CheapConfig(lofi_min_samples=2).lofi_samples(64) == 8
+    assert CheapConfig().lofi_samples(256) == 128 and CheapConfig().lofi_samples(64) == 32
+    assert CheapConfig().lofi_samples(20) == 16 and CheapConfig().lofi_samples(4) == 4
+    assert CheapConfig(lofi_fraction=0.125, lofi_min_samples=2).lofi_samples(64) == 8
+    assert CheapConfig(lofi_num_samples=24).lofi_samples(64) == 24
 
 
 # --- sharding ------------------------------------------------------------------------------------

@@ -80,13 +80,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="cheap search: candidates per low-fidelity round (default 16)",
     )
     p.add_argument(
-        "--lofi-rounds", type=int, default=None, help="cheap search: low-fidelity rounds (default 10)"
+        "--lofi-rounds", type=int, default=None, help="cheap search: low-fidelity rounds (default 4)"
     )
     p.add_argument(
         "--lofi-samples",
         type=int,
         default=None,
-        help="cheap search: samples per low-fidelity measurement (default max(16, N/8))",
+        help="cheap search: samples per low-fidelity measurement (default max(16, N/2))",
     )
     p.add_argument(
         "--shortlist",
