@@ -220,6 +220,7 @@ def test_cli_killed_midway_resumes_without_reevaluating(tiny_dit, tmp_path, monk
     argv = [
         "search", "--model", ckpt, "--arch", arch, "--num-samples", "8", "--steps", "2", "--batch-size", "8",
         "--lofi-batch", "4", "--lofi-rounds", "2", "--lofi-samples", "2", "--shortlist", "2", "--out", str(tmp_path / "r.json"),
+        "--lofi-measure", "fidelity",  # draws the float model's reference samples, which the state must keep
         "--json", str(tmp_path / "rep.json"), "--no-progress", "--device", "cpu",
     ]  # fmt: skip
     assert main(argv) == 130
@@ -238,6 +239,7 @@ def test_cli_killed_midway_resumes_without_reevaluating(tiny_dit, tmp_path, monk
     assert rep["images_sampled"] >= setup + sum(n - have for _, n, have, _ in first + second)
     assert rep["images_sampled"] <= setup + fp_ref + sum(n - have for _, n, have, _ in first + second)
     assert any(have > 0 for _, _, have, _ in second)
+    assert any(r == "fp" for _, _, _, r in first) and any(r == "fp" for _, _, _, r in second)
     # an uninterrupted run with the same seed agrees
     calls.clear()
     argv2 = [a if a != str(tmp_path / "r.json") else str(tmp_path / "r2.json") for a in argv]

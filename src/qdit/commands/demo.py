@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         t_quant = time.time() - t0
         with torch.inference_mode():
             images, labels = sample_images(
-                model, args.num, args.seed, sampler, progress=True, batch_size=64
+                model, args.num, args.seed, sampler, progress=True
             )
         t_sample = time.time() - t0 - t_quant
         m = domain_metrics(images, labels, ref, domain, metrics=("domain_fd", "class_acc"))

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--precision",
         choices=("fp32", "bf16"),
         default="fp32",
-        help="fp32, or bf16 autocast of the model (about 1.7x faster on CPUs with AMX)",
+        help="fp32, or bf16 autocast of the model (1,000 samples: 277 s vs 200 s on a 2-core CPU with AMX)",
     )
     p.add_argument("--out", required=True, help="output .npz (arr_0 uint8 NHWC, labels int64)")
     p.add_argument("--grid", default=None, help="also write an image grid PNG of the first samples")

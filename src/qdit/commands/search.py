@@ -89,6 +89,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="cheap search: samples per low-fidelity measurement (default max(16, N/2))",
     )
     p.add_argument(
+        "--lofi-measure",
+        choices=("fit", "fidelity"),
+        default=None,
+        help="cheap search: what the low-fidelity rounds measure: the fitness on fewer samples (fit, the "
+        "default) or the distance to the float model's samples drawn with the same noise (fidelity)",
+    )
+    p.add_argument(
         "--shortlist",
         type=int,
         default=None,
@@ -251,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             ("lofi_batch", args.lofi_batch),
             ("lofi_rounds", args.lofi_rounds),
             ("lofi_num_samples", args.lofi_samples),
+            ("lofi_measure", args.lofi_measure),
             ("shortlist", args.shortlist),
         )
         if v is not None

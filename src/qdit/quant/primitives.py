@@ -57,7 +57,7 @@ def group_view(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
 def minmax(x: torch.Tensor, dim: int | tuple[int, ...] = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Range over ``dim`` (kept), widened to contain 0."""
     if isinstance(dim, tuple) and len(dim) > 1:
-        # one dimension at a time, innermost first: the same values, and much faster than a strided
+        # one dimension at a time, innermost first: the same values, and faster than one strided
         # multi-dimension reduction (e.g. a sample's groups over all of its tokens)
         lo, hi = x, x
         for d in sorted(dim, key=lambda d: d % x.dim(), reverse=True):

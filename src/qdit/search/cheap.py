@@ -66,8 +66,8 @@ class CheapConfig:
     lofi_num_samples: int | None = None  # or exactly this many
     shortlist: int = 8  # candidates that enter successive halving
     # low fidelity: the fitness itself on fewer samples ("fit"), or the distance to the float model's
-    # samples ("fidelity"). On the embedded model (W4A8, N = 64) "fit" with N/2 samples found a recipe
-    # as good as the full search's on held-out seeds; "fidelity" with 16 samples one 4 points worse.
+    # samples ("fidelity"). On the embedded model (W4A8, N = 64, BENCHMARKS.md) "fit" with N/2 samples
+    # found 290.4 on the search seed where "fidelity" with 16 samples found 304.3 (the full search: 283.2).
     lofi_measure: str = "fit"
     explore: float = 0.25  # low fidelity: share of each round drawn at random (for the surrogate)
     ridge: float = 1.0  # surrogate: strength of the pull of per-gene corrections towards zero
