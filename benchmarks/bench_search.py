@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evo = EvolutionConfig() if not args.quick else EvolutionConfig(population=10, top_k=3, generations=3)
-    cheap_cfg = CheapConfig() if not args.quick else CheapConfig(lofi_batch=6, lofi_rounds=3, shortlist=4)
+    cheap_cfg = CheapConfig() if not args.quick else CheapConfig(lofi_batch=3, lofi_rounds=3, exploit=2, shortlist=2)
     n, heldout_n = args.num_samples, args.heldout_samples
     seeds = parse_int_list(args.heldout_seeds, "--heldout-seeds")
     if args.quick:
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     g0 = baseline_group(space, cost, budget)
     base = QuantSpec(w_bits=4, a_bits=8, w_group=g0, a_group=g0)
     fitness = FitnessConfig(steps=args.steps, seed=args.seed)
-    objective = ModelObjective.build(model, space, base, features, fitness, model_name=args.model)
+    objective = ModelObjective.build(
+        model, space, base, features, fitness, model_name=args.model, with_proxy=cheap_cfg.screen
+    )
 
     results = {}
     for method in ("cheap", "full"):

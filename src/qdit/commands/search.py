@@ -77,29 +77,42 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--lofi-batch",
         type=int,
         default=None,
-        help="cheap search: candidates per low-fidelity round (default 16)",
+        help="cheap search: candidates measured per round (default 8)",
     )
-    p.add_argument(
-        "--lofi-rounds", type=int, default=None, help="cheap search: low-fidelity rounds (default 4)"
-    )
+    p.add_argument("--lofi-rounds", type=int, default=None, help="cheap search: rounds (default 6)")
     p.add_argument(
         "--lofi-samples",
         type=int,
         default=None,
-        help="cheap search: samples per low-fidelity measurement (default max(16, N/2))",
+        help="cheap search: samples per measurement in the rounds (default N; fewer: a low-fidelity "
+        "measurement, the best then measured with N by successive halving)",
     )
     p.add_argument(
         "--lofi-measure",
         choices=("fit", "fidelity"),
         default=None,
-        help="cheap search: what the low-fidelity rounds measure: the fitness on fewer samples (fit, the "
-        "default) or the distance to the float model's samples drawn with the same noise (fidelity)",
+        help="cheap search: what the rounds measure: the fitness (fit, the default) or the distance to "
+        "the float model's samples drawn with the same noise (fidelity)",
+    )
+    p.add_argument(
+        "--acquisition",
+        choices=("thompson", "greedy"),
+        default=None,
+        help="cheap search: how a round is chosen on the additive surrogate: each candidate optimises a "
+        "draw from its posterior (thompson, the default) or the best of its mean (greedy)",
+    )
+    p.add_argument(
+        "--screen",
+        action="store_true",
+        help="cheap search: screen every single-layer change with the noise-prediction proxy first (no "
+        "images; the surrogate's prior and the first round's candidates)",
     )
     p.add_argument(
         "--shortlist",
         type=int,
         default=None,
-        help="cheap search: candidates in successive halving (default 8)",
+        help="cheap search: candidates measured with all samples at the end, half of them the "
+        "surrogate's best (default 2)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the fitness samples")
     p.add_argument(
@@ -260,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
             ("lofi_num_samples", args.lofi_samples),
             ("lofi_measure", args.lofi_measure),
             ("shortlist", args.shortlist),
+            ("acquisition", args.acquisition),
+            ("screen", args.screen or None),
         )
         if v is not None
     }

@@ -91,7 +91,7 @@ def search_groups(
     g0 = baseline_group(space, cost, budget)
     base = QuantSpec(**{**base.to_dict(), "w_group": g0, "a_group": g0})
     objective = ModelObjective.build(
-        model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap",
+        model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap" and (cheap or CheapConfig()).screen,
         progress=progress,
     )  # fmt: skip
     dist = dist or Dist.current()

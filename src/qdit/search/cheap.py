@@ -1,25 +1,27 @@
-"""The cheap search (the default): proxy screening, surrogate-guided low-fidelity rounds and
-successive halving. It spends a few percent of the full search's sampled images.
+"""The cheap search (the default): Bayesian optimisation on an additive surrogate, with Thompson
+sampling, in rounds of a few candidates. It spends a tenth of the full search's sampled images.
 
-1. **Screening.** From the uniform baseline, every gene is moved to every other choice, one at a time,
-   and the proxy is measured: the noise-prediction error against the full-precision model on the
-   model calls of a few full-precision trajectories (no images are generated). With the assumption
-   that per-gene changes add up, this predicts the proxy of any genome for free.
-2. **Pool.** The paper's evolution runs on that prediction (free); the best ``pool`` candidates that
-   meet the budget get their proxy measured jointly (interactions included) and are ranked by it.
-3. **Low fidelity.** ``lofi_rounds`` rounds of ``lofi_batch`` candidates, each measured with the real
-   fitness on ``lofi_fraction * N`` samples (paired noise: sample ``i`` has the same noise and label
-   for every candidate). Round 0 takes the baseline and the pool's best; every later round fits an
-   additive surrogate (the screened proxy, rescaled, plus a ridge-regularised correction per gene
-   value, see :mod:`qdit.search.surrogate`) to all measurements so far and measures the best
-   unmeasured candidates of a free evolution on it. A share ``explore`` of every round is random
-   legal genomes, so the surrogate learns about genes the proxy misjudges.
-4. **Successive halving.** The surrogate's best (it averages the noise of many measurements) and the
-   best measured candidates, ``shortlist`` in all, are measured with twice the samples, the better
-   half goes on with twice again, ... up to ``N``. A candidate that goes on only generates its new
-   samples (its earlier features are kept, also across a resume).
-5. **Finish.** The baseline is measured with ``N`` samples too, and the best candidate measured with
-   ``N`` samples wins: on the search's samples the result is never worse than the uniform baseline.
+1. **Rounds.** ``lofi_rounds`` rounds of ``lofi_batch`` candidates, each measured with the real
+   fitness (paired noise: sample ``i`` has the same noise and label for every candidate). Round 0
+   is the uniform baseline and random genomes that meet the budget. Every later round fits an
+   additive surrogate (one coefficient per layer and choice, Bayesian linear regression, see
+   :mod:`qdit.search.surrogate`) to all measurements so far; each of its candidates is the best
+   unmeasured genome of a free evolution on one draw from the surrogate's posterior (Thompson
+   sampling), seeded with the best measured genomes.
+2. **Finish.** The surrogate's best (it averages the noise of many measurements; it need not have
+   been measured) joins the best measured candidates, ``shortlist`` in all; the best with ``N``
+   samples wins, so on the search's samples the result is never worse than the uniform baseline.
+
+Why not fewer samples per measurement: on the embedded model, a Fréchet distance of 32 samples
+follows the one of 64 only loosely (residual 8.4 around a fit where the 64-sample values scatter by
+about 2), so per image it says far less. Low-fidelity rounds are still available
+(``lofi_fraction < 1``: the rounds measure ``lofi_fraction * N`` samples, or the distance to the
+float model's samples with ``lofi_measure="fidelity"``; the shortlist then goes through successive
+halving up to ``N`` samples, a candidate that goes on only generating its new samples), and so is
+**proxy screening** (``screen``: every single-gene change measured by the noise-prediction error
+against the float model on a few float trajectories, no images; its additive prediction becomes the
+surrogate's prior and its best candidates the first round's), which was within +-3% and not
+monotone in the group size on the embedded model.
 
 Everything measured is cached in the state file by genome (and number of samples). The algorithm is
 deterministic given the seed and the measurements, so a resumed run replays it from the cache and
@@ -58,23 +60,36 @@ from qdit.search.surrogate import AdditiveSurrogate
 
 @dataclass(frozen=True)
 class CheapConfig:
-    pool: int = 32  # candidates from the additive prediction whose proxy is measured jointly
-    lofi_batch: int = 16  # low fidelity: candidates per round
-    lofi_rounds: int = 4  # low fidelity: rounds (the first from the pool, then from the surrogate)
-    lofi_fraction: float = 0.5  # low fidelity: samples per candidate, as a fraction of N ...
+    # measurement rounds: ``lofi_rounds`` rounds of ``lofi_batch`` candidates, each measured on
+    # ``lofi_fraction * N`` samples; the first round is the baseline and random legal genomes (and the
+    # proxy pool's best when ``screen``), every later round is chosen on an additive surrogate of all
+    # measurements so far
+    lofi_batch: int = 4
+    lofi_rounds: int = 10
+    lofi_fraction: float = 1.0  # samples per candidate, as a fraction of N ...
     lofi_min_samples: int = 16  # ... but at least this many (a Fréchet distance of fewer is mostly noise)
     lofi_num_samples: int | None = None  # or exactly this many
-    shortlist: int = 8  # candidates that enter successive halving
-    # low fidelity: the fitness itself on fewer samples ("fit"), or the distance to the float model's
-    # samples ("fidelity"). On the embedded model (W4A8, N = 64, BENCHMARKS.md) "fit" with N/2 samples
-    # found 290.4 on the search seed where "fidelity" with 16 samples found 304.3 (the full search: 283.2).
+    # the measurement in the rounds: the fitness itself ("fit"), or the distance to the float model's
+    # samples ("fidelity")
     lofi_measure: str = "fit"
-    explore: float = 0.25  # low fidelity: share of each round drawn at random (for the surrogate)
-    ridge: float = 1.0  # surrogate: strength of the pull of per-gene corrections towards zero
+    # how a round is chosen on the surrogate: a posterior draw optimised per candidate ("thompson"), or
+    # the best of the surrogate's mean plus a share ``explore`` of random legal genomes ("greedy")
+    acquisition: str = "thompson"
+    explore: float = 0.0
+    exploit: int = 9  # the final round: the best unmeasured genomes of the surrogate's mean
+    shortlist: int = 4  # the best measured, taken to N samples by successive halving
+    ridge: float | None = None  # surrogate: noise-to-prior variance ratio (None: chosen by the evidence)
+    # proxy screening (no images: noise-prediction error against the float model) as the surrogate's
+    # prior and a pool of candidates for the first round; off by default, since on the embedded model
+    # its single-gene deltas were within +-3% and not monotone in the group size
+    screen: bool = False
+    pool: int = 32  # candidates from the additive proxy prediction whose proxy is measured jointly
     proxy_population: int = 64  # the (free) evolutions on the proxy prediction and the surrogate
     proxy_generations: int = 20
 
     def __post_init__(self) -> None:
+        if self.exploit < 0:
+            raise QditError(f"exploit must be >= 0, got {self.exploit}")
         if (
             min(
                 self.pool,
@@ -95,9 +110,11 @@ class CheapConfig:
             raise QditError(
                 f"the low-fidelity measure must be 'fidelity' or 'fit', got {self.lofi_measure!r}"
             )
+        if self.acquisition not in ("thompson", "greedy"):
+            raise QditError(f"the acquisition must be 'thompson' or 'greedy', got {self.acquisition!r}")
         if not 0 <= self.explore < 1:
             raise QditError(f"the exploration share must be in [0, 1), got {self.explore}")
-        if self.ridge <= 0:
+        if self.ridge is not None and self.ridge <= 0:
             raise QditError(f"the surrogate's ridge must be > 0, got {self.ridge}")
 
     def to_dict(self) -> dict:
@@ -122,13 +139,13 @@ def rung_samples(start: int, num_samples: int) -> list[int]:
 def planned_images(num_samples: int, config: CheapConfig) -> int:
     """An upper bound on the images the cheap search generates (screening and proxies generate none)."""
     lo = config.lofi_samples(num_samples)
-    total = config.lofi_batch * config.lofi_rounds * lo + config.shortlist * lo
+    total = (config.lofi_batch * config.lofi_rounds + config.exploit) * lo
     k, have = config.shortlist, lo
     for n in rung_samples(lo, num_samples):
         total += k * (n - have)
         have = n
         k = max(1, math.ceil(k / 2))
-    return total + num_samples
+    return total + num_samples - lo  # the baseline (measured in the first round) with all samples
 
 
 def run_cheap(
@@ -176,7 +193,7 @@ def run_cheap(
     ]
     bar = Progress(
         progress and dist.is_main,
-        len(screen_items) + config.pool + planned_images(num_samples, config),
+        (len(screen_items) + config.pool if config.screen else 0) + planned_images(num_samples, config),
         "search (cheap)",
     )
     # a resumed run starts the bar where the interrupted one stopped (proxies count 1, samples 1 each)
@@ -225,28 +242,32 @@ def run_cheap(
         return {genome_key(g): float(log.lookup(kind, g, n)) for g in genomes}  # type: ignore[arg-type]
 
     try:
-        # 1. screening
-        measured = proxies("screen", screen_items)
-        p0 = measured[genome_key(base)]
-        delta: list[dict[int, float]] = [{v: 0.0} for v in base]
-        for item in screen_items[1:]:
-            i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
-            delta[i][item[i]] = measured[genome_key(item)] - p0
+        # 1.-2. (optional) screening: single-gene proxy deltas, an additive prediction, and a pool
+        # of its best candidates with their proxy measured jointly
+        prior: Callable[[Genome], float] | None = None
+        pool: list[Genome] = []
+        if config.screen:
+            measured = proxies("screen", screen_items)
+            p0 = measured[genome_key(base)]
+            delta: list[dict[int, float]] = [{v: 0.0} for v in base]
+            for item in screen_items[1:]:
+                i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
+                delta[i][item[i]] = measured[genome_key(item)] - p0
 
-        def predicted(genome: Genome) -> float:
-            return p0 + sum(d[v] for d, v in zip(delta, genome))
+            def predicted(genome: Genome) -> float:
+                return p0 + sum(d[v] for d, v in zip(delta, genome))
 
-        # 2. pool: evolution on the additive prediction (free), then joint proxies
-        evo = _free_evolution(
-            space, cost, budget, config, seed, [base], lambda gs: [predicted(g) for g in gs]
-        )
-        ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
-        pool = [key_genome(k) for k in ranked[: config.pool]]
-        joint = proxies("pool", pool)
-        pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
+            prior = predicted
+            evo = _free_evolution(
+                space, cost, budget, config, seed, [base], lambda gs: [predicted(g) for g in gs]
+            )
+            ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
+            pool = [key_genome(k) for k in ranked[: config.pool]]
+            joint = proxies("pool", pool)
+            pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
 
-        # 3. low fidelity: rounds of measurements on a few paired-noise samples, each round's
-        # candidates the best of an additive surrogate fitted to all measurements so far
+        # 3. rounds of measurements (paired noise), each round's candidates chosen on an additive
+        # surrogate fitted to all measurements so far
         lo = config.lofi_samples(num_samples)
         measured_lo: dict[str, float] = {}
         rng = np.random.default_rng([seed, 17])
@@ -263,54 +284,59 @@ def run_cheap(
                     out.append(g)
             return out
 
+        def top_measured(k: int) -> list[Genome]:
+            return [key_genome(x) for x in sorted(measured_lo, key=lambda x: (measured_lo[x], x))[:k]]
+
+        def best_unmeasured(evo: EvolutionSearch, taken: set[str], k: int) -> list[Genome]:
+            ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
+            return [key_genome(x) for x in ranked if x not in taken][:k]
+
         first = list(dict.fromkeys([base] + pool))[: max(1, config.lofi_batch - explore)]
         batch = first + random_legal(config.lofi_batch - len(first), {genome_key(g) for g in first})
-        surrogate = AdditiveSurrogate(space, base, predicted, config.ridge)
+        surrogate = AdditiveSurrogate(space, base, prior, config.ridge)
         for r in range(config.lofi_rounds):
             if r > 0:
                 keys = list(measured_lo)
                 surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
-                top = sorted(keys, key=lambda k: (measured_lo[k], k))[: config.lofi_batch]
-                evo = _free_evolution(
-                    space,
-                    cost,
-                    budget,
-                    config,
-                    seed + 7919 * r,
-                    [key_genome(k) for k in top],
-                    surrogate.predict,
-                )
-                fresh = [
-                    k for k in sorted(evo.results, key=lambda k: (evo.results[k], k)) if k not in measured_lo
-                ]
-                batch = [key_genome(k) for k in fresh[: config.lofi_batch - explore]]
-                batch += random_legal(
-                    config.lofi_batch - len(batch), set(measured_lo) | set(map(genome_key, batch))
-                )
+                taken = set(measured_lo)
+                batch = []
+                want = config.lofi_batch - explore
+                if config.acquisition == "thompson":
+                    draws = np.random.default_rng([seed, 29, r])
+                    for j in range(want):
+                        draw = surrogate.draw(draws)
+                        evo = _free_evolution(
+                            space, cost, budget, config, seed + 7919 * r + 104_729 * (j + 1),
+                            top_measured(config.lofi_batch), draw,
+                        )  # fmt: skip
+                        batch += best_unmeasured(evo, taken, 1)
+                        taken |= {genome_key(g) for g in batch}
+                else:
+                    evo = _free_evolution(
+                        space, cost, budget, config, seed + 7919 * r,
+                        top_measured(config.lofi_batch), surrogate.predict,
+                    )  # fmt: skip
+                    batch = best_unmeasured(evo, taken, want)
+                    taken |= {genome_key(g) for g in batch}
+                batch += random_legal(config.lofi_batch - len(batch), taken)
             if not batch:
                 break
-            measured_lo.update(fitnesses(f"low fidelity {r} ({lo} samples)", batch, lo, config.lofi_measure))
+            measured_lo.update(fitnesses(f"round {r} ({lo} samples)", batch, lo, config.lofi_measure))
 
-        # 4. successive halving from the best of the low-fidelity stage up to N samples
-        # the shortlist: half the surrogate's best (it averages the noise of many measurements; its
-        # best need not have been measured), half the best measured
+        # 4. exploitation: the best unmeasured genomes of the surrogate's mean (it averages the noise
+        # of all measurements), near-optimal variants of one another
         keys = list(measured_lo)
         surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
-        best_keys = sorted(keys, key=lambda k: (measured_lo[k], k))[: config.lofi_batch]
-        evo = _free_evolution(
-            space,
-            cost,
-            budget,
-            config,
-            seed + 7919 * config.lofi_rounds,
-            [key_genome(k) for k in best_keys],
-            surrogate.predict,
-        )
-        by_model = sorted(evo.results, key=lambda k: (evo.results[k], k))[: (config.shortlist + 1) // 2]
-        by_data = [k for k in sorted(keys, key=lambda k: (measured_lo[k], k)) if k not in by_model]
-        alive = [key_genome(k) for k in by_model + by_data[: config.shortlist - len(by_model)]]
-        fitnesses(f"shortlist ({lo} samples)", alive, lo, config.lofi_measure)
-        for r, n in enumerate(rung_samples(lo, num_samples)):
+        if config.exploit:
+            evo = _free_evolution(
+                space, cost, budget, config, seed + 7919 * config.lofi_rounds,
+                top_measured(config.lofi_batch), surrogate.predict,
+            )  # fmt: skip
+            batch = best_unmeasured(evo, set(measured_lo), config.exploit)
+            measured_lo.update(fitnesses(f"exploit ({lo} samples)", batch, lo, config.lofi_measure))
+        # 5. the best measured: successive halving up to N samples (nothing to do when lo == N)
+        alive = top_measured(config.shortlist)
+        for r, n in enumerate(rung_samples(lo, num_samples) or [num_samples]):
             fit = fitnesses(f"rung {r} ({n} samples)", alive, n)
             if n == num_samples:
                 break

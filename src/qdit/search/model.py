@@ -279,6 +279,7 @@ class ModelObjective:
         device: torch.device | str = "cpu",
         with_proxy: bool = True,
         progress: bool = False,
+        keep_float: bool = True,
     ) -> ModelObjective:
         """Copy ``model``, record the proxy's inputs with the float copy, quantize it with a bank of
         every candidate group size (and bits) per layer, and return the objective."""
@@ -287,7 +288,8 @@ class ModelObjective:
         config = config or FitnessConfig()
         model = copy.deepcopy(model).to(device).eval()
         digest = weights_digest(model, [layer.name for layer in space.layers])
-        fp_model = copy.deepcopy(model) if config.reference == "fp" or with_proxy else None
+        # the float copy: the proxy's reference, a fitness against its samples, or held-out FD to float
+        fp_model = copy.deepcopy(model) if config.reference == "fp" or with_proxy or keep_float else None
         proxy = cls._proxy_inputs(model, config, device) if with_proxy else None
         banks: dict[str, set[int]] = {}
         for g in space.genes:
