@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evo = EvolutionConfig() if not args.quick else EvolutionConfig(population=10, top_k=3, generations=3)
-    cheap_cfg = CheapConfig() if not args.quick else CheapConfig(lofi_batch=3, lofi_rounds=3, exploit=2, shortlist=2)
+    cheap_cfg = (
+        CheapConfig() if not args.quick else CheapConfig(lofi_batch=3, lofi_rounds=3, exploit=2, shortlist=2)
+    )
     n, heldout_n = args.num_samples, args.heldout_samples
     seeds = parse_int_list(args.heldout_seeds, "--heldout-seeds")
     if args.quick:
