@@ -77,9 +77,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--lofi-batch",
         type=int,
         default=None,
-        help="cheap search: candidates measured per round (default 8)",
+        help="cheap search: candidates measured per round (default 4)",
     )
-    p.add_argument("--lofi-rounds", type=int, default=None, help="cheap search: rounds (default 6)")
+    p.add_argument("--lofi-rounds", type=int, default=None, help="cheap search: rounds (default 10)")
     p.add_argument(
         "--lofi-samples",
         type=int,
@@ -111,8 +111,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--shortlist",
         type=int,
         default=None,
-        help="cheap search: candidates measured with all samples at the end, half of them the "
-        "surrogate's best (default 2)",
+        help="cheap search: the best measured candidates taken to all samples at the end, when the "
+        "rounds measure fewer (default 4)",
+    )
+    p.add_argument(
+        "--exploit",
+        type=int,
+        default=None,
+        help="cheap search: the final round, the best unmeasured genomes of the surrogate's mean (default 9)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of the fitness samples")
     p.add_argument(
@@ -190,9 +196,9 @@ def _check(args: argparse.Namespace) -> dict:
         )
     if args.weight_method not in ("rtn", "mse"):
         raise QditError(f"--weight-method must be rtn or mse for the search, got {args.weight_method!r}")
-    for name in ("lofi_batch", "lofi_rounds", "lofi_samples", "shortlist", "heldout_samples"):
+    for name in ("lofi_batch", "lofi_rounds", "lofi_samples", "shortlist", "heldout_samples", "exploit"):
         v = getattr(args, name)
-        if v is not None and v < (2 if name == "heldout_samples" else 1):
+        if v is not None and v < {"heldout_samples": 2, "exploit": 0}.get(name, 1):
             raise QditError(f"--{name.replace('_', '-')} is too small: {v}")
     out = {
         "choices": parse_int_list(args.choices, "--choices") if args.choices else None,
@@ -273,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
             ("lofi_num_samples", args.lofi_samples),
             ("lofi_measure", args.lofi_measure),
             ("shortlist", args.shortlist),
+            ("exploit", args.exploit),
             ("acquisition", args.acquisition),
             ("screen", args.screen or None),
         )

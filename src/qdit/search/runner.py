@@ -292,12 +292,12 @@ def best_full(log: SearchLog, n: int) -> tuple[Genome, float] | None:
 class Progress:
     """A tqdm bar (when asked for) showing the best fitness so far."""
 
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+    def __init__(self, enabled: bool, total: int, desc: str, unit: str = "eval") -> None:
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="eval")
+            self.bar = tqdm(total=total, desc=desc, unit=unit)
 
     def update(self, n: int = 1, best: float | None = None, **extra: object) -> None:
         if self.bar is None:
