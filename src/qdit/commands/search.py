@@ -338,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{args.method} search, W{args.w_bits}A{args.a_bits}, budget {b['description']}: "
             f"best {_num(best)} vs uniform g{report['baseline_group_size']} {_num(base)} "
-            f"({report['evaluations']} evaluations, {report['images_sampled']} images, {report['wall_seconds']:.0f} s; "
+            f"({report['evaluations']} evaluations, {report['images_sampled']} images, search {report['seconds']:.0f} s, "
+            f"all {report['wall_seconds']:.0f} s; "
             f"{b['kind']} {b['best']:.4g}) -> {args.out}"
         )
         if "heldout" in report:
