@@ -198,6 +198,23 @@ def test_evolution_state_roundtrip_through_json_continues_identically():
 def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method):
     space = embedded_like()
     cost, budget = CostModel(), Budget("mean_group", 128)
+    cheap_config = (
+        CheapConfig(lofi_batch=4, lofi_rounds=3, proxy_population=16, proxy_generations=5)
+        if method == "cheap"
+        else CheapConfig(
+            screen=True,
+            acquisition="greedy",
+            explore=0.25,
+            pool=8,
+            shortlist=4,
+            lofi_batch=6,
+            lofi_rounds=3,
+            lofi_fraction=0.25,
+            proxy_population=16,
+            proxy_generations=5,
+            lofi_min_samples=2,
+        )
+    )
 
     def go(obj, state, resume=False, seed=0):
         if method == "full":
@@ -210,21 +227,7 @@ def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method)
             budget,
             obj,
             16,
-            CheapConfig(lofi_batch=4, lofi_rounds=3, proxy_population=16, proxy_generations=5)
-            if method == "cheap"
-            else CheapConfig(
-                screen=True,
-                acquisition="greedy",
-                explore=0.25,
-                pool=8,
-                shortlist=4,
-                lofi_batch=6,
-                lofi_rounds=3,
-                lofi_fraction=0.25,
-                proxy_population=16,
-                proxy_generations=5,
-                lofi_min_samples=2,
-            ),
+            cheap_config,
             seed=seed,
             state_path=state,
             resume=resume,
@@ -239,6 +242,9 @@ def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method)
     assert len(set(a_obj.proxy_calls)) == len(a_obj.proxy_calls)
     if method != "full":  # the proxy is used only when screening is asked for
         assert bool(a_obj.proxy_calls) == (method == "cheap-screened")
+        assert a.images_sampled <= planned_images(16, cheap_config)
+        lo = cheap_config.lofi_samples(16)
+        assert {h["n"] for h in a.history if h["kind"] == "fit"} == ({lo, 8, 16} if lo < 16 else {16})
     assert budget.meets(cost, space, a.best_genome)
     assert a.best_fitness <= a.baseline_fitness
     assert a.baseline_group == 128
