@@ -183,6 +183,8 @@ def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, mo
         (["--choices", "32,x"], "--choices"),
         (["--bits-choices", "4,8"], "--budget-bpw"),
         (["--model", "/nonexistent/model.pt"], "model not found"),
+        (["--exploit", "-1"], "--exploit"),
+        (["--lofi-rounds", "0"], "--lofi-rounds"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, message):
