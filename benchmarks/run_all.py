@@ -23,12 +23,22 @@ def run(cmd: list[str]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="1,000-image evaluation timing and the search comparison")
+    p.add_argument(
+        "--full", action="store_true", help="1,000-image evaluation timing and the search comparison"
+    )
     a = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     py = sys.executable
     run([py, "-m", "qdit", "bench", "--json", str(RESULTS / "bench_quant.json")])
-    run([py, str(HERE / "bench_eval.py"), *([] if a.full else ["--quick"]), "--json", str(RESULTS / "bench_eval.json")])
+    run(
+        [
+            py,
+            str(HERE / "bench_eval.py"),
+            *([] if a.full else ["--quick"]),
+            "--json",
+            str(RESULTS / "bench_eval.json"),
+        ]
+    )
     search = HERE / "bench_search.py"
     if a.full and search.exists():
         run([py, str(search)])

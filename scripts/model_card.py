@@ -51,7 +51,9 @@ def main() -> None:
 
     model = load_embedded()
     t0 = time.time()
-    images, labels = sample_images(model, a.num, seed=0, config=SamplerConfig(steps=50, cfg_scale=1.5, clip_denoised=True), progress=True)
+    images, labels = sample_images(
+        model, a.num, seed=0, config=SamplerConfig(steps=50, cfg_scale=1.5, clip_denoised=True), progress=True
+    )
     seconds = time.time() - t0
     clf = load_classifier()
     with torch.no_grad():

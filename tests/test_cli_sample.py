@@ -16,7 +16,17 @@ import torch
 from conftest import TINY, randomize
 from qdit.models.dit import DiT
 
-ARCH = json.dumps({"input_size": 8, "patch_size": 2, "in_channels": 1, "hidden_size": 64, "depth": 2, "num_heads": 2, "num_classes": 3})
+ARCH = json.dumps(
+    {
+        "input_size": 8,
+        "patch_size": 2,
+        "in_channels": 1,
+        "hidden_size": 64,
+        "depth": 2,
+        "num_heads": 2,
+        "num_classes": 3,
+    }
+)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -43,12 +53,36 @@ def test_sample_writes_npz_grid_and_json(ckpt, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["num"] == 7
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="no torchrun")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="no torchrun",
+)
 def test_two_process_torchrun_equals_one_process(ckpt, tmp_path):
-    common = ["sample", "--model", str(ckpt), "--arch", ARCH, "-n", "9", "--steps", "4", "--seed", "11", "--batch-size", "2"]
+    common = [
+        "sample",
+        "--model",
+        str(ckpt),
+        "--arch",
+        ARCH,
+        "-n",
+        "9",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--batch-size",
+        "2",
+    ]
     one = qdit(*common, "--out", str(tmp_path / "one.npz"))
     assert one.returncode == 0, one.stderr
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29517", "-m"]
+    torchrun = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+    ]
     two = qdit(*common, "--out", str(tmp_path / "two.npz"), launcher=torchrun)
     assert two.returncode == 0, two.stderr
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
@@ -66,6 +100,8 @@ def test_bad_input_one_line_error_and_output_untouched(ckpt, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "--num must be >= 1" in r.stderr
     r = qdit("sample", "--model", str(tmp_path / "missing.pt"), "--num", "2", "--out", str(out))
     assert r.returncode == 2 and "model not found" in r.stderr and "Traceback" not in r.stderr
-    r = qdit("sample", "--model", str(ckpt), "--arch", ARCH, "--num", "2", "--classes", "0,7", "--out", str(out))
+    r = qdit(
+        "sample", "--model", str(ckpt), "--arch", ARCH, "--num", "2", "--classes", "0,7", "--out", str(out)
+    )
     assert r.returncode == 2 and "--classes" in r.stderr
     assert out.read_bytes() == b"precious"

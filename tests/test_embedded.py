@@ -31,7 +31,9 @@ def test_classifier_is_accurate_on_real_test_images():
 
 def test_embedded_samples_are_their_class():
     model = load_embedded()
-    images, labels = sample_images(model, 60, seed=123, config=SamplerConfig(steps=20, cfg_scale=1.5, clip_denoised=True))
+    images, labels = sample_images(
+        model, 60, seed=123, config=SamplerConfig(steps=20, cfg_scale=1.5, clip_denoised=True)
+    )
     assert images.shape == (60, 28, 28, 1)
     with torch.no_grad():
         pred = load_classifier()(images_to_input(images)).argmax(1).numpy()

@@ -132,7 +132,12 @@ def train_embedded(
         step += 1
         losses.append(loss.item())
         if step % cfg.log_every == 0:
-            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "minutes": (time.time() - t_start) / 60}
+            rec = {
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "lr": lr,
+                "minutes": (time.time() - t_start) / 60,
+            }
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)

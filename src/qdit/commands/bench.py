@@ -59,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
     y = torch.randint(0, cfg.num_classes, (args.batch,), generator=g)
     group = 64 if cfg.hidden_size % 64 == 0 else 0
     configs = {
-        "W8A8 group dynamic": QuantSpec(w_bits=8, a_bits=8, w_group=group, a_group=group, act_granularity="sample"),
-        "W4A8 group dynamic": QuantSpec(w_bits=4, a_bits=8, w_group=group, a_group=group, act_granularity="sample"),
+        "W8A8 group dynamic": QuantSpec(
+            w_bits=8, a_bits=8, w_group=group, a_group=group, act_granularity="sample"
+        ),
+        "W4A8 group dynamic": QuantSpec(
+            w_bits=4, a_bits=8, w_group=group, a_group=group, act_granularity="sample"
+        ),
         "W4A16 group (weights only)": QuantSpec(w_bits=4, a_bits=None, w_group=group, a_group=group),
     }
     rows = []
@@ -91,11 +95,16 @@ def run(args: argparse.Namespace) -> int:
     print("| configuration | forward ms | speed vs FP32 | weights on disk MB | size vs FP32 |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['forward_ms']:.1f} | {r['speed_vs_fp32']:.2f}x | {r['disk_MB']:.2f} | {r['size_vs_fp32']:.3f} |")
+        print(
+            f"| {r['config']} | {r['forward_ms']:.1f} | {r['speed_vs_fp32']:.2f}x | {r['disk_MB']:.2f} | {r['size_vs_fp32']:.3f} |"
+        )
     print(
         "quantized layers run as fake quantization (dequantized weights, float matmul): the size is real, "
         "the speed is not an integer-kernel speed"
     )
     if args.json:
-        write_json(args.json, {"model": args.model, "batch": args.batch, "repeats": repeats, "machine": machine, "rows": rows})
+        write_json(
+            args.json,
+            {"model": args.model, "batch": args.batch, "repeats": repeats, "machine": machine, "rows": rows},
+        )
     return 0

@@ -32,7 +32,9 @@ def demo_configs(group: int) -> dict[str, object]:
     from qdit.recipe import QuantSpec, Recipe
 
     def qdit_spec(w: int, a: int, gran: str = "sample") -> Recipe:
-        return Recipe(default=QuantSpec(w_bits=w, a_bits=a, w_group=group, a_group=group, act_granularity=gran))
+        return Recipe(
+            default=QuantSpec(w_bits=w, a_bits=a, w_group=group, a_group=group, act_granularity=gran)
+        )
 
     return {
         "FP32": None,
@@ -83,16 +85,16 @@ def run(args: argparse.Namespace) -> int:
             qdit.quantize(model, recipe, calib=calib)
         t_quant = time.time() - t0
         with torch.inference_mode():
-            images, labels = sample_images(
-                model, args.num, args.seed, sampler, progress=True
-            )
+            images, labels = sample_images(model, args.num, args.seed, sampler, progress=True)
         t_sample = time.time() - t0 - t_quant
         m = domain_metrics(images, labels, ref, domain, metrics=("domain_fd", "class_acc"))
         rows.append(
             {"config": name, "domain_fd": m["domain_fd"], "class_acc": m["class_acc"],
              "quantize_s": round(t_quant, 2), "sample_s": round(t_sample, 2)}
         )  # fmt: skip
-        print(f"  {name:<22} domain FD {m['domain_fd']:8.2f}   class acc {m['class_acc']:6.1%}   ({t_sample:.0f} s)")
+        print(
+            f"  {name:<22} domain FD {m['domain_fd']:8.2f}   class acc {m['class_acc']:6.1%}   ({t_sample:.0f} s)"
+        )
         grids.append(image_grid(images[:30], nrow=10, scale=2))
     table = format_table(rows, args)
     print()

@@ -24,11 +24,15 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "classifier":
         from qdit.models.classifier import train_classifier
 
-        print(json.dumps(train_classifier(args.out, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir)))
+        print(
+            json.dumps(train_classifier(args.out, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir))
+        )
         return 0
     from qdit.train import TrainConfig, train_embedded
 
-    cfg = TrainConfig(max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed, threads=args.threads)
+    cfg = TrainConfig(
+        max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed, threads=args.threads
+    )
     path = train_embedded(args.out, cfg, data_dir=args.data_dir)
     print(f"EMA weights: {path}")
     return 0
