@@ -103,19 +103,21 @@ class AdditiveSurrogate:
         self.cov_chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov)))
         return self
 
+    def _predictor(self, coef: np.ndarray) -> Predictor:
+        def predict(genomes: Sequence[Genome]) -> np.ndarray:
+            return self.y_mean + self.y_std * (self._design(genomes) @ coef)
+
+        return predict
+
     def predict(self, genomes: Sequence[Genome]) -> np.ndarray:
-        return self.y_mean + self.y_std * (self._design(genomes) @ self.coef)
+        return self._predictor(self.coef)(genomes)
 
     def draw(self, rng: np.random.Generator) -> Predictor:
         """A predictor with coefficients drawn from the posterior (the mean before any fit)."""
         coef = self.coef
         if self.cov_chol is not None:
             coef = coef + self.cov_chol @ rng.standard_normal(len(coef))
-
-        def predict(genomes: Sequence[Genome]) -> np.ndarray:
-            return self.y_mean + self.y_std * (self._design(genomes) @ coef)
-
-        return predict
+        return self._predictor(coef)
 
     def __call__(self, genome: Genome) -> float:
         return float(self.predict([genome])[0])
