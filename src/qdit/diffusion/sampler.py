@@ -85,6 +85,23 @@ def sample_batch(
     step_callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]``."""
+    return reverse_process(
+        model_fn, diffusion, shape, labels, noise, method, clip_denoised, in_channels, step_callback
+    )
+
+
+def reverse_process(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    labels: torch.Tensor,
+    noise: SampleNoise,
+    method: str = "ddim",
+    clip_denoised: bool = False,
+    in_channels: int | None = None,
+    step_callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """:func:`sample_batch` with autograd left as it is (the sensitivity pass differentiates it)."""
     c = in_channels if in_channels is not None else shape[0]
     x = noise.randn(shape)
     n = x.shape[0]

@@ -74,6 +74,14 @@ class ActQuantizer(nn.Module):
         self.ch_max = ch_max.detach().float().reshape(self.width).to(self.ch_max.device).clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            # straight-through: quantized values forward, the identity's gradient backward
+            with torch.no_grad():
+                q = self._quantize(x)
+            return x + (q - x.detach())
+        return self._quantize(x)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         if self.granularity == "token":
             xg = group_view(xf, self.group)

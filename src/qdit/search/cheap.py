@@ -44,6 +44,7 @@ from qdit.errors import QditError
 from qdit.search.cost import Budget, CostModel, baseline_group, repair
 from qdit.search.distributed import Dist, evaluate_in_rounds
 from qdit.search.evolution import EvolutionConfig, EvolutionSearch
+from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation, Objective
 from qdit.search.runner import (
     FeatureStore,
@@ -58,6 +59,8 @@ from qdit.search.runner import (
 )
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
 from qdit.search.surrogate import AdditiveSurrogate
+
+STRATEGIES = ("gradient", "bayes")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,15 @@ class CheapConfig:
     pool: int = 32  # candidates from the additive proxy prediction whose proxy is measured jointly
     proxy_population: int = 64  # the (free) evolutions on the proxy prediction and the surrogate
     proxy_generations: int = 20
+    # "gradient" (the default where the objective supports it): rounds around the best genome so
+    # far, predicted by a first-order sensitivity taken there (one backward pass through the
+    # sampler) and corrected by the measurements; "bayes": the surrogate rounds above
+    strategy: str = "gradient"
+    candidates: int = 4  # gradient rounds: candidates per round, at halving Hamming radii
+    # gradient strategy: everything it does costs at most this many N-sample evaluations'
+    # worth of model forwards (49: under a tenth of the paper's 500)
+    budget_evals: int = 49
+    correct: bool = True  # gradient strategy: correct the sensitivity's prediction by the measurements
 
     def __post_init__(self) -> None:
         if self.exploit < 0:
@@ -116,6 +128,12 @@ class CheapConfig:
             raise QditError(f"the acquisition must be 'thompson' or 'greedy', got {self.acquisition!r}")
         if not 0 <= self.explore < 1:
             raise QditError(f"the exploration share must be in [0, 1), got {self.explore}")
+        if self.strategy not in STRATEGIES:
+            raise QditError(
+                f"the cheap strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        if self.candidates < 1 or self.budget_evals < 2:
+            raise QditError("gradient candidates must be >= 1 and its budget >= 2 evaluations")
         if self.ridge is not None and self.ridge <= 0:
             raise QditError(f"the surrogate's ridge must be > 0, got {self.ridge}")
 
@@ -138,8 +156,11 @@ def rung_samples(start: int, num_samples: int) -> list[int]:
     return out
 
 
-def planned_images(num_samples: int, config: CheapConfig) -> int:
-    """An upper bound on the images the cheap search generates (screening and proxies generate none)."""
+def planned_images(num_samples: int, config: CheapConfig, gradient: bool | None = None) -> int:
+    """An upper bound on the images the cheap search generates (screening and proxies generate none);
+    for the gradient strategy (``gradient``, default: when the config asks for it), on its image-equivalents."""
+    if config.strategy == "gradient" if gradient is None else gradient:
+        return config.budget_evals * num_samples
     lo = config.lofi_samples(num_samples)
     total = (config.lofi_batch * config.lofi_rounds + config.exploit) * lo
     k, have = config.shortlist, lo
@@ -186,6 +207,8 @@ def run_cheap(
     setup = getattr(objective, "setup_cost", None)
     if saved is None and isinstance(setup, Evaluation):  # e.g. the proxy's full-precision trajectories
         log.record("setup", "setup", base, 0, setup)
+    use_gradient = config.strategy == "gradient" and bool(getattr(objective, "has_sensitivity", False))
+    log.extra["strategy"] = "gradient" if use_gradient else "bayes"
     started = time.perf_counter() - log.seconds
     screen_items = [base] + [
         tuple(v if j == i else x for j, x in enumerate(base))
@@ -195,7 +218,8 @@ def run_cheap(
     ]
     bar = Progress(
         progress and dist.is_main,
-        (len(screen_items) + config.pool if config.screen else 0) + planned_images(num_samples, config),
+        (len(screen_items) + config.pool if config.screen and not use_gradient else 0)
+        + planned_images(num_samples, config, use_gradient),
         "search (cheap)",
         unit="img",
     )
@@ -244,107 +268,191 @@ def run_cheap(
         evaluate_in_rounds(todo, evaluate, on_result, dist)
         return {genome_key(g): float(log.lookup(kind, g, n)) for g in genomes}  # type: ignore[arg-type]
 
-    try:
-        # 1.-2. (optional) screening: single-gene proxy deltas, an additive prediction, and a pool
-        # of its best candidates with their proxy measured jointly
-        prior: Callable[[Genome], float] | None = None
-        pool: list[Genome] = []
-        if config.screen:
-            measured = proxies("screen", screen_items)
-            p0 = measured[genome_key(base)]
-            delta: list[dict[int, float]] = [{v: 0.0} for v in base]
-            for item in screen_items[1:]:
-                i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
-                delta[i][item[i]] = measured[genome_key(item)] - p0
-
-            def predicted(genome: Genome) -> float:
-                return p0 + sum(d[v] for d, v in zip(delta, genome))
-
-            prior = predicted
-            evo = _free_evolution(
-                space, cost, budget, config, seed, [base], lambda gs: [predicted(g) for g in gs]
+    def sensitivity_at(g: Genome) -> Sensitivity:
+        tables = log.extra.setdefault("sensitivity", {})
+        key = genome_key(g)
+        if key not in tables:
+            sens = objective.sensitivity(g, num_samples, store.get(key))  # type: ignore[attr-defined]
+            tables[key] = sens.to_list()
+            log.record("sensitivity", "sensitivity", g, num_samples, sens.cost)
+            save()
+            bar.update(
+                round(sens.cost.forwards / objective.forwards_per_image), best=best_now(), stage="sensitivity"
             )
-            ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
-            pool = [key_genome(k) for k in ranked[: config.pool]]
-            joint = proxies("pool", pool)
-            pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
+            return sens
+        return Sensitivity(Sensitivity.table_from_list(tables[key]), Evaluation(math.nan))
 
-        # 3. rounds of measurements (paired noise), each round's candidates chosen on an additive
-        # surrogate fitted to all measurements so far
-        lo = config.lofi_samples(num_samples)
-        measured_lo: dict[str, float] = {}
-        rng = np.random.default_rng([seed, 17])
-        explore = round(config.lofi_batch * config.explore)
+    def gradient_search() -> None:
+        """Rounds around the best genome so far (see the module docstring)."""
+        n = num_samples
+        cap = config.budget_evals * n  # image-equivalents
+        sens_eq = objective.sensitivity_forwards(n) / objective.forwards_per_image  # type: ignore[attr-defined]
+        measured = dict(fitnesses("baseline", [base], n))
+        spent = float(n)
+        radius = len(space.genes)
+        latest: tuple[Genome, Sensitivity] | None = None
+        for r in range(10_000):
+            p_key = min(measured, key=lambda k: (measured[k], k))
+            p = key_genome(p_key)
+            k = config.candidates
+            new_point = genome_key(p) not in log.extra.get("sensitivity", {}) and (
+                latest is None or latest[0] != p
+            )
+            if new_point and spent + sens_eq + k * n <= cap:  # else: the rest goes to the latest
+                spent += sens_eq
+                latest = (p, sensitivity_at(p))
+            if latest is None:
+                break
+            k = min(k, int((cap - spent + 1e-9) // n))
+            if k < 1:
+                break
+            center, sens = latest
+            f_center = measured[genome_key(center)]
 
-        def random_legal(k: int, taken: set[str]) -> list[Genome]:
-            out: list[Genome] = []
-            for _ in range(50 * max(1, k)):
-                if len(out) >= k:
-                    break
-                g = repair(space, cost, budget, space.random(rng), rng)
-                if genome_key(g) not in taken:
-                    taken.add(genome_key(g))
-                    out.append(g)
-            return out
+            def prior(g: Genome, sens: Sensitivity = sens, f_center: float = f_center) -> float:
+                return sens.predict(f_center, g)
 
-        def top_measured(k: int) -> list[Genome]:
-            return [key_genome(x) for x in sorted(measured_lo, key=lambda x: (measured_lo[x], x))[:k]]
+            if config.correct and len(measured) >= 4:
+                keys = list(measured)
+                surrogate = AdditiveSurrogate(space, base, prior, config.ridge)
+                surrogate.fit([key_genome(x) for x in keys], [measured[x] for x in keys])
+                predict: Callable[[Sequence[Genome]], Sequence[float]] = surrogate.predict
+            else:
+                predict = lambda gs: [prior(g) for g in gs]  # noqa: E731
+            taken = set(measured)
+            batch: list[Genome] = []
+            for j in range(k):
+                rad = max(1, round(radius / 2**j))
 
-        def best_unmeasured(evo: EvolutionSearch, taken: set[str], k: int) -> list[Genome]:
-            ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
-            return [key_genome(x) for x in ranked if x not in taken][:k]
+                def score(
+                    gs: list[Genome], rad: int = rad, center: Genome = center, predict: Callable = predict
+                ) -> list[float]:
+                    return [
+                        float(v) + 1e3 * max(0, _hamming(g, center) - rad) for v, g in zip(predict(gs), gs)
+                    ]
 
-        first = list(dict.fromkeys([base] + pool))[: max(1, config.lofi_batch - explore)]
-        batch = first + random_legal(config.lofi_batch - len(first), {genome_key(g) for g in first})
-        surrogate = AdditiveSurrogate(space, base, prior, config.ridge)
-        for r in range(config.lofi_rounds):
-            if r > 0:
-                keys = list(measured_lo)
-                surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
-                taken = set(measured_lo)
-                batch = []
-                want = config.lofi_batch - explore
-                if config.acquisition == "thompson":
-                    draws = np.random.default_rng([seed, 29, r])
-                    for j in range(want):
-                        draw = surrogate.draw(draws)
-                        evo = _free_evolution(
-                            space, cost, budget, config, seed + 7919 * r + 104_729 * (j + 1),
-                            top_measured(config.lofi_batch), draw,
-                        )  # fmt: skip
-                        batch += best_unmeasured(evo, taken, 1)
-                        taken |= {genome_key(g) for g in batch}
-                else:
-                    evo = _free_evolution(
-                        space, cost, budget, config, seed + 7919 * r,
-                        top_measured(config.lofi_batch), surrogate.predict,
-                    )  # fmt: skip
-                    batch = best_unmeasured(evo, taken, want)
-                    taken |= {genome_key(g) for g in batch}
-                batch += random_legal(config.lofi_batch - len(batch), taken)
+                evo = _free_evolution(
+                    space, cost, budget, config, seed + 7919 * r + 104_729 * (j + 1), [center], score
+                )
+                ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
+                pick = [x for x in ranked if x not in taken and evo.results[x] < 1e3][:1]
+                batch += [key_genome(x) for x in pick]
+                taken |= set(pick)
             if not batch:
                 break
-            measured_lo.update(fitnesses(f"round {r} ({lo} samples)", batch, lo, config.lofi_measure))
+            got = fitnesses(f"round {r}", batch, n)
+            spent += n * len(batch)
+            measured.update(got)
+            best_new = min(batch, key=lambda g: (got[genome_key(g)], genome_key(g)))
+            if got[genome_key(best_new)] < measured[p_key]:
+                radius = min(len(space.genes), max(2, 2 * _hamming(best_new, p)))
+            else:
+                radius = max(1, radius // 2)
 
-        # 4. exploitation: the best unmeasured genomes of the surrogate's mean (it averages the noise
-        # of all measurements), near-optimal variants of one another
-        keys = list(measured_lo)
-        surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
-        if config.exploit:
-            evo = _free_evolution(
-                space, cost, budget, config, seed + 7919 * config.lofi_rounds,
-                top_measured(config.lofi_batch), surrogate.predict,
-            )  # fmt: skip
-            batch = best_unmeasured(evo, set(measured_lo), config.exploit)
-            measured_lo.update(fitnesses(f"exploit ({lo} samples)", batch, lo, config.lofi_measure))
-        # 5. the best measured: successive halving up to N samples (nothing to do when lo == N)
-        alive = top_measured(config.shortlist)
-        for r, n in enumerate(rung_samples(lo, num_samples) or [num_samples]):
-            fit = fitnesses(f"rung {r} ({n} samples)", alive, n)
-            if n == num_samples:
-                break
-            alive.sort(key=lambda g: (fit[genome_key(g)], genome_key(g)))
-            alive = alive[: max(1, math.ceil(len(alive) / 2))]
+    try:
+        if use_gradient:
+            gradient_search()
+        else:
+            # 1.-2. (optional) screening: single-gene proxy deltas, an additive prediction, and a pool
+            # of its best candidates with their proxy measured jointly
+            prior: Callable[[Genome], float] | None = None
+            pool: list[Genome] = []
+            if config.screen:
+                measured = proxies("screen", screen_items)
+                p0 = measured[genome_key(base)]
+                delta: list[dict[int, float]] = [{v: 0.0} for v in base]
+                for item in screen_items[1:]:
+                    i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
+                    delta[i][item[i]] = measured[genome_key(item)] - p0
+
+                def predicted(genome: Genome) -> float:
+                    return p0 + sum(d[v] for d, v in zip(delta, genome))
+
+                prior = predicted
+                evo = _free_evolution(
+                    space, cost, budget, config, seed, [base], lambda gs: [predicted(g) for g in gs]
+                )
+                ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
+                pool = [key_genome(k) for k in ranked[: config.pool]]
+                joint = proxies("pool", pool)
+                pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
+
+            # 3. rounds of measurements (paired noise), each round's candidates chosen on an additive
+            # surrogate fitted to all measurements so far
+            lo = config.lofi_samples(num_samples)
+            measured_lo: dict[str, float] = {}
+            rng = np.random.default_rng([seed, 17])
+            explore = round(config.lofi_batch * config.explore)
+
+            def random_legal(k: int, taken: set[str]) -> list[Genome]:
+                out: list[Genome] = []
+                for _ in range(50 * max(1, k)):
+                    if len(out) >= k:
+                        break
+                    g = repair(space, cost, budget, space.random(rng), rng)
+                    if genome_key(g) not in taken:
+                        taken.add(genome_key(g))
+                        out.append(g)
+                return out
+
+            def top_measured(k: int) -> list[Genome]:
+                return [key_genome(x) for x in sorted(measured_lo, key=lambda x: (measured_lo[x], x))[:k]]
+
+            def best_unmeasured(evo: EvolutionSearch, taken: set[str], k: int) -> list[Genome]:
+                ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
+                return [key_genome(x) for x in ranked if x not in taken][:k]
+
+            first = list(dict.fromkeys([base] + pool))[: max(1, config.lofi_batch - explore)]
+            batch = first + random_legal(config.lofi_batch - len(first), {genome_key(g) for g in first})
+            surrogate = AdditiveSurrogate(space, base, prior, config.ridge)
+            for r in range(config.lofi_rounds):
+                if r > 0:
+                    keys = list(measured_lo)
+                    surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
+                    taken = set(measured_lo)
+                    batch = []
+                    want = config.lofi_batch - explore
+                    if config.acquisition == "thompson":
+                        draws = np.random.default_rng([seed, 29, r])
+                        for j in range(want):
+                            draw = surrogate.draw(draws)
+                            evo = _free_evolution(
+                                space, cost, budget, config, seed + 7919 * r + 104_729 * (j + 1),
+                                top_measured(config.lofi_batch), draw,
+                            )  # fmt: skip
+                            batch += best_unmeasured(evo, taken, 1)
+                            taken |= {genome_key(g) for g in batch}
+                    else:
+                        evo = _free_evolution(
+                            space, cost, budget, config, seed + 7919 * r,
+                            top_measured(config.lofi_batch), surrogate.predict,
+                        )  # fmt: skip
+                        batch = best_unmeasured(evo, taken, want)
+                        taken |= {genome_key(g) for g in batch}
+                    batch += random_legal(config.lofi_batch - len(batch), taken)
+                if not batch:
+                    break
+                measured_lo.update(fitnesses(f"round {r} ({lo} samples)", batch, lo, config.lofi_measure))
+
+            # 4. exploitation: the best unmeasured genomes of the surrogate's mean (it averages the noise
+            # of all measurements), near-optimal variants of one another
+            keys = list(measured_lo)
+            surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
+            if config.exploit:
+                evo = _free_evolution(
+                    space, cost, budget, config, seed + 7919 * config.lofi_rounds,
+                    top_measured(config.lofi_batch), surrogate.predict,
+                )  # fmt: skip
+                batch = best_unmeasured(evo, set(measured_lo), config.exploit)
+                measured_lo.update(fitnesses(f"exploit ({lo} samples)", batch, lo, config.lofi_measure))
+            # 5. the best measured: successive halving up to N samples (nothing to do when lo == N)
+            alive = top_measured(config.shortlist)
+            for r, n in enumerate(rung_samples(lo, num_samples) or [num_samples]):
+                fit = fitnesses(f"rung {r} ({n} samples)", alive, n)
+                if n == num_samples:
+                    break
+                alive.sort(key=lambda g: (fit[genome_key(g)], genome_key(g)))
+                alive = alive[: max(1, math.ceil(len(alive) / 2))]
 
         # 5. the baseline with all samples (reported, and the winner is never worse on these samples)
         fitnesses("baseline", [base], num_samples)
@@ -373,6 +481,10 @@ def run_cheap(
         history=log.history,
         num_samples=num_samples,
     )
+
+
+def _hamming(a: Sequence[int], b: Sequence[int]) -> int:
+    return sum(x != y for x, y in zip(a, b))
 
 
 def _free_evolution(

@@ -22,6 +22,7 @@ from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_u
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cost import Budget, CostModel
+from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation
 from qdit.search.space import CandidateRule, Genome, LayerInfo, SearchSpace, candidate_groups
 
@@ -36,6 +37,9 @@ class FeatureSpace:
     extract: FeatureFn
     mu: np.ndarray | None = None  # reference statistics (None: only distances between sample sets)
     sigma: np.ndarray | None = None
+    # the same features, differentiable, from model-space images [N, C, H, W] in [-1, 1] (None: the
+    # extractor cannot be differentiated, so the gradient sensitivity is not available)
+    differentiable: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def distance(self, features: np.ndarray) -> float:
         from qdit.eval.metrics import feature_stats, frechet_distance
@@ -55,7 +59,16 @@ def domain_feature_space(reference: str = "fashion-mnist-test") -> FeatureSpace:
 
     domain = DomainFeatures(progress=False)
     stats = domain_refstats(load_reference(reference), domain)
-    return FeatureSpace("domain_fd", lambda images: domain.extract(images).features, stats.mu, stats.sigma)
+    classifier = domain.model
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+
+    def differentiable(x: torch.Tensor) -> torch.Tensor:  # as uint8 / 255, without the rounding
+        return classifier.features((x.float().clamp(-1, 1) + 1) / 2)
+
+    return FeatureSpace(
+        "domain_fd", lambda images: domain.extract(images).features, stats.mu, stats.sigma, differentiable
+    )
 
 
 def inception_feature_space(
@@ -311,6 +324,8 @@ class ModelObjective:
 
         for layer in quant_layers(model).values():
             layer.precompute()
+        for p in model.parameters():  # the search never trains; the sensitivity pass needs no weight grads
+            p.requires_grad_(False)
         obj = cls(model, space, features, config, proxy, model_name, device, fp_model=fp_model)
         obj.weights_digest = digest
         return obj
@@ -429,6 +444,112 @@ class ModelObjective:
         for seed, feats in cache.items():
             if len(feats) > len(self._fp_features.get(int(seed), ())):
                 self._fp_features[int(seed)] = np.asarray(feats, dtype=np.float32)
+
+    # --- first-order sensitivity ----------------------------------------------------------------
+    @property
+    def has_sensitivity(self) -> bool:
+        return self.features.differentiable is not None
+
+    def _alternatives(self, genome: Genome) -> dict[str, list[tuple[int, int, dict[str, int]]]]:
+        """Per layer: ``(gene, choice, settings)`` for every single-gene change of ``genome``."""
+        out: dict[str, list[tuple[int, int, dict[str, int]]]] = {}
+        for i, gene in enumerate(self.space.genes):
+            for c in gene.choices:
+                if c == genome[i]:
+                    continue
+                changed = genome[:i] + (int(c),) + genome[i + 1 :]
+                s = self.space.settings(changed)[gene.layer]
+                out.setdefault(gene.layer, []).append(
+                    (i, int(c), {"w_group": s.w_group, "a_group": s.a_group, "w_bits": s.w_bits})
+                )
+        return out
+
+    def sensitivity_forwards(self, num_samples: int) -> int:
+        """What :meth:`sensitivity` costs, in model rows: the forward, about two forwards' worth of
+        backward, and one forward per alternative of the layer with the most (an upper bound: only
+        the linears are rerun)."""
+        per_layer: dict[str, int] = {}
+        for gene in self.space.genes:
+            per_layer[gene.layer] = per_layer.get(gene.layer, 0) + len(gene.choices) - 1
+        alts = max(per_layer.values(), default=0)
+        return num_samples * self.forwards_per_image * (3 + alts)
+
+    def sensitivity(
+        self, genome: Sequence[int], num_samples: int, known: np.ndarray | None = None
+    ) -> Sensitivity:
+        """Every single-gene change's first-order effect on the fitness of ``num_samples`` samples
+        (see :mod:`qdit.search.gradient`): one forward and backward pass through the sampler."""
+        from qdit.diffusion.sampler import SampleNoise, guided, reverse_process
+        from qdit.diffusion.schedule import GaussianDiffusion
+        from qdit.eval.metrics import feature_stats
+        from qdit.search.gradient import OutputProbe, distance_gradient
+
+        if self.features.differentiable is None:
+            raise QditError(
+                f"the {self.features.name} features cannot be differentiated: use the cheap search's 'bayes' strategy"
+            )
+        genome = self.space.validate(genome)
+        images, forwards = num_samples, self.sensitivity_forwards(num_samples)
+        if known is None or len(known) < num_samples:  # the features of the genome's own samples
+            ev = self.fitness(genome, num_samples, known)
+            known, images, forwards = ev.features, images + ev.images, forwards + ev.forwards
+        assert known is not None
+        if self.config.reference == "fp":
+            mu_ref, sigma_ref = feature_stats(self.reference_features(num_samples)[0])
+        else:
+            if self.features.mu is None or self.features.sigma is None:
+                raise QditError(f"{self.features.name}: no reference statistics (give a reference data set)")
+            mu_ref, sigma_ref = self.features.mu, self.features.sigma
+        value, grad_features = distance_gradient(np.asarray(known[:num_samples]), mu_ref, sigma_ref)
+        self.apply(genome)
+        alternatives = self._alternatives(genome)
+        settings = self.space.settings(genome)
+
+        def alt_fn(name: str) -> Callable[[torch.Tensor], list[tuple[int, int, torch.Tensor]]]:
+            layer = self.layers[name]
+            own = settings[name]
+
+            def run(x: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+                outs = []
+                for gene, choice, s in alternatives[name]:
+                    layer.configure(**s)
+                    outs.append((gene, choice, layer(x)))
+                layer.configure(w_group=own.w_group, a_group=own.a_group, w_bits=own.w_bits)
+                return outs
+
+            return run
+
+        spaced = GaussianDiffusion.linear().respaced(self.config.steps)
+        sampler = self.config.sampler
+        guided_fn = guided(self.model, sampler.cfg_scale, self.num_classes, self.image_shape[0])
+
+        def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # the graph starts at the noise (no weight needs a gradient)
+            return guided_fn(x if x.requires_grad else x.detach().requires_grad_(True), t, y)
+
+        labels = default_labels(num_samples, self.num_classes)
+        chunk = max(1, min(self.config.batch_size, 16))
+        with OutputProbe(self.layers, {n: alt_fn(n) for n in alternatives}) as probe:
+            for start in range(0, num_samples, chunk):
+                idx = list(range(start, min(num_samples, start + chunk)))
+                y = torch.from_numpy(labels[idx]).to(self.device)
+                with torch.enable_grad():
+                    x0 = reverse_process(
+                        fn, spaced, self.image_shape, y, SampleNoise(self.config.seed, idx, self.device),
+                        sampler.method, sampler.clip_denoised, self.image_shape[0],
+                    )  # fmt: skip
+                    feats = self.features.differentiable(x0)
+                    g = torch.from_numpy(grad_features[idx]).to(feats.device, feats.dtype)
+                    (feats * g).sum().backward()
+        table = tuple(
+            {
+                int(c): (0.0 if c == genome[i] else probe.deltas.get(i, {}).get(int(c), 0.0))
+                for c in gene.choices
+            }
+            for i, gene in enumerate(self.space.genes)
+        )
+        cost = Evaluation(value, images=images, forwards=forwards)
+        return Sensitivity(table, cost)
 
     @torch.no_grad()
     def proxy(self, genome: Sequence[int]) -> Evaluation:

@@ -20,11 +20,14 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from qdit.search.space import SearchSpace, genome_key
+
+if TYPE_CHECKING:
+    from qdit.search.gradient import Sensitivity
 
 
 @dataclass
@@ -125,6 +128,34 @@ class SyntheticObjective:
         bias = 0.05 * sum(_unit_noise("bias", k, v) for k, v in enumerate(genome)) / np.sqrt(len(genome))
         ev.value = ev.value - shared + bias
         return ev
+
+    has_sensitivity = True
+
+    def sensitivity_forwards(self, num_samples: int) -> int:
+        return num_samples * self.forwards_per_image * 6
+
+    def sensitivity(
+        self, genome: Sequence[int], num_samples: int, known: np.ndarray | None = None
+    ) -> Sensitivity:
+        """The exact single-gene changes of the hidden cost, with a small deterministic error."""
+        from qdit.search.gradient import Sensitivity
+
+        self.calls.append(("sensitivity", genome_key(genome), num_samples))
+        table = tuple(
+            {
+                c: 0.0
+                if c == v
+                else t[c]
+                - t[v]
+                + self.proxy_error * 0.1 * _unit_noise("sens", self.seed, genome_key(genome), k, c)
+                for c in t
+            }
+            for k, (t, v) in enumerate(zip(self.table, genome))
+        )
+        value = self.true_value(genome)
+        return Sensitivity(
+            table, Evaluation(value, images=num_samples, forwards=self.sensitivity_forwards(num_samples))
+        )
 
     def proxy(self, genome: Sequence[int]) -> Evaluation:
         self.calls.append(("proxy", genome_key(genome), 0))
