@@ -53,6 +53,7 @@ class Counting:
         self.crash_after = crash_after
         self.fit_calls: list[tuple[str, int, str]] = []
         self.proxy_calls: list[str] = []
+        self.sens_calls: list[str] = []
         self.forwards_per_image = inner.forwards_per_image
 
     def fitness(self, genome, num_samples, known=None):
@@ -70,6 +71,15 @@ class Counting:
     def proxy(self, genome):
         self.proxy_calls.append(genome_key(genome))
         return self.inner.proxy(genome)
+
+    has_sensitivity = True
+
+    def sensitivity_forwards(self, num_samples):
+        return self.inner.sensitivity_forwards(num_samples)
+
+    def sensitivity(self, genome, num_samples, known=None):
+        self.sens_calls.append(genome_key(genome))
+        return self.inner.sensitivity(genome, num_samples, known)
 
     def describe(self):
         return self.inner.describe()
@@ -194,14 +204,19 @@ def test_evolution_state_roundtrip_through_json_continues_identically():
 
 
 # --- full and cheap searches with the runner -----------------------------------------------------
-@pytest.mark.parametrize("method", ["full", "cheap", "cheap-screened"])
+@pytest.mark.parametrize("method", ["full", "cheap", "cheap-bayes", "cheap-screened"])
 def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method):
     space = embedded_like()
     cost, budget = CostModel(), Budget("mean_group", 128)
     cheap_config = (
-        CheapConfig(lofi_batch=4, lofi_rounds=3, proxy_population=16, proxy_generations=5)
+        CheapConfig(budget_evals=20, candidates=3, proxy_population=16, proxy_generations=5)
         if method == "cheap"
         else CheapConfig(
+            strategy="bayes", lofi_batch=4, lofi_rounds=3, proxy_population=16, proxy_generations=5
+        )
+        if method == "cheap-bayes"
+        else CheapConfig(
+            strategy="bayes",
             screen=True,
             acquisition="greedy",
             explore=0.25,
@@ -240,9 +255,16 @@ def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method)
     # every distinct candidate (at a given number of samples) is evaluated once
     assert len(set(a_obj.fit_calls)) == len(a_obj.fit_calls)
     assert len(set(a_obj.proxy_calls)) == len(a_obj.proxy_calls)
+    assert len(set(a_obj.sens_calls)) == len(a_obj.sens_calls)
+    # the sensitivity is the gradient strategy's alone, and it takes it at more than one genome
+    assert (len(a_obj.sens_calls) >= 2) == (method == "cheap") and bool(a_obj.sens_calls) == (
+        method == "cheap"
+    )
     if method != "full":  # the proxy is used only when screening is asked for
         assert bool(a_obj.proxy_calls) == (method == "cheap-screened")
         assert a.images_sampled <= planned_images(16, cheap_config)
+        if method == "cheap":  # the gradient strategy's cap is on image-equivalents
+            assert a.image_equivalents <= planned_images(16, cheap_config) == 20 * 16
         lo = cheap_config.lofi_samples(16)
         assert {h["n"] for h in a.history if h["kind"] == "fit"} == ({lo, 8, 16} if lo < 16 else {16})
     assert budget.meets(cost, space, a.best_genome)
@@ -264,6 +286,8 @@ def test_same_seed_same_result_and_resume_without_reevaluation(tmp_path, method)
         assert len(first.fit_calls) + len(second.fit_calls) == total
         assert not set(first.fit_calls) & set(second.fit_calls)
         assert not set(first.proxy_calls) & set(second.proxy_calls)
+        assert not set(first.sens_calls) & set(second.sens_calls)
+        assert len(first.sens_calls) + len(second.sens_calls) == len(a_obj.sens_calls)
         assert c.images_sampled == a.images_sampled
 
     # a different seed is a different search: its state is refused
@@ -281,11 +305,12 @@ def test_full_search_with_paper_defaults_counts():
     assert all(budget.meets(cost, space, tuple(int(v) for v in h["key"].split(","))) for h in res.history)
 
 
-def test_cheap_search_matches_full_with_a_tenth_of_the_images():
+@pytest.mark.parametrize("strategy", ["gradient", "bayes"])
+def test_cheap_search_matches_full_with_a_tenth_of_the_images(strategy):
     space = embedded_like()
     cost, budget = CostModel(), Budget("mean_group", 128)
     n = 64
-    config = CheapConfig()  # the default
+    config = CheapConfig(strategy=strategy)  # the defaults otherwise
     full = run_full(space, cost, budget, SyntheticObjective(space), n)
     cheap = run_cheap(space, cost, budget, SyntheticObjective(space), n, config)
     truth = SyntheticObjective(space).true_value

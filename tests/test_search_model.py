@@ -113,16 +113,23 @@ def test_samples_match_plain_generation(objective, tiny_dit):
     assert np.array_equal(imgs, to_uint8_nhwc(direct))
 
 
-@pytest.mark.parametrize("method", ["cheap", "full"])
+@pytest.mark.parametrize("method", ["cheap", "cheap-gradient", "full"])
 def test_search_groups_end_to_end(tiny_dit, tmp_path, method):
+    from tests.test_search_gradient import differentiable_toy_features
+
+    gradient = method == "cheap-gradient"
     out = search_groups(
-        tiny_dit, toy_features(), method=method, num_samples=4, fitness=FIT,
-        evolution=EvolutionConfig(population=4, top_k=2, generations=2),
-        cheap=CheapConfig(pool=3, lofi_batch=3, lofi_rounds=2, shortlist=2, proxy_population=10, proxy_generations=3, lofi_min_samples=2),
+        tiny_dit, differentiable_toy_features() if gradient else toy_features(), method=method.split("-")[0],
+        num_samples=4, fitness=FIT, evolution=EvolutionConfig(population=4, top_k=2, generations=2),
+        cheap=CheapConfig(pool=3, lofi_batch=3, lofi_rounds=2, shortlist=2, proxy_population=10, proxy_generations=3, lofi_min_samples=2, budget_evals=14, candidates=2),
         state_path=tmp_path / "s.json", model_name="tiny",
     )  # fmt: skip
     r = out.report
     assert r["budget"]["met"] and r["best_fitness"] <= r["baseline_fitness"]
+    if method != "full":  # features that cannot be differentiated: the bayes strategy
+        assert r["strategy"] == ("gradient" if gradient else "bayes")
+        assert (r["sensitivity_passes"] > 0) == gradient
+        assert r["image_equivalents"] <= 14 * 4 or not gradient
     assert r["baseline_group_size"] == 64
     for key in ("baseline_fitness", "best_fitness", "budget", "evaluations", "images_sampled"):
         assert key in r
@@ -149,20 +156,24 @@ def _tiny_checkpoint(tiny_dit, tmp_path):
 
 
 def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, monkeypatch):
+    from tests.test_search_gradient import differentiable_toy_features
+
     import qdit.commands.search as cmd
     from qdit.cli import main
 
-    monkeypatch.setattr(cmd, "_features", lambda args, model, device: toy_features())
+    monkeypatch.setattr(cmd, "_features", lambda args, model, device: differentiable_toy_features())
     ckpt, arch = _tiny_checkpoint(tiny_dit, tmp_path)
     argv = [
         "search", "--model", ckpt, "--arch", arch, "--num-samples", "4", "--steps", "3", "--batch-size", "8",
-        "--lofi-batch", "3", "--lofi-rounds", "2", "--lofi-samples", "2", "--shortlist", "2", "--out", str(tmp_path / "r.json"),
+        "--candidates", "2", "--cheap-budget", "16", "--out", str(tmp_path / "r.json"),
         "--json", str(tmp_path / "rep.json"), "--plot", str(tmp_path / "p.png"), "--no-progress", "--device", "cpu",
         "--heldout-seeds", "11,12", "--heldout-samples", "3",
     ]  # fmt: skip
     assert main(argv) == 0
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert rep["method"] == "cheap" and rep["budget"]["met"]
+    assert rep["strategy"] == "gradient" and rep["sensitivity_passes"] >= 1
+    assert rep["image_equivalents"] <= 16 * 4
     assert {"best", "baseline", "best@fp", "baseline@fp"} == set(rep["heldout"])
     recipe = Recipe.load(tmp_path / "r.json")
     assert len(recipe.overrides) == 8
@@ -185,6 +196,9 @@ def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, mo
         (["--model", "/nonexistent/model.pt"], "model not found"),
         (["--exploit", "-1"], "--exploit"),
         (["--lofi-rounds", "0"], "--lofi-rounds"),
+        (["--candidates", "0"], "--candidates"),
+        (["--screen"], "--strategy bayes"),
+        (["--strategy", "bayes", "--cheap-budget", "20"], "gradient strategy"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, message):
@@ -221,8 +235,8 @@ def test_cli_killed_midway_resumes_without_reevaluating(tiny_dit, tmp_path, monk
     ckpt, arch = _tiny_checkpoint(tiny_dit, tmp_path)
     argv = [
         "search", "--model", ckpt, "--arch", arch, "--num-samples", "8", "--steps", "2", "--batch-size", "8",
-        "--lofi-batch", "4", "--lofi-rounds", "2", "--lofi-samples", "2", "--shortlist", "2", "--out", str(tmp_path / "r.json"),
-        "--lofi-measure", "fidelity",  # draws the float model's reference samples, which the state must keep
+        "--strategy", "bayes", "--lofi-batch", "4", "--lofi-rounds", "2", "--lofi-samples", "2", "--shortlist", "2",
+        "--out", str(tmp_path / "r.json"), "--lofi-measure", "fidelity",  # draws the float model's reference samples, which the state must keep
         "--json", str(tmp_path / "rep.json"), "--no-progress", "--device", "cpu",
     ]  # fmt: skip
     assert main(argv) == 130

@@ -34,7 +34,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="cheap",
-        help="cheap (default: proxy screening + surrogate-guided low-fidelity rounds + successive halving) or full (the paper's search)",
+        help="cheap (default: a tenth of the paper's cost, see --strategy) or full (the paper's evolutionary search)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("gradient", "bayes"),
+        default=None,
+        help="cheap search: gradient (the default: rounds around the best genome so far, predicted by a "
+        "first-order sensitivity from one backward pass through the sampler; needs differentiable "
+        "features, else bayes) or bayes (Bayesian optimisation on an additive surrogate)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="cheap search, gradient: candidates measured per round (default 4)",
+    )
+    p.add_argument(
+        "--cheap-budget",
+        type=int,
+        default=None,
+        help="cheap search, gradient: its cost in N-sample evaluations' worth of model forwards, "
+        "sensitivity passes included (default 49, under a tenth of the paper's 500)",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
@@ -196,10 +217,32 @@ def _check(args: argparse.Namespace) -> dict:
         )
     if args.weight_method not in ("rtn", "mse"):
         raise QditError(f"--weight-method must be rtn or mse for the search, got {args.weight_method!r}")
-    for name in ("lofi_batch", "lofi_rounds", "lofi_samples", "shortlist", "heldout_samples", "exploit"):
+    for name in (
+        "lofi_batch", "lofi_rounds", "lofi_samples", "shortlist", "heldout_samples", "exploit", "candidates",
+        "cheap_budget",
+    ):  # fmt: skip
         v = getattr(args, name)
-        if v is not None and v < {"heldout_samples": 2, "exploit": 0}.get(name, 1):
+        if v is not None and v < {"heldout_samples": 2, "exploit": 0, "cheap_budget": 2}.get(name, 1):
             raise QditError(f"--{name.replace('_', '-')} is too small: {v}")
+    bayes_only = [
+        f"--{name.replace('_', '-')}"
+        for name in (
+            "lofi_batch",
+            "lofi_rounds",
+            "lofi_samples",
+            "lofi_measure",
+            "acquisition",
+            "shortlist",
+            "exploit",
+        )
+        if getattr(args, name) is not None
+    ] + (["--screen"] if args.screen else [])
+    if bayes_only and args.strategy != "bayes":
+        raise QditError(
+            f"{bayes_only[0]} is an option of the cheap search's bayes strategy: add --strategy bayes"
+        )
+    if args.strategy == "bayes" and (args.candidates is not None or args.cheap_budget is not None):
+        raise QditError("--candidates and --cheap-budget are options of the cheap search's gradient strategy")
     out = {
         "choices": parse_int_list(args.choices, "--choices") if args.choices else None,
         "bits_choices": parse_int_list(args.bits_choices, "--bits-choices") if args.bits_choices else (),
@@ -282,6 +325,9 @@ def run(args: argparse.Namespace) -> int:
             ("exploit", args.exploit),
             ("acquisition", args.acquisition),
             ("screen", args.screen or None),
+            ("strategy", args.strategy),
+            ("candidates", args.candidates),
+            ("budget_evals", args.cheap_budget),
         )
         if v is not None
     }

@@ -295,9 +295,7 @@ def run_cheap(
             p_key = min(measured, key=lambda k: (measured[k], k))
             p = key_genome(p_key)
             k = config.candidates
-            new_point = genome_key(p) not in log.extra.get("sensitivity", {}) and (
-                latest is None or latest[0] != p
-            )
+            new_point = latest is None or latest[0] != p  # (a resumed run finds it cached)
             if new_point and spent + sens_eq + k * n <= cap:  # else: the rest goes to the latest
                 spent += sens_eq
                 latest = (p, sensitivity_at(p))
@@ -480,6 +478,10 @@ def run_cheap(
         seconds=log.seconds,
         history=log.history,
         num_samples=num_samples,
+        extra={
+            "strategy": log.extra["strategy"],
+            "sensitivity_passes": sum(1 for h in log.history if h["kind"] == "sensitivity"),
+        },
     )
 
 

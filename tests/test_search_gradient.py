@@ -1,0 +1,109 @@
+"""The first-order sensitivity behind the cheap search's gradient strategy: a differentiable Fréchet
+distance, straight-through activation quantizers, and single-gene predictions on a tiny model
+against the measured changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qdit.errors import QditError
+from qdit.eval.metrics import feature_stats, frechet_distance
+from qdit.nn.quant_linear import ActQuantizer
+from qdit.recipe import QuantSpec
+from qdit.search.gradient import Sensitivity, distance_gradient
+from qdit.search.model import FeatureSpace, FitnessConfig, ModelObjective, build_space, searchable_layers
+
+FIT = FitnessConfig(steps=4, batch_size=16)
+BASE = QuantSpec(w_bits=4, a_bits=8, w_group=64, a_group=64)
+
+
+def _fd(f: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    return float(frechet_distance(*feature_stats(f), mu, sigma))
+
+
+@pytest.mark.parametrize("n,d", [(30, 5), (6, 10)])  # more samples than dimensions, and fewer
+def test_differentiable_frechet_distance_matches_numpy_and_finite_differences(n, d):
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((n, d))
+    ref = rng.standard_normal((50, d)) * 1.3 + 0.2
+    mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
+    value, grad = distance_gradient(f, mu, sigma)
+    assert value == pytest.approx(_fd(f, mu, sigma), rel=1e-6)
+    assert grad.shape == (n, d)
+    eps = 1e-5
+    for i, j in ((0, 0), (n - 1, d - 1), (2, 1)):
+        up, down = f.copy(), f.copy()
+        up[i, j] += eps
+        down[i, j] -= eps
+        # (numpy's value is checked above; its sqrtm is too rough for differences of singular matrices)
+        numeric = (distance_gradient(up, mu, sigma)[0] - distance_gradient(down, mu, sigma)[0]) / (2 * eps)
+        assert grad[i, j] == pytest.approx(numeric, rel=1e-3, abs=1e-5)
+
+
+def test_activation_quantizer_is_straight_through_under_autograd():
+    q = ActQuantizer(16, 4, group=8)
+    x = torch.randn(3, 5, 16)
+    plain = q(x)
+    xg = x.clone().requires_grad_(True)
+    out = q(xg)
+    assert torch.allclose(out.detach(), plain, atol=1e-6)  # the same quantized values forward
+    assert not torch.allclose(plain, x, atol=1e-3)  # (which are not the input)
+    out.sum().backward()
+    assert torch.equal(xg.grad, torch.ones_like(x))  # and the identity's gradient backward
+
+
+def differentiable_toy_features(dim: int = 6) -> FeatureSpace:
+    proj = np.random.default_rng(0).standard_normal((64, dim)).astype(np.float32)
+    ref = np.random.default_rng(1).standard_normal((200, dim))
+    proj_t = torch.from_numpy(proj)
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        return (images.reshape(len(images), -1).astype(np.float32) / 127.5 - 1) @ proj
+
+    def differentiable(x: torch.Tensor) -> torch.Tensor:  # the same, from model-space NCHW images
+        return x.float().clamp(-1, 1).permute(0, 2, 3, 1).reshape(len(x), -1) @ proj_t
+
+    return FeatureSpace("toy_fd", extract, ref.mean(0), np.cov(ref, rowvar=False), differentiable)
+
+
+def test_sensitivity_predicts_every_single_gene_change(tiny_dit):
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8)
+    obj = ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), FIT, with_proxy=False)
+    n = 12
+    g = space.uniform(64)
+    here = obj.fitness(g, n)
+    sens = obj.sensitivity(g, n, here.features)
+    assert isinstance(sens, Sensitivity)
+    assert [sorted(row) for row in sens.table] == [sorted(gene.choices) for gene in space.genes]
+    assert all(row[v] == 0.0 for row, v in zip(sens.table, g))
+    # its own value is the fitness, from unrounded pixels
+    assert sens.cost.value == pytest.approx(here.value, rel=0.02)
+    alts = max(len(gene.choices) - 1 for gene in space.genes)  # one gene per layer here
+    assert sens.cost.images == n and sens.cost.forwards == n * obj.forwards_per_image * (3 + alts)
+    predicted, measured = [], []
+    for i, gene in enumerate(space.genes):
+        for c in gene.choices:
+            if c != g[i]:
+                changed = g[:i] + (c,) + g[i + 1 :]
+                predicted.append(sens.table[i][c])
+                measured.append(obj.fitness(changed, n).value - here.value)
+    predicted_a, measured_a = np.array(predicted), np.array(measured)
+    assert np.corrcoef(predicted_a, measured_a)[0, 1] > 0.9
+    assert np.abs(predicted_a - measured_a).mean() < 0.3 * np.abs(measured_a).mean()
+    # the pass leaves the model as it was
+    assert obj.fitness(g, n).value == here.value
+    # no features of its own: they are sampled first, and paid for
+    again = obj.sensitivity(g, n)
+    assert again.cost.images == 2 * n and again.table == sens.table
+
+
+def test_sensitivity_needs_differentiable_features(tiny_dit):
+    from tests.test_search_model import toy_features
+
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8)
+    obj = ModelObjective.build(tiny_dit, space, BASE, toy_features(), FIT, with_proxy=False)
+    assert not obj.has_sensitivity
+    with pytest.raises(QditError, match="cannot be differentiated"):
+        obj.sensitivity(space.uniform(64), 4)
