@@ -179,3 +179,18 @@ def test_fid_real_vs_blurred() -> None:
     print(f"FID real {fid_real:.2f}, blurred {fid_blur:.2f}, {time.perf_counter() - t0:.1f} s")
     assert 0 < fid_real < 150
     assert fid_blur > 1.4 * fid_real
+
+
+@needs_weights
+def test_differentiable_pool_matches_extract_and_has_gradients(extractor: InceptionFeatures) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 28, 28) * 2 - 1  # model-space images
+    images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    ref = extractor.extract(images, spatial=False).pool
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        pool = extractor.differentiable_pool(xg)
+        pool.sum().backward()
+    # the same features up to the uint8 rounding of the pixels
+    assert np.abs(pool.detach().numpy() - ref).max() < 0.05 * np.abs(ref).max()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0 and torch.isfinite(xg.grad).all()

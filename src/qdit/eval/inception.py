@@ -152,6 +152,22 @@ class InceptionFeatures:
                 sp = x[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(x.shape[0], -1)
         return x.reshape(-1, POOL_DIM), sp
 
+    def differentiable_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool features ``[N, 2048]`` of model-space images ``[N, C, H, W]`` in [-1, 1], differentiable
+        in ``x``: :meth:`extract`'s preprocessing without the rounding to uint8, in fp32."""
+        if not getattr(self, "_frozen", False):
+            for p in self._layers.parameters():
+                p.requires_grad_(False)
+            self._frozen = True
+        pixels = (x.float().clamp(-1, 1) + 1) * 127.5
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        if tuple(pixels.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
+            pixels = F.interpolate(
+                pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
+            )
+        return self._forward((pixels - 128.0) / 128.0, False)[0]
+
     @torch.inference_mode()
     def extract(
         self, images: np.ndarray | torch.Tensor, *, spatial: bool = True, desc: str = "inception"

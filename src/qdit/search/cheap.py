@@ -1,5 +1,28 @@
-"""The cheap search (the default): Bayesian optimisation on an additive surrogate, with Thompson
-sampling, in rounds of a few candidates. It spends a tenth of the full search's sampled images.
+"""The cheap search (the default): a tenth of the full search's cost. Two strategies.
+
+**gradient** (the default, where the objective's features can be differentiated): trust-region
+rounds around the best genome so far, guided by a first-order sensitivity of the fitness.
+
+1. The uniform baseline is measured with ``N`` samples.
+2. At the best genome so far, one forward and backward pass through the sampler over the same ``N``
+   samples predicts what every single-gene change would do to the fitness
+   (:mod:`qdit.search.gradient`). It is retaken whenever the best genome moves.
+3. Each round measures ``candidates`` genomes: the best unmeasured one of the prediction within a
+   Hamming distance ``r``, ``r/2``, ``r/4``, ... of the point where it was taken. ``r`` starts at
+   the number of genes; it becomes twice the step of a round that improved, and halves after one
+   that did not. Once 4 genomes are measured, the prediction is corrected by the measurements: it
+   becomes the prior of the additive surrogate below (:mod:`qdit.search.surrogate`), fitted to them.
+4. It stops before it would spend more than ``budget_evals * N`` image-equivalents (model forwards
+   divided by the forwards of one image). A sensitivity pass counts its ``N`` regenerated images and
+   ``3 + alternatives`` forwards per sample-step (forward, backward, and one rerun of the linears per
+   alternative choice of the layer with the most); on the embedded model it took 5.6x the time of a
+   64-sample evaluation and is counted as 6x. The best measured genome wins.
+
+On the embedded model (10 steps, 64 samples) it found 283.15, the full search's final fitness, with
+1,536 images (4.8% of the full search's) and 3,136 image-equivalents (9.8%), in 3 minutes.
+
+**bayes**: Bayesian optimisation on an additive surrogate, with Thompson sampling, in rounds of a
+few candidates (also the strategy whenever the features cannot be differentiated):
 
 1. **Rounds.** ``lofi_rounds`` rounds of ``lofi_batch`` candidates, each measured with the real
    fitness (paired noise: sample ``i`` has the same noise and label for every candidate). Round 0

@@ -79,13 +79,18 @@ def inception_feature_space(
     from qdit.eval.inception import InceptionFeatures
 
     inc = InceptionFeatures(bf16=bf16, device=device, progress=False)
+    # the gradient sensitivity differentiates the fp32 network (a bf16 fitness is close, not equal)
     if reference is None:
-        return FeatureSpace("fid", lambda images: inc.extract(images).pool)
+        return FeatureSpace(
+            "fid", lambda images: inc.extract(images).pool, differentiable=inc.differentiable_pool
+        )
     from qdit.eval.npz import load_reference
     from qdit.eval.refstats import inception_refstats
 
     stats = inception_refstats(load_reference(reference), inc)
-    return FeatureSpace("fid", lambda images: inc.extract(images).pool, stats.mu, stats.sigma)
+    return FeatureSpace(
+        "fid", lambda images: inc.extract(images).pool, stats.mu, stats.sigma, inc.differentiable_pool
+    )
 
 
 REFERENCES = ("data", "fp")
