@@ -24,7 +24,9 @@ def run(cmd: list[str]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--full", action="store_true", help="1,000-image evaluation timing and the search comparison"
+        "--full",
+        action="store_true",
+        help="1,000-image evaluation timing, the sensitivity check and the search comparison",
     )
     a = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -39,9 +41,9 @@ def main() -> int:
             str(RESULTS / "bench_eval.json"),
         ]
     )
-    search = HERE / "bench_search.py"
-    if a.full and search.exists():
-        run([py, str(search)])
+    if a.full:
+        run([py, str(HERE / "bench_sensitivity.py")])
+        run([py, str(HERE / "bench_search.py")])
     return 0
 
 
