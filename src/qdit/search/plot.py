@@ -154,19 +154,22 @@ def best_so_far(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], 
 
 
 def search_series(
-    history: Sequence[dict], num_samples: int, label: str, color: str, points: bool = True
+    history: Sequence[dict],
+    num_samples: int,
+    label: str,
+    color: str,
+    points: bool = True,
+    forwards_per_image: int | None = None,
 ) -> list[Series]:
-    """Series of one search's history: its fitness evaluations with all samples, and the best so far."""
-    xs, ys, lx, ly = [], [], [], []
+    """Series of one search's history: its fitness evaluations with all samples, and the best so far,
+    against images sampled (or, with ``forwards_per_image``, image-equivalents: model forwards over
+    the forwards of one image, which also counts the cheap search's sensitivity passes)."""
+    xs, ys = [], []
     for h in history:
-        if h["kind"] != "fit" or h["value"] is None:
+        if h["kind"] != "fit" or h["value"] is None or h["n"] != num_samples:
             continue
-        if h["n"] == num_samples:
-            xs.append(float(h["images"]))
-            ys.append(float(h["value"]))
-        else:
-            lx.append(float(h["images"]))
-            ly.append(float(h["value"]))
+        xs.append(float(h["images"] if forwards_per_image is None else h["forwards"] / forwards_per_image))
+        ys.append(float(h["value"]))
     out = []
     if points:
         out.append(Series(f"{label}: evaluations", xs, ys, "#bbbbbb", "points"))
