@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch.distributed as dist
@@ -40,8 +41,9 @@ def _search(method: str, state: str | None, d: Dist, obj: SyntheticObjective):
         return run_full(
             space, CostModel(), Budget("mean_group", 128), obj, 8, EVO, seed=3, state_path=state, dist=d
         )
+    config = CHEAP if method == "cheap" else replace(CHEAP, strategy="bayes")
     return run_cheap(
-        space, CostModel(), Budget("mean_group", 128), obj, 8, CHEAP, seed=3, state_path=state, dist=d
+        space, CostModel(), Budget("mean_group", 128), obj, 8, config, seed=3, state_path=state, dist=d
     )
 
 
@@ -49,7 +51,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for method in ("full", "cheap"):
+        for method in ("full", "cheap", "cheap-bayes"):
             obj = SyntheticObjective(_space())
             res = _search(method, os.path.join(out, f"{method}.state.json"), Dist.current(), obj)
             calls = [c for c in obj.calls if c[0] == "fitness"]
@@ -72,7 +74,7 @@ def two_ranks(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("method", ["full", "cheap"])
+@pytest.mark.parametrize("method", ["full", "cheap", "cheap-bayes"])  # cheap: the gradient strategy
 def test_two_gloo_ranks_match_one_process(two_ranks, method):
     tmp_path = two_ranks
     single = _search(method, None, Dist(), SyntheticObjective(_space()))
