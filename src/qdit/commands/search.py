@@ -381,10 +381,12 @@ def run(args: argparse.Namespace) -> int:
             search_plot(report, args.plot)
         b = report["budget"]
         best, base = report["best_fitness"], report["baseline_fitness"]
+        how = f"{args.method} ({report['strategy']})" if "strategy" in report else args.method
         print(
-            f"{args.method} search, W{args.w_bits}A{args.a_bits}, budget {b['description']}: "
+            f"{how} search, W{args.w_bits}A{args.a_bits}, budget {b['description']}: "
             f"best {_num(best)} vs uniform g{report['baseline_group_size']} {_num(base)} "
-            f"({report['evaluations']} evaluations, {report['images_sampled']} images, search {report['seconds']:.0f} s, "
+            f"({report['evaluations']} evaluations, {report['images_sampled']} images, "
+            f"{report['image_equivalents']:.0f} image-equivalents, search {report['seconds']:.0f} s, "
             f"all {report['wall_seconds']:.0f} s; "
             f"{b['kind']} {b['best']:.4g}) -> {args.out}"
         )
