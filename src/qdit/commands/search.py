@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cheap search, gradient: its cost in N-sample evaluations' worth of model forwards, "
-        "sensitivity passes included (default 49, under a tenth of the paper's 500)",
+        "sensitivity passes included (default 48, under a tenth of the paper's 500 evaluations)",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
