@@ -142,8 +142,13 @@ def test_search_groups_end_to_end(tiny_dit, tmp_path, method):
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
     with torch.no_grad():
         assert torch.equal(q(x, t, y), out.objective.model(x, t, y))
-    h = heldout_fitness(out.objective, {"best": out.result.best_genome}, [5, 6], 4)
-    assert len(h["best"]["values"]) == 2
+    calls = []
+    original = out.objective.fitness_at
+    out.objective.fitness_at = lambda *a, **k: calls.append(a) or original(*a, **k)  # type: ignore[method-assign]
+    g = out.result.best_genome
+    h = heldout_fitness(out.objective, {"best": g, "same": g}, [5, 6], 4)
+    assert len(h["best"]["values"]) == 2 and h["same"] == h["best"]
+    assert len(calls) == 2  # a genome under two names is measured once per seed
 
 
 def _tiny_checkpoint(tiny_dit, tmp_path):

@@ -136,20 +136,27 @@ def heldout_fitness(
     """
     refs = [reference or objective.config.reference, *also]
     vals: dict[str, list[float]] = {}
+    distinct = {tuple(int(v) for v in g) for g in genomes.values()}  # names may share a genome
+    measured: dict[tuple[Genome, int], list[float]] = {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(genomes) * len(seeds), desc="held-out seeds", unit="eval")
+        bar = tqdm(total=len(distinct) * len(seeds), desc="held-out seeds", unit="eval")
     for name, genome in genomes.items():
+        genome = tuple(int(v) for v in genome)
         for s in seeds:
-            feats = None
+            if (genome, s) not in measured:
+                feats, out = None, []
+                for ref in refs:
+                    ev = objective.fitness_at(genome, num_samples, feats, s, ref)
+                    feats = ev.features
+                    out.append(ev.value)
+                measured[(genome, s)] = out
+                if bar is not None:
+                    bar.update(1)
             for k, ref in enumerate(refs):
-                ev = objective.fitness_at(genome, num_samples, feats, s, ref)
-                feats = ev.features
-                vals.setdefault(name if k == 0 else f"{name}@{ref}", []).append(ev.value)
-            if bar is not None:
-                bar.update(1)
+                vals.setdefault(name if k == 0 else f"{name}@{ref}", []).append(measured[(genome, s)][k])
     if bar is not None:
         bar.close()
     return {
