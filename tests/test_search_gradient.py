@@ -107,3 +107,23 @@ def test_sensitivity_needs_differentiable_features(tiny_dit):
     assert not obj.has_sensitivity
     with pytest.raises(QditError, match="cannot be differentiated"):
         obj.sensitivity(space.uniform(64), 4)
+
+
+def test_sensitivity_with_separate_activation_and_bits_genes(tiny_dit):
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8, separate_act=True, bits_choices=(4, 8))
+    obj = ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), FIT, with_proxy=False)
+    g = space.validate([gene.choices[-1] if gene.kind != "w_bits" else 4 for gene in space.genes])
+    sens = obj.sensitivity(g, 6)
+    kinds = {gene.kind for gene in space.genes}
+    assert kinds == {"w_group", "a_group", "w_bits"}
+    for gene, row, v in zip(space.genes, sens.table, g):
+        assert sorted(row) == sorted(gene.choices) and row[v] == 0.0
+        assert all(np.isfinite(d) for d in row.values())
+    # 8-bit weights move the samples towards the float model's: a real, finite change is predicted
+    bits = [row for gene, row in zip(space.genes, sens.table) if gene.kind == "w_bits"]
+    assert any(abs(row[8]) > 0 for row in bits)
+    per_layer = max(
+        sum(len(gene.choices) - 1 for gene in space.genes if gene.layer == name)
+        for name in {x.layer for x in space.genes}
+    )
+    assert sens.cost.forwards == 6 * obj.forwards_per_image * (3 + per_layer) + 6 * obj.forwards_per_image
