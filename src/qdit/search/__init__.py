@@ -5,7 +5,10 @@
 * :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
 * :mod:`~qdit.search.runner` -- state file, resume, the full search; :mod:`~qdit.search.cheap` -- the
   cheap search (default); :mod:`~qdit.search.distributed` -- candidates spread over ranks;
-* :mod:`~qdit.search.model` -- the model side (weight bank, fitness, proxy, recipe export);
+* :mod:`~qdit.search.gradient` -- the first-order sensitivity of the fitness to single-gene changes
+  (one backward pass through the sampler), which drives the cheap search;
+  :mod:`~qdit.search.surrogate` -- the additive surrogate of the fitness;
+* :mod:`~qdit.search.model` -- the model side (weight bank, fitness, sensitivity, proxy, recipe export);
   :mod:`~qdit.search.api` -- :func:`search_groups`; :mod:`~qdit.search.plot` -- PNG plots.
 
 Names are imported lazily, so ``import qdit.search`` loads neither torch nor the model code.
@@ -30,6 +33,7 @@ _EXPORTS = {
     "Evaluation": "qdit.search.objective",
     "Objective": "qdit.search.objective",
     "SyntheticObjective": "qdit.search.objective",
+    "Sensitivity": "qdit.search.gradient",
     "SearchResult": "qdit.search.runner",
     "run_full": "qdit.search.runner",
     "CheapConfig": "qdit.search.cheap",
