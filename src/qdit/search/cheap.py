@@ -15,11 +15,12 @@ rounds around the best genome so far, guided by a first-order sensitivity of the
 4. It stops before it would spend more than ``budget_evals * N`` image-equivalents (model forwards
    divided by the forwards of one image). A sensitivity pass counts its ``N`` regenerated images and
    ``3 + alternatives`` forwards per sample-step (forward, backward, and one rerun of the linears per
-   alternative choice of the layer with the most); on the embedded model it took 5.6x the time of a
+   alternative choice of the layer with the most); on the embedded model it takes 4.7x the time of a
    64-sample evaluation and is counted as 6x. The best measured genome wins.
 
-On the embedded model (10 steps, 64 samples) it found 283.15, the full search's final fitness, with
-1,536 images (4.8% of the full search's) and 3,136 image-equivalents (9.8%), in 3 minutes.
+On the embedded model (64 samples) it ends exactly where the paper's full search ends: 283.15 at 10
+DDIM steps and 276.38 at 20 (the same genomes), with 1,792 images (5.6% and 5.8% of the full
+search's) and 3,072 image-equivalents (9.6% and 9.9%), in 3 and 6 minutes (BENCHMARKS.md).
 
 **bayes**: Bayesian optimisation on an additive surrogate, with Thompson sampling, in rounds of a
 few candidates (also the strategy whenever the features cannot be differentiated):
