@@ -321,3 +321,53 @@ def test_fitness_against_the_float_models_samples(tiny_dit):
     assert first.value >= 0 and obj.describe()["reference"] == "fp"
     with pytest.raises(QditError):
         FitnessConfig(reference="real")
+
+
+def test_cli_gradient_search_killed_midway_resumes_without_redoing_anything(tiny_dit, tmp_path, monkeypatch):
+    """The default (gradient) strategy: neither a measurement nor a sensitivity pass is done twice."""
+    from tests.test_search_gradient import differentiable_toy_features
+
+    import qdit.commands.search as cmd
+    from qdit.cli import main
+    from qdit.search.space import genome_key
+
+    monkeypatch.setattr(cmd, "_features", lambda args, model, device: differentiable_toy_features())
+    fits: list[tuple[str, int]] = []
+    sens: list[str] = []
+    limit = {"k": 6}
+    fit_original, sens_original = ModelObjective.fitness_at, ModelObjective.sensitivity
+
+    def fit_counting(self, genome, num_samples, known, seed, reference=None):
+        if len(fits) >= limit["k"]:
+            raise KeyboardInterrupt
+        fits.append((genome_key(genome), num_samples))
+        return fit_original(self, genome, num_samples, known, seed, reference)
+
+    def sens_counting(self, genome, num_samples, known=None):
+        sens.append(genome_key(genome))
+        return sens_original(self, genome, num_samples, known)
+
+    monkeypatch.setattr(ModelObjective, "fitness_at", fit_counting)
+    monkeypatch.setattr(ModelObjective, "sensitivity", sens_counting)
+    ckpt, arch = _tiny_checkpoint(tiny_dit, tmp_path)
+    argv = [
+        "search", "--model", ckpt, "--arch", arch, "--num-samples", "6", "--steps", "2", "--batch-size", "8",
+        "--candidates", "2", "--cheap-budget", "24", "--out", str(tmp_path / "r.json"),
+        "--json", str(tmp_path / "rep.json"), "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 130
+    assert sens  # interrupted after its first sensitivity pass
+    limit["k"] = 10**9
+    assert main([*argv, "--resume"]) == 0
+    assert len(fits) == len(set(fits)) and len(sens) == len(set(sens))
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["strategy"] == "gradient" and rep["sensitivity_passes"] == len(sens) >= 2
+    assert rep["image_equivalents"] <= 24 * 6
+    # an uninterrupted run with the same seed agrees
+    fits.clear()
+    sens.clear()
+    argv2 = [a if a != str(tmp_path / "r.json") else str(tmp_path / "r2.json") for a in argv]
+    argv2[argv2.index("--json") + 1] = str(tmp_path / "rep2.json")
+    assert main(argv2) == 0
+    rep2 = json.loads((tmp_path / "rep2.json").read_text())
+    assert rep2["best_genome"] == rep["best_genome"] and rep2["history"] == rep["history"]
