@@ -127,3 +127,21 @@ def test_sensitivity_with_separate_activation_and_bits_genes(tiny_dit):
         for name in {x.layer for x in space.genes}
     )
     assert sens.cost.forwards == 6 * obj.forwards_per_image * (3 + per_layer) + 6 * obj.forwards_per_image
+
+
+def test_sensitivity_of_a_fitness_against_the_float_models_samples(tiny_dit):
+    from dataclasses import replace
+
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8)
+    fit = replace(FIT, reference="fp")
+    obj = ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), fit, with_proxy=False)
+    g, n = space.uniform(64), 8
+    here = obj.fitness(g, n)  # draws the float model's 8 samples too
+    sens = obj.sensitivity(g, n, here.features)
+    assert sens.cost.images == n  # the float samples are cached: not drawn (nor paid) again
+    i, c = next((i, c) for i, gene in enumerate(space.genes) for c in gene.choices if c != g[i])
+    changed = g[:i] + (c,) + g[i + 1 :]
+    measured = obj.fitness(changed, n).value - here.value
+    assert np.sign(sens.table[i][c]) == np.sign(measured) or abs(measured) < 1e-3
+    fresh = ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), fit, with_proxy=False)
+    assert fresh.sensitivity(g, n, here.features).cost.images == 2 * n  # its own float samples first

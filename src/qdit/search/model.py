@@ -500,7 +500,9 @@ class ModelObjective:
             known, images, forwards = ev.features, images + ev.images, forwards + ev.forwards
         assert known is not None
         if self.config.reference == "fp":
-            mu_ref, sigma_ref = feature_stats(self.reference_features(num_samples)[0])
+            ref, extra = self.reference_features(num_samples)
+            mu_ref, sigma_ref = feature_stats(ref)
+            images, forwards = images + extra, forwards + extra * self.forwards_per_image
         else:
             if self.features.mu is None or self.features.sigma is None:
                 raise QditError(f"{self.features.name}: no reference statistics (give a reference data set)")
