@@ -41,22 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from search_setup import w4a8_search_setup
 
     from qdit.io.atomic import write_json
-    from qdit.models.registry import load_model
-    from qdit.recipe import QuantSpec
     from qdit.search.api import heldout_fitness
     from qdit.search.cheap import CheapConfig, run_cheap
-    from qdit.search.cost import CostModel, baseline_group
     from qdit.search.evolution import EvolutionConfig
-    from qdit.search.model import (
-        FitnessConfig,
-        ModelObjective,
-        build_space,
-        default_budget,
-        domain_feature_space,
-        searchable_layers,
-    )
     from qdit.search.plot import PALETTE, Series, line_plot, search_series
     from qdit.search.runner import run_full
     from qdit.search.space import parse_int_list
@@ -66,25 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evo = EvolutionConfig() if not args.quick else EvolutionConfig(population=10, top_k=3, generations=3)
-    cheap_cfg = (
-        CheapConfig() if not args.quick else CheapConfig(lofi_batch=3, lofi_rounds=3, exploit=2, shortlist=2)
-    )
+    cheap_cfg = CheapConfig() if not args.quick else CheapConfig(budget_evals=16, candidates=2)
     n, heldout_n = args.num_samples, args.heldout_samples
     seeds = parse_int_list(args.heldout_seeds, "--heldout-seeds")
     if args.quick:
         n, heldout_n, seeds = min(n, 8), min(heldout_n, 16), seeds[:2]
 
-    model = load_model(args.model)
-    features = domain_feature_space()
-    base = QuantSpec(w_bits=4, a_bits=8, w_group=0, a_group=0)
-    space = build_space(searchable_layers(model, base), 4, 8)
-    cost = CostModel()
-    budget = default_budget(space, cost)
-    g0 = baseline_group(space, cost, budget)
-    base = QuantSpec(w_bits=4, a_bits=8, w_group=g0, a_group=g0)
-    fitness = FitnessConfig(steps=args.steps, seed=args.seed)
-    objective = ModelObjective.build(
-        model, space, base, features, fitness, model_name=args.model, with_proxy=cheap_cfg.screen
+    setup = w4a8_search_setup(args.model, args.steps, args.seed, with_proxy=cheap_cfg.screen)
+    space, cost, budget, g0, objective = (
+        setup.space,
+        setup.cost,
+        setup.budget,
+        setup.baseline_group,
+        setup.objective,
     )
 
     results = {}

@@ -32,32 +32,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
+    from search_setup import w4a8_search_setup
     from tqdm import tqdm
 
     from qdit.io.atomic import write_json
-    from qdit.models.registry import load_model
-    from qdit.recipe import QuantSpec
-    from qdit.search.cost import CostModel, baseline_group
-    from qdit.search.model import (
-        FitnessConfig,
-        ModelObjective,
-        build_space,
-        default_budget,
-        domain_feature_space,
-        searchable_layers,
-    )
     from qdit.search.plot import PALETTE, Series, line_plot
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    base = QuantSpec(w_bits=4, a_bits=8, w_group=0, a_group=0)
-    space = build_space(searchable_layers(model, base), 4, 8)
-    cost = CostModel()
-    g0 = baseline_group(space, cost, default_budget(space, cost))
-    base = QuantSpec(w_bits=4, a_bits=8, w_group=g0, a_group=g0)
-    fitness = FitnessConfig(steps=args.steps, seed=args.seed)
-    obj = ModelObjective.build(model, space, base, domain_feature_space(), fitness, with_proxy=False)
+    setup = w4a8_search_setup(args.model, args.steps, args.seed)
+    space, g0, obj = setup.space, setup.baseline_group, setup.objective
     n = args.num_samples
     genome = space.uniform(g0)
     t0 = time.perf_counter()

@@ -72,24 +72,6 @@ class SamplerConfig:
             raise ValueError(f"cfg scale must be >= 1, got {self.cfg_scale}")
 
 
-@torch.no_grad()
-def sample_batch(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    shape: Sequence[int],
-    labels: torch.Tensor,
-    noise: SampleNoise,
-    method: str = "ddim",
-    clip_denoised: bool = False,
-    in_channels: int | None = None,
-    step_callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]``."""
-    return reverse_process(
-        model_fn, diffusion, shape, labels, noise, method, clip_denoised, in_channels, step_callback
-    )
-
-
 def reverse_process(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
@@ -101,7 +83,10 @@ def reverse_process(
     in_channels: int | None = None,
     step_callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """:func:`sample_batch` with autograd left as it is (the sensitivity pass differentiates it)."""
+    """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]``.
+
+    Autograd is left as it is (the search's sensitivity pass differentiates it); :func:`sample_batch`
+    is the same without gradients."""
     c = in_channels if in_channels is not None else shape[0]
     x = noise.randn(shape)
     n = x.shape[0]
@@ -125,6 +110,9 @@ def reverse_process(
         if step_callback is not None:
             step_callback(i, x)
     return x
+
+
+sample_batch = torch.no_grad()(reverse_process)
 
 
 PRECISIONS = ("fp32", "bf16")

@@ -1,0 +1,42 @@
+"""The setting both search benchmarks measure: a model's block linears at W4A8 (RTN, token-group
+dynamic activations), the paper's budget and the domain Fréchet distance as the fitness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class SearchSetup:
+    space: Any  # qdit.search.space.SearchSpace
+    cost: Any  # qdit.search.cost.CostModel
+    budget: Any  # qdit.search.cost.Budget
+    baseline_group: int
+    objective: Any  # qdit.search.model.ModelObjective
+
+
+def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool = False) -> SearchSetup:
+    from qdit.models.registry import load_model
+    from qdit.recipe import QuantSpec
+    from qdit.search.cost import CostModel, baseline_group
+    from qdit.search.model import (
+        FitnessConfig,
+        ModelObjective,
+        build_space,
+        default_budget,
+        domain_feature_space,
+        searchable_layers,
+    )
+
+    model = load_model(model_name)
+    space = build_space(searchable_layers(model, QuantSpec(w_bits=4, a_bits=8, w_group=0, a_group=0)), 4, 8)
+    cost = CostModel()
+    budget = default_budget(space, cost)
+    g0 = baseline_group(space, cost, budget)
+    base = QuantSpec(w_bits=4, a_bits=8, w_group=g0, a_group=g0)
+    objective = ModelObjective.build(
+        model, space, base, domain_feature_space(), FitnessConfig(steps=steps, seed=seed),
+        model_name=model_name, with_proxy=with_proxy,
+    )  # fmt: skip
+    return SearchSetup(space, cost, budget, g0, objective)
