@@ -34,6 +34,7 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 250
     threads: int = 0  # 0 = torch default
+    init: str | None = None  # warm start: weights (.safetensors) loaded into model and EMA before step 0
 
 
 def _atomic_save(obj: object, path: Path) -> None:
@@ -67,13 +68,19 @@ def train_embedded(
     gen = torch.Generator().manual_seed(cfg.seed)
     state_path = out / "state.pt"
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state["elapsed"]
+    elif cfg.init:
+        from qdit.models.checkpoint import load_state_dict_file, load_strict
+
+        init = load_state_dict_file(Path(cfg.init))
+        load_strict(model, init, source=cfg.init)
+        load_strict(ema, init, source=cfg.init)
     (out / "config.json").write_text(
         json.dumps({"train": asdict(cfg), "model": model_config.to_dict()}, indent=2)
     )
@@ -169,10 +176,13 @@ def main() -> None:  # python -m qdit.train OUT_DIR
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--decay-steps", type=int, default=0)
     p.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--ckpt-every", type=int, default=TrainConfig.ckpt_every)
+    p.add_argument("--init", default=None, help="warm start from these weights (ignored when resuming)")
     a = p.parse_args()
     cfg = TrainConfig(
         max_steps=a.max_steps, max_minutes=a.max_minutes, threads=a.threads,
-        decay_steps=a.decay_steps, ema_decay=a.ema_decay,
+        decay_steps=a.decay_steps, ema_decay=a.ema_decay, lr=a.lr, ckpt_every=a.ckpt_every, init=a.init,
     )  # fmt: skip
     train_embedded(a.out_dir, cfg)
 
