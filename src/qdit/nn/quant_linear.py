@@ -22,8 +22,9 @@ from torch import nn
 
 from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
+from qdit.quant.activation import activation_range
 from qdit.quant.gptq import gptq_quantize
-from qdit.quant.primitives import check_bits, fake_quantize_range, group_view, minmax, num_groups
+from qdit.quant.primitives import check_bits, fake_quantize_range, num_groups
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight, quantize_weight
 from qdit.recipe import ACT_GRANULARITIES, QuantSpec
 
@@ -82,17 +83,7 @@ class ActQuantizer(nn.Module):
         return self._quantize(x)
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        if self.granularity == "token":
-            xg = group_view(xf, self.group)
-            xmin, xmax = minmax(xg)
-        elif self.granularity == "sample":
-            xg = group_view(xf.reshape(xf.shape[0], -1, self.width), self.group)  # [B, N, G, g]
-            xmin, xmax = minmax(xg, dim=(1, 3))
-        else:
-            xg = group_view(xf, self.group)
-            xmin = group_view(self.ch_min, self.group).amin(-1, keepdim=True).clamp(max=0)
-            xmax = group_view(self.ch_max, self.group).amax(-1, keepdim=True).clamp(min=0)
+        xg, xmin, xmax = activation_range(x, self.group, self.granularity, self.ch_min, self.ch_max)
         return fake_quantize_range(xg, xmin, xmax, self.bits, self.symmetric).reshape(x.shape).to(x.dtype)
 
     def extra_repr(self) -> str:
