@@ -7,6 +7,7 @@ from torch import nn
 
 from qdit.calib import LayerStats
 from qdit.errors import QditError
+from qdit.kernels.linear import available_paths
 from qdit.nn import ActQuantizer, QuantLinear
 from qdit.quant import fake_quantize
 from qdit.recipe import QuantSpec
@@ -76,19 +77,21 @@ def test_static_activation_ranges() -> None:
         QuantLinear.from_linear(linear(), QuantSpec(8, 8, 0, 0, "static"))
 
 
-def test_weights_stored_quantized_and_cached() -> None:
+def test_weights_stored_quantized_never_as_float() -> None:
     lin = linear()
     layer = QuantLinear.from_linear(lin, QuantSpec(4, None, 16, 0))
     names = dict(layer.named_parameters())
     assert set(names) == {"bias"}  # no float weight parameter
-    assert layer.weight_codes.dtype == torch.uint8 and layer.weight_codes.max() <= 15
+    assert layer.weight_codes.dtype == torch.uint8 and layer.weight_codes.shape == (48, 32)  # two per byte
+    assert layer.qweight.codes.shape == (48, 64) and layer.qweight.codes.max() <= 15
     assert layer.weight_scale.shape == (48, 4)
+    floats = [t for t in [*layer.parameters(), *layer.buffers()] if t.is_floating_point()]
+    assert sum(t.numel() for t in floats) == 48 + 48 * 4  # bias and scales only
+    assert layer.weight_nbytes() == 48 * 32 + 48 * 4 * 2 + 48 * 4
     want = fake_quantize(lin.weight.detach(), 4, 16, scale_dtype=torch.float16)
     assert torch.equal(layer.weight, want)
     x = batch()
     torch.testing.assert_close(layer(x), nn.functional.linear(x, want, lin.bias), rtol=0, atol=0)
-    w1 = layer.dequantized_weight(torch.float32)
-    assert layer.dequantized_weight(torch.float32) is w1  # cached
     assert layer(x.bfloat16()).dtype == torch.bfloat16
     layer.to(torch.float64)
     assert layer.weight.dtype == torch.float64 and layer(x.double()).dtype == torch.float64
@@ -123,31 +126,66 @@ def test_smoothquant_folding() -> None:
     assert err(smooth) < 0.5 * err(plain)
 
 
-def test_group_bank_switching_equals_direct_quantization() -> None:
-    lin = linear()
-    x = batch()
-    spec = QuantSpec(4, 8, 32, 32)
-    layer = QuantLinear.from_linear(lin, spec, bank_groups=[0, 16, 32, 64, 48])  # 48 does not divide: skipped
-    assert sorted(g for _, g in layer.bank) == [0, 16, 32, 64]
-    layer.precompute()
-    for g in (16, 64, 0, 32):
-        layer.set_group(g)
-        direct = QuantLinear.from_linear(lin, QuantSpec(4, 8, g, g))
-        assert layer.spec.w_group == g and layer.spec.a_group == g
-        assert layer.weight_scale.shape == direct.weight_scale.shape
-        assert torch.equal(layer(x), direct(x))
-    layer.set_act_group(16)
-    assert layer.spec.w_group == 32 and layer.act_quant is not None and layer.act_quant.group == 16
-    with pytest.raises(QditError, match="no precomputed weight"):
-        layer.set_weight_group(8)
-    with pytest.raises(QditError, match="does not divide"):
-        layer.set_act_group(48)
-    plain = QuantLinear.from_linear(lin, spec)
-    with pytest.raises(QditError, match="bank_groups"):
-        plain.set_weight_group(16)
-    plain.set_act_group(16)  # activation groups switch without a bank
-
-
 def test_width_validation_names_layer() -> None:
     with pytest.raises(QditError, match="blocks.0.attn.qkv.*48.*64"):
         QuantLinear.from_linear(linear(), QuantSpec(4, 8, 48, 48), name="blocks.0.attn.qkv")
+
+
+INT_SPECS = [
+    QuantSpec(8, 8, 16, 16),
+    QuantSpec(4, 8, 32, 32, "sample"),
+    QuantSpec(4, 8, 0, 0, w_symmetric=True, a_symmetric=True),
+    QuantSpec(8, 8, 0, 16, "static", smooth_alpha=0.5),
+]
+
+
+@pytest.mark.parametrize("path", available_paths())
+@pytest.mark.parametrize("spec", INT_SPECS, ids=lambda s: s.label())
+def test_integer_kernel_matches_fake_quantization(path: str, spec: QuantSpec) -> None:
+    x = batch(4)
+    stats = LayerStats(64)
+    stats.update(batch(5))
+    layer = QuantLinear.from_linear(linear(), spec, stats)
+    want = layer(x)
+    codes = layer.qweight.codes.clone()
+    layer.set_kernel(path)
+    assert layer.kernel == path and f"kernel={path}" in repr(layer)
+    got = layer(x)
+    assert got.dtype == x.dtype
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    # one copy of the weight: the AMX layout replaces the plain codes, which still come back exactly
+    if path == "amx":
+        assert layer.weight_codes is None
+    assert torch.equal(layer.qweight.codes, codes)
+    assert torch.equal(layer.state_dict()["weight_codes"], layer.int_weight().data)
+    # a gradient-carrying input takes the fake path (straight-through estimator), the same values
+    xg = x.clone().requires_grad_(True)
+    torch.testing.assert_close(layer(xg), want, rtol=0, atol=0)
+    # a dtype change keeps the kernel; back to fake gives the reference again
+    layer.to(torch.float32)
+    assert layer.kernel == path
+    layer.set_kernel("fake")
+    assert torch.equal(layer(x), want)
+
+
+def test_integer_kernel_refused_with_reason() -> None:
+    weight_only = QuantLinear.from_linear(linear(), QuantSpec(4, None, 16, 0), name="blocks.0.fc")
+    with pytest.raises(QditError, match="blocks.0.fc cannot run an integer kernel: weight-only"):
+        weight_only.set_kernel("torch")
+    wide = QuantLinear.from_linear(linear(), QuantSpec(4, 8, 32, 0))
+    wide.set_kernel("torch")  # per-tensor activations with group-32 weights nest (block 32)
+    odd = QuantLinear.from_linear(nn.Linear(96, 8), QuantSpec(4, 8, 32, 48))
+    assert odd.integer_blocker() == "activation group 48 and weight group 32 do not nest"
+
+
+def test_dtype_casts_keep_the_quantized_format() -> None:
+    stats = LayerStats(64)
+    stats.update(batch(5))
+    layer = QuantLinear.from_linear(linear(), QuantSpec(8, 8, 16, 16, "static", smooth_alpha=0.5), stats)
+    scale, smooth = layer.weight_scale.clone(), layer.smooth.clone()
+    ranges = layer.act_quant.ch_min.clone(), layer.act_quant.ch_max.clone()
+    layer.to(torch.bfloat16)
+    assert layer.bias.dtype == torch.bfloat16 and layer.weight_dtype == torch.bfloat16
+    assert torch.equal(layer.weight_scale, scale) and layer.weight_scale.dtype == torch.float16
+    assert torch.equal(layer.smooth, smooth) and torch.equal(layer.act_quant.ch_min, ranges[0])
+    assert torch.equal(layer.act_quant.ch_max, ranges[1])

@@ -11,7 +11,7 @@ import qdit
 from qdit.calib import CalibConfig, calibrate, capture
 from qdit.errors import QditError
 from qdit.models.adapter import DiTAdapter, ModelAdapter, get_adapter
-from qdit.nn import QuantLinear, quant_layers, set_groups
+from qdit.nn import QuantLinear, kernel_paths, kernel_summary, quant_layers
 from qdit.quant import gptq_quantize, quantize_weight
 from qdit.recipe import QuantSpec, Recipe
 from quant_helpers import dit_inputs, one_thread, tiny_dit  # noqa: F401  (one_thread: autouse fixture)
@@ -141,7 +141,9 @@ def test_gptq_lowers_layer_error_on_dit_activations() -> None:
 
 def test_group_bank_on_a_model_matches_direct_quantization() -> None:
     spec = QuantSpec(4, 8, 32, 32)
-    banked = qdit.quantize(tiny_dit(), spec, bank_groups=[16, 32, 64])
+    from qdit.search.bank import bank_factory, set_groups
+
+    banked = qdit.quantize(tiny_dit(), spec, layer_factory=bank_factory([16, 32, 64]))
     genome = {n: [16, 32, 64][k % 3] for k, n in enumerate(BLOCK_LINEARS)}
     set_groups(banked, genome)
     direct = qdit.quantize(tiny_dit(), Recipe(spec).with_groups(genome))
@@ -151,6 +153,7 @@ def test_group_bank_on_a_model_matches_direct_quantization() -> None:
         set_groups(banked, {"blocks.0.attn.qkv": 8})
     with pytest.raises(QditError, match="not a quantized layer"):
         set_groups(banked, {"final_layer.linear": 16})
+    assert all(type(m) is QuantLinear for m in quant_layers(direct).values())  # no bank outside the search
 
 
 def mixed_recipe() -> Recipe:
@@ -178,7 +181,7 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
     assert meta["model"]["arch"] == "dit" and meta["model"]["config"]["hidden_size"] == 64
     assert meta["recipe"] == mixed_recipe().to_dict() and meta["qdit_version"]
     assert meta["layers"]["blocks.0.attn.qkv"]["spec"]["w_bits"] == 3
-    loaded = qdit.load(tmp_path / "q")
+    loaded = qdit.load(tmp_path / "q", kernel="fake")
     assert type(loaded).__name__ == "DiT" and not loaded.training
     for name, layer in quant_layers(loaded).items():
         assert "weight" not in dict(layer.named_parameters())  # no float weights for quantized layers
@@ -187,9 +190,20 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
         got = loaded(*inputs)
     assert torch.equal(got, want)
     assert loaded.qdit_recipe == mixed_recipe()
-    # saving again over a qdit folder replaces it atomically
-    qdit.save(loaded, tmp_path / "q")
-    assert torch.equal(qdit.load(tmp_path / "q")(*inputs), want)
+    # the default: integer kernels wherever the spec allows, the same outputs up to float rounding
+    fast = qdit.load(tmp_path / "q")
+    paths = kernel_paths(fast)
+    assert paths["blocks.1.mlp.fc1"] == "fake"  # weight-only: float activations
+    assert {p for n, p in paths.items() if n != "blocks.1.mlp.fc1"} <= {"amx", "torch"}
+    assert "fake: weight-only" in kernel_summary(fast)
+    with torch.no_grad():
+        got = fast(*inputs)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    with pytest.raises(QditError, match="blocks.1.mlp.fc1 cannot run an integer kernel: weight-only"):
+        qdit.load(tmp_path / "q", kernel="int")
+    # saving again (from the integer layout) over a qdit folder replaces it atomically, codes unchanged
+    qdit.save(fast, tmp_path / "q")
+    assert torch.equal(qdit.load(tmp_path / "q", kernel="fake")(*inputs), want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temporary folders left
 
 

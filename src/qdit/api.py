@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -11,7 +11,7 @@ from qdit.calib.capture import calibration_run
 from qdit.calib.sequential import quantize_sequential
 from qdit.errors import QditError
 from qdit.models.adapter import get_adapter
-from qdit.nn.swap import quant_layers, swap_layers
+from qdit.nn.swap import LayerFactory, quant_layers, swap_layers
 from qdit.recipe import QuantSpec, Recipe
 
 
@@ -26,8 +26,7 @@ def quantize(
     recipe: Recipe | QuantSpec | None = None,
     calib: Calibration | CalibConfig | None = None,
     *,
-    bank_groups: Iterable[int] | Mapping[str, Iterable[int]] = (),
-    bank_bits: Iterable[int] = (),
+    layer_factory: LayerFactory | None = None,
     progress: bool = False,
 ) -> nn.Module:
     """Quantize ``model`` in place by ``recipe`` and return it.
@@ -35,8 +34,10 @@ def quantize(
     ``recipe``: a :class:`Recipe`, a :class:`QuantSpec` (applied to the model's default layers), or
     ``None`` (the default :class:`Recipe`). ``calib``: calibration data for specs that need it (GPTQ,
     static activations, smoothing) -- a :class:`Calibration` captured earlier, or a :class:`CalibConfig`
-    (or ``None`` for the default one) to capture it now by sampling from the model. ``bank_groups`` /
-    ``bank_bits``: weight variants to precompute per layer for :func:`qdit.nn.set_groups`.
+    (or ``None`` for the default one) to capture it now by sampling from the model.
+    ``layer_factory(linear, spec, stats, name)`` builds each quantized layer (default
+    :meth:`qdit.nn.QuantLinear.from_linear`). The layers run fake quantization (the reference) until
+    :func:`qdit.nn.freeze` chooses their kernels; :func:`qdit.load` does that by default.
     """
     if quant_layers(model):
         raise QditError("the model is already quantized")
@@ -51,7 +52,7 @@ def quantize(
         raise QditError("the recipe selects no layer to quantize")
     need = [n for n, s in specs.items() if s.needs_calibration]
     hess = [n for n, s in specs.items() if s.needs_hessian]
-    swap_kw = dict(bank_groups=bank_groups, bank_bits=bank_bits)
+    swap_kw = dict(factory=layer_factory)
     if need and (calib is None or isinstance(calib, CalibConfig)):
         config = calib if isinstance(calib, CalibConfig) else CalibConfig(progress=progress)
         adapter = get_adapter(model)

@@ -1,110 +1,406 @@
-"""``qdit bench``: speed and size of quantized vs float models, measured in one run on the same inputs.
+"""``qdit bench``: speed, memory and size of integer-kernel vs float models, all in one run on the same inputs.
 
-On the embedded model (or ``--model``): the time of one denoiser forward on a fixed batch, for FP32,
-BF16 and quantized configurations, and the size of the weights on disk (float state dict vs the packed
-qdit folder). Ratios are against FP32 measured in the same run.
+1. **DiT-XL/2 blocks** (random weights: hidden 1152, 16 heads, 256 tokens per image): a DiT-XL/2 cut to
+   ``--blocks`` blocks, one whole denoiser forward (embedders, blocks, final layer) timed in fp32, bf16,
+   fake quantization and the integer kernels (W8A8 / W4A8, group 128 and per channel), and every
+   linear of the first block alone on its own captured input. Quantized models run in bf16 around
+   their integer products, as the bf16 model does.
+2. **Memory and size** of a full DiT-XL/2-sized model (28 blocks; every block linear and adaLN
+   quantized W4A8, group 128): the rise of peak resident memory over the memory before loading, in a
+   fresh process that loads the model and runs one forward, against the same for bf16; the qdit
+   folder against the fp16 state dict.
+3. **The embedded model**: one denoiser forward in each configuration.
+
+Speed ratios are best-of-``--repeats`` times, the configurations interleaved, against bf16 measured
+in the same run. ``--quick``: fewer repeats, 2 blocks and a 4-block model for the memory part.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+GROUP = 128
+CONFIGS: dict[str, tuple[int, int] | None] = {  # name -> (weight bits, group) of integer W?A8; None: float
+    "fp32": None,
+    "bf16": None,
+    "W8A8 g128 fake": (8, GROUP),
+    "W8A8 g128 int": (8, GROUP),
+    "W4A8 g128 int": (4, GROUP),
+    "W8A8 per-channel int": (8, 0),
+    "W4A8 per-channel int": (4, 0),
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="speed and size of quantized vs float models (same inputs, same run)")
-    p.add_argument("--model", default="embedded")
+    p = sub.add_parser(
+        "bench", help="speed, memory and size of integer-kernel vs float models (same inputs, same run)"
+    )
+    p.add_argument("--model", default="embedded", help="the model of part 3 (default: embedded)")
     p.add_argument("--arch", default=None)
-    p.add_argument("--batch", type=int, default=64, help="images per forward")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--quick", action="store_true", help="fewer repeats")
+    p.add_argument("--batch", type=int, default=8, help="images per DiT-XL/2 forward (256 tokens each)")
+    p.add_argument("--blocks", type=int, default=None, help="DiT-XL/2 blocks in the timed stack (default 4)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per configuration (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--skip-memory", action="store_true", help="skip part 2 (memory and checkpoint size)")
+    p.add_argument("--quick", action="store_true", help="2 blocks, 2 repeats, a 4-block memory model")
     p.add_argument("--json", default=None)
     return p
 
 
-def _time_forward(model, x, t, y, repeats: int, autocast: bool = False) -> float:
+# --- models ------------------------------------------------------------------------------------
+def xl_model(depth: int, seed: int = 0) -> Any:
+    """A DiT-XL/2 with ``depth`` blocks and random weights (every linear, adaLN included, non-zero)."""
+    import torch
+    from torch import nn
+
+    from qdit.models.dit import DiT, dit_config
+
+    torch.manual_seed(seed)
+    model = DiT(dit_config("DiT-XL/2", depth=depth), init_weights=False)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.normal_(m.bias, std=0.02)
+    return model.eval()
+
+
+def quantized(model: Any, w_bits: int, group: int, kernel: str) -> Any:
+    """A bf16 copy of ``model`` quantized W``w_bits``A8 (RTN, dynamic per-token activations) in
+    ``group`` for every block linear and adaLN, on the kernel path ``kernel``."""
+    import copy
+
     import torch
 
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        model(x, t, y)  # warm-up (fills dequantized-weight caches)
-        best = float("inf")
-        for _ in range(repeats):
+    import qdit
+    from qdit.nn import freeze
+    from qdit.recipe import QuantSpec, Recipe
+
+    q = copy.deepcopy(model).to(torch.bfloat16)
+    spec = QuantSpec(w_bits=w_bits, a_bits=8, w_group=group, a_group=group)
+    qdit.quantize(q, Recipe(default=spec, include=["adaln"]))
+    freeze(q, kernel)
+    return q
+
+
+def make_variant(base: Any, name: str) -> Any:
+    import copy
+
+    import torch
+
+    bits_group = CONFIGS[name]
+    if bits_group is None:
+        m = copy.deepcopy(base)
+        return m.to(torch.bfloat16) if name == "bf16" else m
+    return quantized(base, *bits_group, "fake" if name.endswith("fake") else "int")
+
+
+# --- timing ------------------------------------------------------------------------------------
+def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best seconds per call of each function, the functions taking turns (drift hits all alike)."""
+    for fn in calls.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
             t0 = time.perf_counter()
-            model(x, t, y)
-            best = min(best, time.perf_counter() - t0)
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def model_inputs(cfg: Any, batch: int, seed: int = 0) -> tuple[Any, Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    y = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    return x, t, y
+
+
+def forward_fn(model: Any, inputs: tuple[Any, Any, Any], dtype: Any) -> Callable[[], object]:
+    import torch
+
+    x, t, y = inputs
+    x = x.to(dtype)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x, t, y)
+
+    return run
+
+
+def capture_linear_inputs(model: Any, inputs: tuple[Any, Any, Any], names: list[str]) -> dict[str, Any]:
+    """The input of each named linear in one forward of ``model``."""
+    import torch
+
+    got: dict[str, Any] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            got.setdefault(name, args[0].detach().clone())
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    try:
+        forward_fn(model, inputs, torch.bfloat16)()
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def bench_blocks(depth: int, batch: int, repeats: int, progress: bool = True) -> dict[str, Any]:
+    """Part 1: end-to-end and per-layer times of every configuration on a ``depth``-block DiT-XL/2."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from qdit.nn import kernel_paths
+
+    base = xl_model(depth)
+    inputs = model_inputs(base.config, batch)
+    models: dict[str, Any] = {}
+    for name in tqdm(CONFIGS, desc="preparing models", leave=False, disable=not progress):
+        models[name] = make_variant(base, name)
+    calls = {
+        n: forward_fn(m, inputs, torch.float32 if n == "fp32" else torch.bfloat16) for n, m in models.items()
+    }
+    # the integer outputs against fake quantization of the same integer weights
+    with torch.inference_mode():
+        fake = models["W8A8 g128 fake"](inputs[0].bfloat16(), inputs[1], inputs[2]).float()
+        real = models["W8A8 g128 int"](inputs[0].bfloat16(), inputs[1], inputs[2]).float()
+    agreement = float((real - fake).abs().max() / fake.abs().max().clamp(min=1e-12))
+    times = time_interleaved(calls, repeats)
+    block_linears = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"]
+    names = [f"blocks.0.{n}" for n in block_linears]
+    layer_inputs = capture_linear_inputs(models["bf16"], inputs, names)
+    per_layer: dict[str, dict[str, float]] = {}
+    for lname in tqdm(names, desc="per-layer timing", leave=False, disable=not progress):
+        x = layer_inputs[lname]
+        fns = {}
+        for n, m in models.items():
+            layer = m.get_submodule(lname)
+            xin = x.float() if n == "fp32" else x
+
+            def run(layer: Any = layer, xin: Any = xin) -> object:
+                with torch.inference_mode():
+                    return layer(xin)
+
+            fns[n] = run
+        per_layer[lname] = {n: s * 1e3 for n, s in time_interleaved(fns, repeats).items()}
+    paths = sorted({p for n in ("W8A8 g128 int", "W4A8 g128 int") for p in kernel_paths(models[n]).values()})
+    return {
+        "depth": depth,
+        "batch": batch,
+        "tokens_per_image": base.config.num_patches,
+        "forward_ms": {n: s * 1e3 for n, s in times.items()},
+        "images_per_s": {n: batch / s for n, s in times.items()},
+        "per_layer_ms": per_layer,
+        "int_vs_fake_max_rel_diff": agreement,
+        "integer_paths": paths,
+    }
+
+
+# --- memory (in a fresh process) -------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe(kind: str, path: str, batch: int) -> dict[str, int]:
+    """Run in a fresh process: load the model at ``path`` (``bf16``: a bf16 state dict with a
+    ``config.json`` beside it; ``qdit``: a quantized folder), run one forward, and report the rise of
+    peak resident memory over the resident memory before loading."""
+    import resource
+
+    import torch
+
+    from qdit.io.safetensors_reader import read_all
+    from qdit.models.dit import DiT, DiTConfig
+
+    torch.set_num_threads(int(os.environ.get("QDIT_BENCH_THREADS", "0")) or torch.get_num_threads())
+    root = Path(path)
+    cfg = DiTConfig(**json.loads((root / "config.json").read_text()))
+    inputs = model_inputs(cfg, batch)
+    before = _rss_bytes()
+    if kind == "bf16":
+        with torch.device("meta"):
+            model = DiT(cfg, init_weights=False)
+        model.load_state_dict(read_all(root / "model.safetensors"), strict=True, assign=True)
+    else:
+        import qdit
+
+        model = qdit.load(root / "qdit", kernel="auto").to(torch.bfloat16)
+    forward_fn(model.eval(), inputs, torch.bfloat16)()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"rss_before": before, "peak": peak, "rise": peak - before}
+
+
+def _probe(kind: str, path: Path, batch: int, threads: int) -> dict[str, int]:
+    code = (
+        "import json, sys; from qdit.commands.bench import memory_probe; "
+        f"print(json.dumps(memory_probe({kind!r}, {str(path)!r}, {batch})))"
+    )
+    env = dict(os.environ, QDIT_BENCH_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"the memory probe ({kind}) failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(depth: int, batch: int, threads: int, progress: bool = True) -> dict[str, Any]:
+    """Part 2: checkpoint size and peak memory of a W4A8 g128 model vs bf16 / fp16."""
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    import qdit
+    from qdit.recipe import QuantSpec, Recipe
+
+    steps = tqdm(total=4, desc="memory: building, quantizing, saving", leave=False, disable=not progress)
+    model = xl_model(depth).to(torch.bfloat16)
+    steps.update(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "config.json").write_text(json.dumps(model.config.to_dict()))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(root / "model.safetensors"))
+        params = sum(p.numel() for p in model.parameters())
+        fp16_bytes = 2 * sum(v.numel() for v in state.values())
+        del state
+        steps.update(1)
+        spec = QuantSpec(w_bits=4, a_bits=8, w_group=GROUP, a_group=GROUP)
+        qdit.quantize(model, Recipe(default=spec, include=["adaln"]))
+        report = qdit.save(model, root / "qdit")
+        del model
+        steps.update(1)
+        folder_bytes = sum(f.stat().st_size for f in (root / "qdit").iterdir())
+        bf16 = _probe("bf16", root, batch, threads)
+        w4a8 = _probe("qdit", root, batch, threads)
+        steps.update(1)
+        steps.close()
+    return {
+        "depth": depth,
+        "batch": batch,
+        "params": params,
+        "fp16_state_dict_bytes": fp16_bytes,
+        "w4a8_folder_bytes": folder_bytes,
+        "w4a8_bits_per_quantized_weight": 8 * report["quantized_weight_bytes"] / (report["quantized_weight_bf16_bytes"] / 2),
+        "bf16_peak_rise_bytes": bf16["rise"],
+        "w4a8_peak_rise_bytes": w4a8["rise"],
+    }
+
+
+# --- the embedded model ------------------------------------------------------------------------
+def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from qdit.models.registry import load_model
+
+    base = load_model(model_name, arch)
+    cfg = base.config
+    group = GROUP if cfg.hidden_size % GROUP == 0 else 64 if cfg.hidden_size % 64 == 0 else 0
+    inputs = model_inputs(cfg, batch)
+    models = {}
+    for name, bg in CONFIGS.items():
+        if bg is None:
+            models[name] = make_variant(base, name)
+        else:
+            models[name] = quantized(base, bg[0], bg[1] and group, "fake" if name.endswith("fake") else "int")
+    calls = {
+        n: forward_fn(m, inputs, torch.float32 if n == "fp32" else torch.bfloat16) for n, m in models.items()
+    }
+    times = time_interleaved(calls, repeats)
+    return {"model": model_name, "batch": batch, "group": group, "forward_ms": {n: s * 1e3 for n, s in times.items()}}
+
+
+# --- the command -------------------------------------------------------------------------------
+def _ratio(times: dict[str, float], name: str) -> float:
+    return times["bf16"] / times[name]
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import qdit
+    from qdit.errors import QditError
     from qdit.io.atomic import write_json
-    from qdit.models.registry import load_model
-    from qdit.recipe import QuantSpec, Recipe
 
-    repeats = 3 if args.quick else args.repeats
-    base = load_model(args.model, args.arch)
-    cfg = base.config
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
-    t = torch.randint(0, 1000, (args.batch,), generator=g)
-    y = torch.randint(0, cfg.num_classes, (args.batch,), generator=g)
-    group = 64 if cfg.hidden_size % 64 == 0 else 0
-    configs = {
-        "W8A8 group dynamic": QuantSpec(
-            w_bits=8, a_bits=8, w_group=group, a_group=group, act_granularity="sample"
-        ),
-        "W4A8 group dynamic": QuantSpec(
-            w_bits=4, a_bits=8, w_group=group, a_group=group, act_granularity="sample"
-        ),
-        "W4A16 group (weights only)": QuantSpec(w_bits=4, a_bits=None, w_group=group, a_group=group),
+    if args.batch < 1:
+        raise QditError(f"--batch must be >= 1, got {args.batch}")
+    depth = args.blocks if args.blocks is not None else 2 if args.quick else 4
+    repeats = args.repeats if args.repeats is not None else 2 if args.quick else 5
+    if depth < 1 or repeats < 1:
+        raise QditError("--blocks and --repeats must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise QditError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    from qdit.kernels.linear import available_paths
+
+    machine = (
+        f"{platform.machine()} {platform.processor() or ''}".strip()
+        + f", {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}, "
+        + f"integer paths available: {', '.join(available_paths())}"
+    )
+    blocks = bench_blocks(depth, args.batch, repeats)
+    fwd = blocks["forward_ms"]
+    result: dict[str, Any] = {
+        "machine": machine,
+        "blocks": blocks,
+        "w8a8_int_vs_bf16_speedup": _ratio(fwd, "W8A8 g128 int"),
+        "w4a8_int_vs_bf16_speedup": _ratio(fwd, "W4A8 g128 int"),
+        "w8a8_perchannel_int_vs_bf16_speedup": _ratio(fwd, "W8A8 per-channel int"),
+        "w4a8_perchannel_int_vs_bf16_speedup": _ratio(fwd, "W4A8 per-channel int"),
+        "w8a8_fake_vs_bf16_speedup": _ratio(fwd, "W8A8 g128 fake"),
     }
-    rows = []
-    fp_time = _time_forward(base, x, t, y, repeats)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp_path = Path(tmp) / "fp32.safetensors"
-        from safetensors.torch import save_file
-
-        state = {k: v.contiguous() for k, v in base.state_dict().items()}
-        save_file(state, str(fp_path))
-        fp_bytes = fp_path.stat().st_size
-        rows.append({"config": "FP32", "forward_ms": fp_time * 1e3, "speed_vs_fp32": 1.0,
-                     "disk_MB": fp_bytes / 2**20, "size_vs_fp32": 1.0})  # fmt: skip
-        bf16_time = _time_forward(base, x, t, y, repeats, autocast=True)
-        rows.append({"config": "BF16 autocast", "forward_ms": bf16_time * 1e3, "speed_vs_fp32": fp_time / bf16_time,
-                     "disk_MB": fp_bytes / 2 / 2**20, "size_vs_fp32": 0.5})  # fmt: skip
-        for name, spec in configs.items():
-            model = load_model(args.model, args.arch)
-            qdit.quantize(model, Recipe(default=spec))
-            q_time = _time_forward(model, x, t, y, repeats)
-            out = Path(tmp) / name.replace(" ", "_")
-            qdit.save(model, out)
-            q_bytes = _dir_size(out)
-            rows.append({"config": name, "forward_ms": q_time * 1e3, "speed_vs_fp32": fp_time / q_time,
-                         "disk_MB": q_bytes / 2**20, "size_vs_fp32": q_bytes / fp_bytes})  # fmt: skip
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    print(f"{args.model}: one forward of {args.batch} images (best of {repeats}); {machine}")
-    print("| configuration | forward ms | speed vs FP32 | weights on disk MB | size vs FP32 |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['config']} | {r['forward_ms']:.1f} | {r['speed_vs_fp32']:.2f}x | {r['disk_MB']:.2f} | {r['size_vs_fp32']:.3f} |"
-        )
+    print(f"DiT-XL/2, {depth} blocks, {args.batch} images x {blocks['tokens_per_image']} tokens; best of {repeats}; {machine}")
+    print("| configuration | forward ms | images/s | vs bf16 |")
+    print("|---|---|---|---|")
+    for n, ms in fwd.items():
+        print(f"| {n} | {ms:.1f} | {blocks['images_per_s'][n]:.1f} | {_ratio(fwd, n):.2f}x |")
+    print("per layer (block 0), ms:")
+    print("| layer | " + " | ".join(CONFIGS) + " |")
+    print("|---" * (len(CONFIGS) + 1) + "|")
+    for lname, row in blocks["per_layer_ms"].items():
+        print(f"| {lname.removeprefix('blocks.0.')} | " + " | ".join(f"{row[n]:.2f}" for n in CONFIGS) + " |")
     print(
-        "quantized layers run as fake quantization (dequantized weights, float matmul): the size is real, "
-        "the speed is not an integer-kernel speed"
+        f"integer paths: {', '.join(blocks['integer_paths'])}; integer vs fake quantization of the same "
+        f"weights: max relative difference {blocks['int_vs_fake_max_rel_diff']:.1e}"
+    )
+    if not args.skip_memory:
+        mem_depth = 4 if args.quick else 28
+        mem = bench_memory(mem_depth, args.batch, threads)
+        result["memory"] = mem
+        result["w4a8_size_ratio_vs_fp16"] = mem["w4a8_folder_bytes"] / mem["fp16_state_dict_bytes"]
+        result["w4a8_mem_ratio_vs_bf16"] = mem["w4a8_peak_rise_bytes"] / mem["bf16_peak_rise_bytes"]
+        print(
+            f"DiT-XL/2-sized, {mem_depth} blocks ({mem['params'] / 1e6:.0f}M parameters), W4A8 g128: checkpoint "
+            f"{mem['w4a8_folder_bytes'] / 2**20:.0f} MB vs fp16 {mem['fp16_state_dict_bytes'] / 2**20:.0f} MB "
+            f"({result['w4a8_size_ratio_vs_fp16']:.3f}x, {mem['w4a8_bits_per_quantized_weight']:.2f} bits per "
+            f"quantized weight); peak memory rise loading + one forward {mem['w4a8_peak_rise_bytes'] / 2**20:.0f} MB "
+            f"vs bf16 {mem['bf16_peak_rise_bytes'] / 2**20:.0f} MB ({result['w4a8_mem_ratio_vs_bf16']:.3f}x)"
+        )
+    emb = bench_embedded(args.model, args.arch, 64, repeats)
+    result["embedded"] = emb
+    e = emb["forward_ms"]
+    print(
+        f"{args.model} (64 images, group {emb['group']}): "
+        + ", ".join(f"{n} {ms:.1f} ms ({_ratio(e, n):.2f}x)" for n, ms in e.items())
     )
     if args.json:
-        write_json(
-            args.json,
-            {"model": args.model, "batch": args.batch, "repeats": repeats, "machine": machine, "rows": rows},
-        )
+        write_json(args.json, result)
     return 0

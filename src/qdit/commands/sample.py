@@ -15,6 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
     p.add_argument(
+        "--kernel",
+        choices=("auto", "int", "fake"),
+        default="auto",
+        help="quantized folders: integer kernels where the recipe allows (auto), everywhere (int), or the "
+        "fake-quantization reference (fake)",
+    )
+    p.add_argument(
         "-n",
         "--num",
         type=int,
@@ -80,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
         raise QditError(f"--out must end with .npz, got {args.out}")
     ctx = init_distributed()
     try:
-        model = load_model(args.model, args.arch).to(ctx.device)
+        model = load_model(args.model, args.arch, device=ctx.device, kernel=args.kernel)
+        from qdit.nn import kernel_paths, kernel_summary
+
+        kernels = kernel_paths(model)
+        if kernels and ctx.is_main:
+            print(kernel_summary(model))
         cfg = model.config
         if cfg.in_channels not in (1, 3):
             raise QditError(
@@ -105,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "model": args.model, "num": args.num, "steps": args.steps, "method": args.method,
             "cfg": args.cfg, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
-            "out": str(args.out),
+            "out": str(args.out), "kernels": kernels,
         }  # fmt: skip
         print(
             f"sampled {args.num} images ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}, "

@@ -12,7 +12,7 @@ Layout of a folder written by :func:`save`:
   its bias, SmoothQuant factors and static activation ranges; every other tensor of the model as is.
 
 :func:`load` rebuilds the model on the meta device, so no float weight of a quantized layer is ever
-materialized, then assigns the stored tensors. Writes are atomic: the folder is written beside the
+materialized, reads the stored tensors one at a time and puts each quantized layer on its kernel path. Writes are atomic: the folder is written beside the
 target and renamed into place; on error an existing target is left untouched.
 """
 
@@ -202,38 +202,51 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _take(tensors: dict[str, torch.Tensor], key: str, source: Path) -> torch.Tensor:
-    try:
-        return tensors.pop(key)
-    except KeyError:
-        raise QditError(f"{source}: missing tensor {key!r}") from None
+def load(path: str | os.PathLike, device: torch.device | str = "cpu", kernel: str = "auto") -> nn.Module:
+    """Rebuild a model saved by :func:`save`, in eval mode on ``device``.
 
+    The model is built on the meta device and each quantized layer is filled from its packed tensors,
+    read one at a time, and put on its kernel path right away (``kernel``: ``auto``, ``int`` or ``fake``,
+    see :func:`qdit.nn.choose_kernel`), so neither a float copy of a quantized weight nor a second
+    copy of its codes is ever held. Through ``fake`` the outputs match the saved model's exactly.
+    """
+    from qdit.io.safetensors_reader import SafetensorsReader
+    from qdit.nn.swap import KERNELS
 
-def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save` (in eval mode, on ``device``); outputs match exactly."""
-    from safetensors.torch import load_file
-
-    from qdit.models.adapter import adapter_for_description
-    from qdit.nn.quant_linear import QuantLinear
-    from qdit.nn.swap import set_submodule
-    from qdit.quant.packing import unpack_bits
-    from qdit.quant.primitives import num_groups
-    from qdit.recipe import QuantSpec, Recipe
-
+    if kernel not in KERNELS:
+        raise QditError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
     root = Path(path)
     meta = read_meta(root)
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise QditError(f"{root} is not a complete quantized model folder: {WEIGHTS_FILE} is missing")
-    try:
-        tensors = load_file(str(weights), device="cpu")
-    except Exception as exc:
-        raise QditError(f"{weights} is corrupt or unreadable: {type(exc).__name__}: {exc}") from None
+    with SafetensorsReader(weights) as reader:
+        return _load(root, meta, reader, device, kernel)
+
+
+def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | str, kernel: str) -> nn.Module:
+    from qdit.kernels.formats import IntWeight
+    from qdit.models.adapter import adapter_for_description
+    from qdit.nn.quant_linear import QuantLinear
+    from qdit.nn.swap import choose_kernel, freeze, set_submodule
+    from qdit.quant.packing import unpack_bits
+    from qdit.quant.primitives import num_groups
+    from qdit.recipe import QuantSpec, Recipe
+
+    weights = reader.path
+    left = set(reader.keys())
+
+    def take(key: str) -> torch.Tensor:
+        if key not in left:
+            raise QditError(f"{weights}: missing tensor {key!r}")
+        left.discard(key)
+        return reader.get(key)
 
     adapter = adapter_for_description(meta["model"])
     with torch.device("meta"):
         model = adapter.build(meta["model"])
-    state: dict[str, torch.Tensor] = {}
+    expected = set(model.state_dict())
+    on_cpu = torch.device(device).type == "cpu"
     for name, info in meta["layers"].items():
         try:
             spec = QuantSpec.from_dict(info["spec"])
@@ -247,43 +260,48 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Modu
             raise QditError(f"{root / META_FILE}: the model has no layer {name!r}") from None
         if not isinstance(old, nn.Linear) or (old.in_features, old.out_features) != (width, out):
             raise QditError(f"{root / META_FILE}: layer {name!r} does not match the model")
+        prefix = name + "."
+        expected = {k for k in expected if not k.startswith(prefix)}
         layer = QuantLinear(
-            width,
-            out,
-            spec,
-            has_bias,
-            weight_dtype=weight_dtype,
-            scale_dtype=scale_dtype,
-            device="meta",
-            name=name,
-        )
+            width, out, spec, has_bias, weight_dtype=weight_dtype, scale_dtype=scale_dtype, device="meta", name=name
+        )  # fmt: skip
         set_submodule(model, name, layer)
         bits = spec.w_bits
         try:
-            packed = _take(tensors, f"{name}.weight_packed", weights)
-            state[f"{name}.weight_codes"] = unpack_bits(packed, bits, out * width).reshape(out, width)
-            state[f"{name}.weight_scale"] = _take(tensors, f"{name}.weight_scale", weights)
+            packed = take(f"{name}.weight_packed")
+            codes = unpack_bits(packed, bits, out * width).reshape(out, width)
+            scale = take(f"{name}.weight_scale")
+            zero = None
             if not spec.w_symmetric:
-                zp = _take(tensors, f"{name}.weight_zero_packed", weights)
                 groups = num_groups(width, spec.w_group)
-                state[f"{name}.weight_zero"] = unpack_bits(zp, bits, out * groups).reshape(out, groups)
+                zero = unpack_bits(take(f"{name}.weight_zero_packed"), bits, out * groups).reshape(out, groups)
         except ValueError as exc:
             raise QditError(f"{weights}: bad packed weight of layer {name!r}: {exc}") from None
-    state.update(tensors)
-
-    expected = model.state_dict()
-    for key in expected:
-        if key not in state:
+        state = {k[len(prefix) :]: take(k) for k in sorted(left) if k.startswith(prefix)}
+        weight = IntWeight.from_codes(codes, scale, zero, bits)
+        del codes
+        state.update(weight_codes=weight.data, weight_scale=weight.scale)
+        if zero is not None:
+            state["weight_zero"] = weight.zero
+        try:
+            layer.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise QditError(f"{weights}: layer {name!r}: {first[-1].strip() if first else exc}") from None
+        if on_cpu:  # into the kernel's layout now: the plain codes of this layer are dropped here
+            layer.set_kernel(choose_kernel(layer, kernel))
+    for key in sorted(expected):
+        if key not in left:
             raise QditError(f"{weights}: missing tensor {key!r}")
-    for key in state:
+    for key in sorted(left):
         if key not in expected:
             raise QditError(f"{weights}: unexpected tensor {key!r}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise QditError(
-                f"{weights}: tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(state, strict=True, assign=True)
+    rest = {k: take(k) for k in sorted(left)}
+    try:
+        model.load_state_dict(rest, strict=False, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise QditError(f"{weights}: {first[-1].strip() if first else exc}") from None
     for key, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_meta:
             raise QditError(f"{root}: tensor {key!r} was not restored")
@@ -292,4 +310,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Modu
             model.qdit_recipe = Recipe.from_dict(meta["recipe"])
         except QditError as exc:
             raise QditError(f"{root / META_FILE}: bad recipe: {exc}") from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if not on_cpu:
+        freeze(model, kernel)
+    return model

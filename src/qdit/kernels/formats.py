@@ -97,7 +97,7 @@ class IntWeight:
     ) -> IntWeight:
         """From unsigned codes ``[N, K]`` (packed two per byte when ``bits == 4`` and ``K`` is even)."""
         width = codes.shape[1]
-        if bits == 4 and width % 2 == 0:
+        if code_columns(width, bits) != width:
             data = (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
         else:
             data = codes.contiguous()
@@ -144,6 +144,11 @@ class IntWeight:
     def to_fn(self, fn) -> IntWeight:  # type: ignore[no-untyped-def]
         zero = None if self.zero is None else fn(self.zero)
         return IntWeight(fn(self.data), fn(self.scale), zero, self.bits, self.in_features)
+
+
+def code_columns(width: int, bits: int) -> int:
+    """Bytes per row of stored weight codes: 4-bit codes two per byte (even widths), others one each."""
+    return width // 2 if bits == 4 and width % 2 == 0 else width
 
 
 def block_size(width: int, act_group: int, weight_group: int) -> int:

@@ -7,6 +7,7 @@ Paths:
   with AMX-INT8.
 * ``torch``: pure PyTorch (:func:`qdit.kernels.reference.int_linear_torch`), one ``torch._int_mm`` per
   K block; always available.
+* ``triton``: the Triton kernel (:mod:`qdit.kernels.triton_kernels`) on CUDA tensors.
 
 :func:`prepare_weight` turns an :class:`IntWeight` into the form a path wants once (for ``amx`` the
 panel-major tile stream, which replaces the plain codes: the layer holds one copy of its weights).
@@ -17,7 +18,7 @@ actual inputs and remembers the faster one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,7 +28,7 @@ from qdit.kernels.reference import int_linear_torch
 from qdit.quant.activation import activation_range
 from qdit.quant.primitives import qparams
 
-PATHS = ("amx", "torch")
+PATHS = ("amx", "triton", "torch")
 _PANEL, _ROWS = 32, 32  # the AMX kernel's panel of output rows and block of activation rows
 
 
@@ -82,7 +83,12 @@ class KernelWeight:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def available_paths() -> list[str]:
+def available_paths(device: torch.device | str = "cpu") -> list[str]:
+    """The paths that can run on ``device``, fastest kind first."""
+    if torch.device(device).type == "cuda":
+        from qdit.kernels.triton_kernels import triton_available
+
+        return (["triton"] if triton_available() else []) + ["torch"]
     return (["amx"] if cpu_extension() is not None else []) + ["torch"]
 
 
@@ -96,6 +102,8 @@ def _kstep(block: int) -> int:
 def supports(path: str, block: int, device: torch.device) -> bool:
     if path == "torch":
         return True
+    if path == "triton":
+        return path in available_paths(device)
     return path == "amx" and device.type == "cpu" and _kstep(block) > 0 and cpu_extension() is not None
 
 
@@ -103,8 +111,8 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight
     """``weight`` in the form ``path`` computes with (the activation group fixes the K block)."""
     k, n = weight.in_features, weight.out_features
     blk = block_size(k, act_group, weight.group)
-    if path == "torch":
-        return KernelWeight("torch", k, n, weight.bits, blk, weight.scale, weight.zero, weight=weight)
+    if path in ("torch", "triton"):
+        return KernelWeight(path, k, n, weight.bits, blk, weight.scale, weight.zero, weight=weight)
     if path != "amx":
         raise ValueError(f"unknown kernel path {path!r}; use one of {', '.join(PATHS)}")
     ext = cpu_extension()
@@ -183,6 +191,24 @@ def _run_torch(
     return int_linear_torch(acts, kw.weight, bias)
 
 
+def _run_triton(
+    x: torch.Tensor,
+    kw: KernelWeight,
+    act: ActQuant,
+    bias: torch.Tensor | None,
+    ch_min: torch.Tensor | None,
+    ch_max: torch.Tensor | None,
+) -> torch.Tensor:
+    from qdit.kernels.triton_kernels import int_linear_triton, quantize_acts_triton
+
+    assert kw.weight is not None
+    if act.granularity == "token":
+        acts = quantize_acts_triton(x.reshape(-1, kw.in_features), act.bits, act.group, act.symmetric)
+    else:
+        acts = quantize_acts(x, act.bits, act.group, act.symmetric, act.granularity, ch_min, ch_max)
+    return int_linear_triton(acts, kw.weight, None if bias is None else bias.float().contiguous())
+
+
 def int_linear(
     x: torch.Tensor,
     kw: KernelWeight,
@@ -198,6 +224,8 @@ def int_linear(
     if kw.path == "amx":
         ranges = None if act.granularity == "token" else _act_ranges(x, act, ch_min, ch_max)
         y = _run_amx(x.reshape(-1, kw.in_features), kw, act, bias, ranges)
+    elif kw.path == "triton":
+        y = _run_triton(x, kw, act, bias, ch_min, ch_max)
     else:
         y = _run_torch(x, kw, act, bias, ch_min, ch_max)
     return y.reshape(*lead, kw.out_features).to(x.dtype)
@@ -208,7 +236,7 @@ def time_paths(
 ) -> dict[str, float]:
     """Seconds per call of every path that can run this product (best of ``repeats``), measured on ``x``."""
     times: dict[str, float] = {}
-    for path in available_paths():
+    for path in available_paths(x.device):
         blk = block_size(weight.in_features, act.group, weight.group)
         if not supports(path, blk, x.device):
             continue
@@ -221,3 +249,24 @@ def time_paths(
             best = min(best, time.perf_counter() - t0)
         times[path] = best
     return times
+
+
+_BEST: dict[tuple, str] = {}
+
+
+def best_path(weight: IntWeight, act: ActQuant, device: torch.device | str = "cpu", rows: int = 256) -> str:
+    """The faster integer path for this weight's shape and format on ``device``, measured once per
+    shape on ``rows`` random activation rows (and remembered for the process)."""
+    device = torch.device(device)
+    blk = block_size(weight.in_features, act.group, weight.group)
+    paths = [p for p in available_paths(device) if supports(p, blk, device)]
+    if len(paths) == 1:
+        return paths[0]
+    key = (device.type, weight.in_features, weight.out_features, weight.bits, blk, weight.zero is None, act)
+    if key not in _BEST:
+        x = torch.randn(rows, weight.in_features, generator=torch.Generator().manual_seed(0)).to(device)
+        # static ranges are given to the kernel as sample ranges are: time those (no calibration needed)
+        timed = replace(act, granularity="sample") if act.granularity == "static" else act
+        times = time_paths(x, weight, timed, repeats=2)
+        _BEST[key] = min(times, key=times.__getitem__)
+    return _BEST[key]

@@ -1,13 +1,27 @@
-"""Quantized modules and module swapping (no architecture knowledge)."""
+"""Quantized modules, module swapping and kernel choice (no architecture knowledge)."""
 
-from qdit.nn.quant_linear import ActQuantizer, QuantLinear, smooth_factors
-from qdit.nn.swap import quant_layers, set_groups, set_submodule, swap_layers
+from qdit.nn.quant_linear import ActQuantizer, FloatWeight, QuantLinear, smooth_factors
+from qdit.nn.swap import (
+    KERNELS,
+    choose_kernel,
+    freeze,
+    kernel_paths,
+    kernel_summary,
+    quant_layers,
+    set_submodule,
+    swap_layers,
+)
 
 __all__ = [
+    "KERNELS",
     "ActQuantizer",
+    "FloatWeight",
     "QuantLinear",
+    "choose_kernel",
+    "freeze",
+    "kernel_paths",
+    "kernel_summary",
     "quant_layers",
-    "set_groups",
     "set_submodule",
     "smooth_factors",
     "swap_layers",

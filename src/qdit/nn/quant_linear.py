@@ -1,20 +1,26 @@
 """``QuantLinear``: a linear layer with quantized weights and (optionally) quantized input activations.
 
-Weights are stored quantized (``uint8`` codes plus per-(row, group) scales and zero points); the fake
-mode dequantizes them once for the matmul and caches the result. The input activations go through an
+The weight lives only as integer codes (4-bit codes two per byte, other widths one per byte) plus
+per-(row, group) scales and zero points: never as a float copy. The input activations go through an
 :class:`ActQuantizer` (dynamic per token, dynamic per sample, or static calibrated ranges), after an
 optional SmoothQuant division by per-channel factors that were folded into the weights.
 
-Group sizes can be switched without re-quantizing: :meth:`QuantLinear.set_group` picks a weight from
-the layer's *bank* (weights precomputed for several group sizes / bit widths) and changes the
-activation group, which is free for dynamic quantizers and for static ones (their ranges are kept per
-input channel and reduced per group at run time).
+Two ways to run the product:
+
+* ``fake`` (the reference, and what calibration and the search use): the codes are dequantized for
+  each call and the quantized activations go through a float matmul;
+* an integer kernel path of :mod:`qdit.kernels` (``amx``, ``torch``, ``triton``), chosen by
+  :meth:`QuantLinear.set_kernel` or :func:`qdit.nn.freeze`: integer activations times integer
+  weights with the scales applied per K block. A path may keep the weight in its own layout (the AMX
+  tile stream), which then replaces the plain codes: one copy, and the plain codes come back exactly
+  when saved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,8 @@ from torch import nn
 
 from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
+from qdit.kernels.formats import IntWeight, block_size, code_columns
+from qdit.kernels.linear import ActQuant, KernelWeight, int_linear, prepare_weight, supports
 from qdit.quant.activation import activation_range
 from qdit.quant.gptq import gptq_quantize
 from qdit.quant.primitives import check_bits, fake_quantize_range, num_groups
@@ -86,9 +94,26 @@ class ActQuantizer(nn.Module):
         xg, xmin, xmax = activation_range(x, self.group, self.granularity, self.ch_min, self.ch_max)
         return fake_quantize_range(xg, xmin, xmax, self.bits, self.symmetric).reshape(x.shape).to(x.dtype)
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ActQuantizer:  # type: ignore[override]
+        with keep_dtypes(self, ("ch_min", "ch_max")):
+            super()._apply(fn, recurse)
+        return self
+
     def extra_repr(self) -> str:
         sym = ", symmetric" if self.symmetric else ""
         return f"A{self.bits}, group={self.group}, {self.granularity}{sym}"
+
+
+@contextmanager
+def keep_dtypes(module: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
+    """Around ``module._apply``: the named buffers follow device moves but keep their dtype (their
+    exact values are part of the quantized format, so ``.half()`` or ``.bfloat16()`` must not round them)."""
+    before = {n: getattr(module, n) for n in names}
+    yield
+    for name, old in before.items():
+        new = getattr(module, name)
+        if old is not None and new is not None and new.dtype != old.dtype:
+            setattr(module, name, old.to(new.device))
 
 
 def smooth_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -99,6 +124,52 @@ def smooth_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: floa
 
 
 WeightKey = tuple[int, int]  # (bits, group)
+FAKE = "fake"
+
+
+@dataclass
+class FloatWeight:
+    """What quantizing a linear's weight starts from: the float weight (smoothed), the SmoothQuant
+    factors and the (smoothed) GPTQ Hessian. :meth:`quantize` makes one :class:`QWeight` of it, so
+    callers that want several variants of one layer (the search) share the preparation."""
+
+    weight: torch.Tensor
+    smooth: torch.Tensor | None
+    hessian: torch.Tensor | None
+    spec: QuantSpec
+
+    @classmethod
+    @torch.no_grad()
+    def prepare(
+        cls, linear: nn.Linear, spec: QuantSpec, stats: LayerStats | None = None, name: str = ""
+    ) -> FloatWeight:
+        label = name or "layer"
+        if spec.needs_calibration and stats is None:
+            raise QditError(f"{label}: {spec.label()} needs calibration statistics")
+        w = linear.weight.detach().float()
+        smooth = None
+        if spec.smooth_alpha is not None:
+            assert stats is not None
+            smooth = smooth_factors(stats.absmax.to(w.device), w.abs().amax(0), float(spec.smooth_alpha))
+            w = w * smooth
+        hessian = None
+        if spec.needs_hessian:
+            assert stats is not None
+            if stats.hessian is None:
+                raise QditError(f"{label}: GPTQ needs a Hessian, but calibration did not collect one for it")
+            hessian = stats.hessian.to(w.device)
+            if smooth is not None:
+                hessian = hessian / (smooth.double()[:, None] * smooth.double()[None, :])
+        return cls(w, smooth, hessian, spec)
+
+    def quantize(self, bits: int, group: int, scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE) -> QWeight:
+        spec = self.spec
+        if spec.weight_method == "gptq":
+            assert self.hessian is not None
+            return gptq_quantize(
+                self.weight, self.hessian, bits, group, spec.w_symmetric, scale_dtype=scale_dtype
+            )
+        return quantize_weight(self.weight, bits, group, spec.w_symmetric, spec.weight_method, scale_dtype)
 
 
 class QuantLinear(nn.Module):
@@ -126,7 +197,8 @@ class QuantLinear(nn.Module):
         self.name = name
         groups = num_groups(in_features, spec.w_group)
         self.register_buffer(
-            "weight_codes", torch.zeros(out_features, in_features, dtype=torch.uint8, device=device)
+            "weight_codes",
+            torch.zeros(out_features, code_columns(in_features, spec.w_bits), dtype=torch.uint8, device=device),
         )
         self.register_buffer(
             "weight_scale", torch.ones(out_features, groups, dtype=scale_dtype, device=device)
@@ -148,9 +220,8 @@ class QuantLinear(nn.Module):
             self.act_quant = ActQuantizer(
                 in_features, spec.a_bits, spec.a_group, spec.act_granularity, spec.a_symmetric, device
             )
-        self.cache_weight = True
-        self.bank: dict[WeightKey, QWeight] = {}
-        self._deq: dict[WeightKey, torch.Tensor] = {}
+        self.kernel = FAKE  # the path that runs the product: "fake" or a qdit.kernels path
+        self._kw: KernelWeight | None = None  # the weight in that path's layout
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -161,59 +232,27 @@ class QuantLinear(nn.Module):
         spec: QuantSpec,
         stats: LayerStats | None = None,
         *,
-        bank_groups: Iterable[int] = (),
-        bank_bits: Iterable[int] = (),
         scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE,
         name: str = "",
     ) -> QuantLinear:
         """Quantize ``linear`` by ``spec``. ``stats`` (calibrated inputs) are needed for GPTQ, static
-        activations and smoothing. ``bank_groups`` x ``bank_bits`` (``bank_bits`` defaults to the spec's
-        bits) are extra weight variants precomputed for :meth:`set_group`; group sizes that do not divide
-        the input width are skipped."""
-        label = name or "layer"
-        if spec.needs_calibration and stats is None:
-            raise QditError(f"{label}: {spec.label()} needs calibration statistics")
-        w = linear.weight.detach().float()
-        smooth = None
-        if spec.smooth_alpha is not None:
-            assert stats is not None
-            smooth = smooth_factors(stats.absmax.to(w.device), w.abs().amax(0), float(spec.smooth_alpha))
-            w = w * smooth
-        hessian = None
-        if spec.needs_hessian:
-            assert stats is not None
-            if stats.hessian is None:
-                raise QditError(f"{label}: GPTQ needs a Hessian, but calibration did not collect one for it")
-            hessian = stats.hessian.to(w.device)
-            if smooth is not None:
-                hessian = hessian / (smooth.double()[:, None] * smooth.double()[None, :])
-
-        def make(bits: int, group: int) -> QWeight:
-            if spec.weight_method == "gptq":
-                assert hessian is not None
-                return gptq_quantize(w, hessian, bits, group, spec.w_symmetric, scale_dtype=scale_dtype)
-            return quantize_weight(w, bits, group, spec.w_symmetric, spec.weight_method, scale_dtype)
-
+        activations and smoothing."""
+        prepared = FloatWeight.prepare(linear, spec, stats, name)
+        w = prepared.weight
         layer = cls(
             linear.in_features, linear.out_features, spec, linear.bias is not None,
             weight_dtype=linear.weight.dtype, scale_dtype=scale_dtype, device=w.device, name=name,
         )  # fmt: skip
-        layer.set_qweight(make(spec.w_bits, spec.w_group))
-        bits_list = list(bank_bits) or [spec.w_bits]
-        keys = [(b, g) for b in bits_list for g in bank_groups if g == 0 or linear.in_features % g == 0]
-        for key in dict.fromkeys(keys):
-            layer.bank[key] = layer.qweight if key == layer.weight_key else make(*key)
-        if layer.bank:
-            layer.bank[layer.weight_key] = layer.qweight
+        layer.set_qweight(prepared.quantize(spec.w_bits, spec.w_group, scale_dtype))
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach())
-        if smooth is not None:
-            layer.smooth.copy_(smooth)
+        if prepared.smooth is not None:
+            layer.smooth.copy_(prepared.smooth)
         if layer.act_quant is not None and spec.act_granularity == "static":
             assert stats is not None
             ch_min, ch_max = stats.ch_min.to(w.device), stats.ch_max.to(w.device)
-            if smooth is not None:
-                ch_min, ch_max = ch_min / smooth, ch_max / smooth
+            if prepared.smooth is not None:
+                ch_min, ch_max = ch_min / prepared.smooth, ch_max / prepared.smooth
             layer.act_quant.set_range(ch_min, ch_max)
         return layer
 
@@ -222,16 +261,20 @@ class QuantLinear(nn.Module):
     def weight_key(self) -> WeightKey:
         return (self.spec.w_bits, self.spec.w_group)
 
+    def int_weight(self) -> IntWeight:
+        """The integer weight (codes, scales, zero points), from whichever layout holds it."""
+        if self.weight_codes is None:
+            assert self._kw is not None
+            return self._kw.int_weight()
+        return IntWeight(self.weight_codes, self.weight_scale, self.weight_zero, self.spec.w_bits, self.in_features)
+
     @property
     def qweight(self) -> QWeight:
-        """The active quantized weight (views of this module's buffers)."""
-        return QWeight(
-            self.weight_codes, self.weight_scale, self.weight_zero, self.spec.w_bits, self.spec.w_group,
-            self.spec.w_symmetric,
-        )  # fmt: skip
+        """The quantized weight as plain unsigned codes ``[out, in]``."""
+        return self.int_weight().qweight(self.spec.w_group)
 
-    def set_qweight(self, qw: QWeight, keep_cache: bool = False) -> None:
-        """Make ``qw`` the active weight (its bits, group and symmetry become the spec's)."""
+    def set_qweight(self, qw: QWeight) -> None:
+        """Make ``qw`` the weight (its bits, group and symmetry become the spec's); back to ``fake``."""
         if tuple(qw.codes.shape) != (self.out_features, self.in_features):
             raise ValueError(
                 f"weight codes of shape {tuple(qw.codes.shape)} do not fit {self.out_features}x{self.in_features}"
@@ -240,90 +283,109 @@ class QuantLinear(nn.Module):
             raise ValueError(
                 f"weight scale of shape {tuple(qw.scale.shape)} does not fit group {qw.group_size}"
             )
-        self.weight_codes = qw.codes
+        iw = IntWeight.from_qweight(qw)
+        self._kw = None
+        self.kernel = FAKE
+        self.weight_codes = iw.data
         self.weight_scale = qw.scale
         self.weight_zero = qw.zero
         self.spec = replace(self.spec, w_bits=qw.bits, w_group=qw.group_size, w_symmetric=qw.symmetric)
-        if not keep_cache:
-            self._deq.pop(self.weight_key, None)
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``W_hat`` in ``dtype`` (default: the original weight dtype), cached when ``cache_weight``."""
-        dtype = dtype or self.weight_dtype
-        key = self.weight_key
-        cached = self._deq.get(key)
-        if cached is not None and cached.dtype == dtype and cached.device == self.weight_codes.device:
-            return cached
-        w = self.qweight.dequantize(dtype)
-        if self.cache_weight:
-            self._deq[key] = w
-        return w
+        """``W_hat`` in ``dtype`` (default: the original weight dtype), computed now (never kept)."""
+        return self.qweight.dequantize(dtype or self.weight_dtype)
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (with smoothing, the smoothed ``W * s`` that multiplies ``x / s``)."""
         return self.dequantized_weight()
 
-    def clear_cache(self) -> None:
-        self._deq.clear()
+    def weight_nbytes(self) -> int:
+        """Bytes held for the weight in its current layout (codes or kernel layout, scales, zeros)."""
+        if self._kw is not None:
+            return self._kw.nbytes()
+        return sum(t.numel() * t.element_size() for t in (self.weight_codes, self.weight_scale, self.weight_zero) if t is not None)
 
-    def precompute(self, dtype: torch.dtype | None = None) -> None:
-        """Dequantize every banked weight now, so that later :meth:`set_group` calls cost nothing."""
-        active = self.qweight
-        for qw in self.bank.values():
-            self.set_qweight(qw, keep_cache=True)
-            self.dequantized_weight(dtype)
-        self.set_qweight(active, keep_cache=True)
+    # --- the kernel path ---------------------------------------------------------------------
+    def act_spec(self) -> ActQuant | None:
+        aq = self.act_quant
+        return None if aq is None else ActQuant(aq.bits, aq.group, aq.symmetric, aq.granularity)
 
-    # --- switching group sizes / bits ---------------------------------------------------------
-    def configure(
-        self,
-        *,
-        w_group: int | None = None,
-        a_group: int | None = None,
-        w_bits: int | None = None,
-        a_bits: int | None = None,
-    ) -> None:
-        """Switch the weight (to a banked variant) and/or the activation quantizer's group and bits."""
-        key = (
-            self.spec.w_bits if w_bits is None else w_bits,
-            self.spec.w_group if w_group is None else w_group,
-        )
-        if key != self.weight_key:
-            if key not in self.bank:
-                have = ", ".join(f"W{b}/g{g}" for b, g in sorted(self.bank)) or "none"
+    def integer_blocker(self) -> str | None:
+        """Why this layer cannot run through an integer kernel (``None`` when it can)."""
+        if self.act_quant is None:
+            return "weight-only quantization (float activations)"
+        if self.act_quant.bits > 8 or self.spec.w_bits > 8:
+            return "more than 8 bits"
+        try:
+            block_size(self.in_features, self.act_quant.group, self.spec.w_group)
+        except ValueError:
+            return f"activation group {self.act_quant.group} and weight group {self.spec.w_group} do not nest"
+        return None
+
+    @torch.no_grad()
+    def set_kernel(self, path: str) -> None:
+        """Run the product through ``path`` (``fake`` or a path of :mod:`qdit.kernels.linear`). An
+        integer path that keeps its own layout replaces the plain codes (one copy of the weight)."""
+        if path == self.kernel:
+            return
+        weight = self.int_weight()
+        if path == FAKE:
+            self._kw = None
+            self.weight_codes, self.weight_scale, self.weight_zero = weight.data, weight.scale, weight.zero
+            self.kernel = FAKE
+            return
+        why = self.integer_blocker()
+        if why is not None:
+            raise QditError(f"{self.name or 'QuantLinear'} cannot run an integer kernel: {why}")
+        assert self.act_quant is not None
+        kw = prepare_weight(weight, self.act_quant.group, path)
+        self._kw = kw
+        self.kernel = path
+        if kw.weight is None:  # the kernel's layout is now the only copy
+            self.weight_codes = None
+        else:
+            self.weight_codes, self.weight_scale, self.weight_zero = weight.data, weight.scale, weight.zero
+
+    # --- switching activation groups / bits ---------------------------------------------------
+    def configure(self, *, a_group: int | None = None, a_bits: int | None = None) -> None:
+        """Change the activation quantizer's group and/or bits (free: they are computed at run time)."""
+        if a_group is None and a_bits is None:
+            return
+        if self.act_quant is None:
+            raise QditError(f"{self.name or 'QuantLinear'}: activations are not quantized")
+        if a_group is not None:
+            if a_group and self.in_features % a_group:
                 raise QditError(
-                    f"{self.name or 'QuantLinear'}: no precomputed weight for W{key[0]} group {key[1]} "
-                    f"(precomputed: {have}); quantize with bank_groups/bank_bits to switch"
+                    f"layer {self.name or 'QuantLinear'}: activation group {a_group} does not divide its "
+                    f"input width {self.in_features}"
                 )
-            self.set_qweight(self.bank[key], keep_cache=True)
-        if a_group is not None or a_bits is not None:
-            if self.act_quant is None:
-                raise QditError(f"{self.name or 'QuantLinear'}: activations are not quantized")
-            if a_group is not None:
-                if a_group and self.in_features % a_group:
-                    raise QditError(
-                        f"layer {self.name or 'QuantLinear'}: activation group {a_group} does not divide its "
-                        f"input width {self.in_features}"
-                    )
-                self.act_quant.set_group(a_group)
-            if a_bits is not None:
-                self.act_quant.bits = check_bits(a_bits)
-            self.spec = replace(self.spec, a_group=self.act_quant.group, a_bits=self.act_quant.bits)
-
-    def set_weight_group(self, group: int) -> None:
-        self.configure(w_group=group)
+        if a_bits is not None:
+            check_bits(a_bits)
+        kernel = self.kernel
+        self.set_kernel(FAKE)
+        if a_group is not None:
+            self.act_quant.set_group(a_group)
+        if a_bits is not None:
+            self.act_quant.bits = a_bits
+        self.spec = replace(self.spec, a_group=self.act_quant.group, a_bits=self.act_quant.bits)
+        if kernel != FAKE and self.integer_blocker() is None:
+            self.set_kernel(kernel)
 
     def set_act_group(self, group: int) -> None:
         self.configure(a_group=group)
 
-    def set_group(self, group: int) -> None:
-        """The search's gene: one group size for the weight and the input activations."""
-        self.configure(w_group=group, a_group=group if self.act_quant is not None else None)
-
     # --- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        grad = x.requires_grad and torch.is_grad_enabled()
+        if self._kw is not None and not grad:
+            xs = x if self.smooth is None else (x.float() / self.smooth).to(dtype)
+            act = self.act_spec()
+            assert act is not None and self.act_quant is not None
+            return int_linear(
+                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max
+            ).to(dtype)
         if self.smooth is not None or self.act_quant is not None:
             xf = x.float()
             if self.smooth is not None:
@@ -335,19 +397,35 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.dequantized_weight(dtype), bias)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantLinear:  # type: ignore[override]
-        super()._apply(fn, recurse)
+        kernel = self.kernel
+        device = self.weight_scale.device
+        moved = fn(torch.empty(0, device=device)).device != device
+        if moved:  # a kernel layout belongs to its device: back to plain codes, re-prepared after the move
+            self.set_kernel(FAKE)
+        with keep_dtypes(self, ("weight_scale", "smooth")):  # part of the format: .half() must not round them
+            super()._apply(fn, recurse)
         self.weight_dtype = fn(torch.empty(0, dtype=self.weight_dtype)).dtype  # follows .half(), .to(dtype)
-        active = self.weight_key
-        self.bank = {k: (self.qweight if k == active else q.apply(fn)) for k, q in self.bank.items()}
-        self._deq.clear()
+        if kernel != FAKE and moved:
+            assert self.act_quant is not None
+            blk = block_size(self.in_features, self.act_quant.group, self.spec.w_group)
+            if supports(kernel, blk, self.weight_scale.device):
+                self.set_kernel(kernel)
+        elif self._kw is not None and self._kw.weight is not None:  # its tensors are the buffers: follow them
+            self._kw = prepare_weight(self.int_weight(), self.act_quant.group if self.act_quant else 0, kernel)
         return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.weight_codes is None:  # held in a kernel layout: the state dict still has the plain codes
+            weight = self.int_weight()
+            destination[prefix + "weight_codes"] = weight.data
 
     def extra_repr(self) -> str:
         s = self.spec
         sym = " sym" if s.w_symmetric else ""
         smooth = f", smooth={s.smooth_alpha:g}" if s.smooth_alpha is not None else ""
-        bank = f", bank={len(self.bank)}" if self.bank else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"W{s.w_bits}{sym} group={s.w_group} {s.weight_method}{smooth}{bank}"
+            f"W{s.w_bits}{sym} group={s.w_group} {s.weight_method}{smooth}, kernel={self.kernel}"
         )
+

@@ -1,15 +1,16 @@
-"""Swapping ``nn.Linear`` layers for :class:`QuantLinear` by per-layer specs, and switching group sizes."""
+"""Swapping ``nn.Linear`` layers for :class:`QuantLinear` by per-layer specs, and choosing each quantized
+layer's kernel path (:func:`freeze`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
-from qdit.nn.quant_linear import QuantLinear
+from qdit.nn.quant_linear import FAKE, QuantLinear
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE
 from qdit.recipe import QuantSpec
 
@@ -32,8 +33,7 @@ def swap_layers(
     specs: Mapping[str, QuantSpec],
     stats: Mapping[str, LayerStats] | None = None,
     *,
-    bank_groups: Iterable[int] | Mapping[str, Iterable[int]] = (),
-    bank_bits: Iterable[int] = (),
+    factory: LayerFactory | None = None,
     scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE,
     prefix: str = "",
     progress: bool = False,
@@ -41,8 +41,8 @@ def swap_layers(
     """Replace each named ``nn.Linear`` by a :class:`QuantLinear` quantized with its spec, in place.
 
     ``stats`` maps layer names to calibration statistics (required for GPTQ / static / smoothing specs).
-    ``bank_groups`` (one list for all layers, or per layer name) and ``bank_bits`` precompute weight
-    variants for :func:`set_groups`. ``prefix`` is prepended to the layer names in messages (when
+    ``factory(linear, spec, stats, name)`` builds each quantized layer (default
+    :meth:`QuantLinear.from_linear`; the search passes one that keeps alternative weights). ``prefix`` is prepended to the layer names in messages (when
     ``model`` is a submodule). A failure leaves ``model`` as it was.
     """
     modules = dict(model.named_modules())
@@ -52,8 +52,7 @@ def swap_layers(
             raise QditError(f"the model has no layer {prefix + name!r}")
         if not isinstance(mod, nn.Linear):
             raise QditError(f"layer {prefix + name!r} is a {type(mod).__name__}, not an nn.Linear")
-    bits = list(bank_bits)
-    shared = None if isinstance(bank_groups, Mapping) else list(bank_groups)
+    make = factory or default_factory(scale_dtype)
     items = list(specs.items())
     bar = None
     if progress:
@@ -63,12 +62,8 @@ def swap_layers(
     out: dict[str, QuantLinear] = {}
     try:  # quantize every layer first, so that a failure leaves the model as it was
         for name, spec in items:
-            groups = shared if shared is not None else list(bank_groups.get(name, ()))  # type: ignore[union-attr]
             layer_stats = stats.get(name) if stats is not None else None
-            out[name] = QuantLinear.from_linear(
-                modules[name], spec, layer_stats, bank_groups=groups, bank_bits=bits, scale_dtype=scale_dtype,
-                name=prefix + name,
-            )  # fmt: skip
+            out[name] = make(modules[name], spec, layer_stats, prefix + name)  # type: ignore[arg-type]
             if bar is not None:
                 bar.update(1)
     finally:
@@ -79,26 +74,66 @@ def swap_layers(
     return out
 
 
-def set_groups(
-    model: nn.Module, groups: Mapping[str, int], *, weights: bool = True, acts: bool = True
-) -> None:
-    """Switch per-layer group sizes (weight from the layer's bank, activation group directly).
+KERNELS = ("auto", "int", FAKE)
 
-    Every name must be a quantized layer; the switch is all-or-nothing (checked before changing any).
+
+def choose_kernel(layer: QuantLinear, kernel: str = "auto") -> str:
+    """The path ``layer`` should run under the policy ``kernel``.
+
+    ``fake``: dequantized weights and a float matmul (the reference). ``int``: an integer kernel, or an
+    error saying why the layer cannot. ``auto``: an integer kernel where the layer's spec allows it
+    (integer activations, at most 8 bits, nesting groups), the faster path measured per shape; fake
+    quantization elsewhere.
     """
+    from qdit.kernels.linear import best_path
+
+    if kernel not in KERNELS:
+        raise QditError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    if kernel == FAKE:
+        return FAKE
+    why = layer.integer_blocker()
+    if why is not None:
+        if kernel == "int":
+            raise QditError(f"layer {layer.name} cannot run an integer kernel: {why} (use --kernel auto or fake)")
+        return FAKE
+    act = layer.act_spec()
+    assert act is not None
+    return best_path(layer.int_weight(), act, layer.weight_scale.device)
+
+
+def freeze(model: nn.Module, kernel: str = "auto") -> dict[str, str]:
+    """Put every quantized layer on the path :func:`choose_kernel` picks (its weight in that path's
+    layout); returns the path per layer name. All layers are checked before any changes."""
     layers = quant_layers(model)
-    for name, g in groups.items():
-        layer = layers.get(name)
-        if layer is None:
-            raise QditError(f"set_groups: {name!r} is not a quantized layer")
-        if weights and g != layer.spec.w_group and (layer.spec.w_bits, g) not in layer.bank:
-            raise QditError(f"set_groups: layer {name} has no precomputed weight for group {g}")
-        if acts and layer.act_quant is not None and g and layer.in_features % g:
-            raise QditError(
-                f"set_groups: group {g} does not divide the input width {layer.in_features} of {name}"
-            )
-    for name, g in groups.items():
-        layer = layers[name]
-        layer.configure(
-            w_group=g if weights else None, a_group=g if acts and layer.act_quant is not None else None
-        )
+    paths = {name: choose_kernel(layer, kernel) for name, layer in layers.items()}
+    for name, layer in layers.items():
+        layer.set_kernel(paths[name])
+    return paths
+
+
+def kernel_paths(model: nn.Module) -> dict[str, str]:
+    """The path each quantized layer of ``model`` runs."""
+    return {name: layer.kernel for name, layer in quant_layers(model).items()}
+
+
+def kernel_summary(model: nn.Module) -> str:
+    """One line: how many layers run each path, and why the fake ones are not integer."""
+    layers = quant_layers(model)
+    counts: dict[str, int] = {}
+    for layer in layers.values():
+        counts[layer.kernel] = counts.get(layer.kernel, 0) + 1
+    text = ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if counts.get(FAKE):
+        reasons = sorted({layer.integer_blocker() or "by request" for layer in layers.values() if layer.kernel == FAKE})
+        text += f" (fake: {'; '.join(reasons)})"
+    return f"kernels: {text}"
+
+
+LayerFactory = Callable[[nn.Linear, QuantSpec, LayerStats | None, str], QuantLinear]
+
+
+def default_factory(scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE) -> LayerFactory:
+    def make(linear: nn.Linear, spec: QuantSpec, stats: LayerStats | None, name: str) -> QuantLinear:
+        return QuantLinear.from_linear(linear, spec, stats, scale_dtype=scale_dtype, name=name)
+
+    return make

@@ -2,7 +2,7 @@
 noise-prediction proxy, and the export of a genome as a :class:`qdit.recipe.Recipe`.
 
 The model is quantized once, with every candidate group size (and bit-width) precomputed per layer
-(``QuantLinear``'s bank), so switching to a candidate is a few pointer swaps and a candidate costs
+(:mod:`qdit.search.bank`), so switching to a candidate is a few pointer swaps and a candidate costs
 only its sampling. Every candidate is sampled with the same noise and labels (sample ``i`` of seed
 ``s`` always has the same noise, see :mod:`qdit.diffusion.sampler`).
 """
@@ -21,6 +21,7 @@ from torch import nn
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
+from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.cost import Budget, CostModel
 from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation
@@ -318,17 +319,13 @@ class ModelObjective:
         recipe = genome_recipe(
             space, tuple(g.choices[0] if g.kind != "w_bits" else space.w_bits for g in space.genes), base
         )
-        quantize(
-            model,
-            recipe,
-            bank_groups={k: sorted(v) for k, v in banks.items()},
-            bank_bits=bits if len(bits) > 1 else (),
-            progress=progress,
-        )
+        factory = bank_factory({k: sorted(v) for k, v in banks.items()}, bits if len(bits) > 1 else ())
+        quantize(model, recipe, layer_factory=factory, progress=progress)
         from qdit.nn.swap import quant_layers
 
         for layer in quant_layers(model).values():
-            layer.precompute()
+            if isinstance(layer, BankedQuantLinear):
+                layer.precompute()
         for p in model.parameters():  # the search never trains; the sensitivity pass needs no weight grads
             p.requires_grad_(False)
         obj = cls(model, space, features, config, proxy, model_name, device, fp_model=fp_model)

@@ -1,0 +1,152 @@
+"""The search's weight bank: quantized layers that keep alternative weights (other group sizes and bit
+widths) so a candidate is a few pointer swaps, not a re-quantization.
+
+Search-only by design: a :class:`BankedQuantLinear` runs fake quantization (its dequantized weights are
+cached per variant), and :func:`qdit.nn.freeze` never turns it into an integer layer. The plain
+:class:`~qdit.nn.QuantLinear` of a deployed model knows nothing of banks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from qdit.calib.stats import LayerStats
+from qdit.errors import QditError
+from qdit.nn.quant_linear import FAKE, FloatWeight, QuantLinear, WeightKey
+from qdit.nn.swap import LayerFactory, quant_layers
+from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight
+from qdit.recipe import QuantSpec
+
+
+class BankedQuantLinear(QuantLinear):
+    """A :class:`QuantLinear` with precomputed weight variants, switched by :meth:`configure`."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.bank: dict[WeightKey, QWeight] = {}
+        self._deq: dict[tuple[WeightKey, torch.dtype], torch.Tensor] = {}
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        linear: nn.Linear,
+        spec: QuantSpec,
+        stats: LayerStats | None,
+        name: str,
+        *,
+        groups: Iterable[int] = (),
+        bits: Iterable[int] = (),
+        scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE,
+    ) -> BankedQuantLinear:
+        """Quantize ``linear`` by ``spec`` and precompute its weight for every ``bits`` x ``groups``
+        (``bits`` defaults to the spec's); group sizes that do not divide the input width are skipped."""
+        layer = cls.from_linear(linear, spec, stats, scale_dtype=scale_dtype, name=name)
+        assert isinstance(layer, BankedQuantLinear)
+        keys = [(b, g) for b in (list(bits) or [spec.w_bits]) for g in groups if g == 0 or linear.in_features % g == 0]
+        own = layer.qweight
+        prepared = FloatWeight.prepare(linear, spec, stats, name) if keys else None
+        for key in dict.fromkeys(keys):
+            if key == layer.weight_key:
+                layer.bank[key] = own
+            else:
+                assert prepared is not None
+                layer.bank[key] = prepared.quantize(*key, scale_dtype)
+        if layer.bank:
+            layer.bank[layer.weight_key] = own
+        return layer
+
+    def set_kernel(self, path: str) -> None:
+        if path != FAKE:
+            raise QditError(f"{self.name or 'layer'}: a search layer with a weight bank runs fake quantization only")
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.weight_dtype
+        key = (self.weight_key, dtype)
+        cached = self._deq.get(key)
+        if cached is None or cached.device != self.weight_scale.device:
+            cached = self._deq[key] = super().dequantized_weight(dtype)
+        return cached
+
+    def precompute(self, dtype: torch.dtype | None = None) -> None:
+        """Dequantize every banked weight now, so that later switches cost nothing."""
+        dtype = dtype or self.weight_dtype
+        for key, qw in self.bank.items():
+            self._deq.setdefault((key, dtype), qw.dequantize(dtype))
+
+    def configure(  # type: ignore[override]
+        self,
+        *,
+        w_group: int | None = None,
+        a_group: int | None = None,
+        w_bits: int | None = None,
+        a_bits: int | None = None,
+    ) -> None:
+        """Switch the weight (to a banked variant) and/or the activation quantizer's group and bits."""
+        key = (
+            self.spec.w_bits if w_bits is None else w_bits,
+            self.spec.w_group if w_group is None else w_group,
+        )
+        if key != self.weight_key:
+            if key not in self.bank:
+                have = ", ".join(f"W{b}/g{g}" for b, g in sorted(self.bank)) or "none"
+                raise QditError(
+                    f"{self.name or 'QuantLinear'}: no precomputed weight for W{key[0]} group {key[1]} "
+                    f"(precomputed: {have})"
+                )
+            self.set_qweight(self.bank[key])
+        super().configure(a_group=a_group, a_bits=a_bits)
+
+    def set_weight_group(self, group: int) -> None:
+        self.configure(w_group=group)
+
+    def set_group(self, group: int) -> None:
+        """The search's gene: one group size for the weight and the input activations."""
+        self.configure(w_group=group, a_group=group if self.act_quant is not None else None)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> BankedQuantLinear:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.bank = {k: q.apply(fn) for k, q in self.bank.items()}
+        self._deq.clear()
+        return self
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bank={len(self.bank)}"
+
+
+def bank_factory(
+    groups: Iterable[int] | Mapping[str, Iterable[int]], bits: Iterable[int] = ()
+) -> LayerFactory:
+    """A layer factory for :func:`qdit.quantize` that builds :class:`BankedQuantLinear` layers with
+    ``groups`` (one list for all layers, or per qualified layer name) x ``bits``."""
+    shared = None if isinstance(groups, Mapping) else list(groups)
+    bits = list(bits)
+
+    def make(linear: nn.Linear, spec: QuantSpec, stats: LayerStats | None, name: str) -> QuantLinear:
+        own = shared if shared is not None else list(groups.get(name, ()))  # type: ignore[union-attr]
+        return BankedQuantLinear.build(linear, spec, stats, name, groups=own, bits=bits)
+
+    return make
+
+
+def set_groups(model: nn.Module, groups: Mapping[str, int], *, weights: bool = True, acts: bool = True) -> None:
+    """Switch per-layer group sizes (weight from the layer's bank, activation group directly).
+
+    Every name must be a banked quantized layer; the switch is all-or-nothing (checked before changing any).
+    """
+    layers = quant_layers(model)
+    for name, g in groups.items():
+        layer = layers.get(name)
+        if not isinstance(layer, BankedQuantLinear):
+            raise QditError(f"set_groups: {name!r} is not a quantized layer with a weight bank")
+        if weights and g != layer.spec.w_group and (layer.spec.w_bits, g) not in layer.bank:
+            raise QditError(f"set_groups: layer {name} has no precomputed weight for group {g}")
+        if acts and layer.act_quant is not None and g and layer.in_features % g:
+            raise QditError(f"set_groups: group {g} does not divide the input width {layer.in_features} of {name}")
+    for name, g in groups.items():
+        layer = layers[name]
+        assert isinstance(layer, BankedQuantLinear)
+        layer.configure(w_group=g if weights else None, a_group=g if acts and layer.act_quant is not None else None)

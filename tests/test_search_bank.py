@@ -1,0 +1,56 @@
+"""The search's weight bank (qdit.search.bank): switching variants equals quantizing directly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qdit.errors import QditError
+from qdit.nn import QuantLinear
+from qdit.recipe import QuantSpec
+from qdit.search.bank import BankedQuantLinear
+
+
+def batch(seed: int = 0, b: int = 4, t: int = 10, c: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, c, generator=g) * torch.linspace(0.1, 5, c)
+
+
+def linear(c_in: int = 64, c_out: int = 48, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(c_in, c_out)
+
+
+def test_group_bank_switching_equals_direct_quantization() -> None:
+    lin = linear()
+    x = batch()
+    spec = QuantSpec(4, 8, 32, 32)
+    layer = BankedQuantLinear.build(lin, spec, None, "layer", groups=[0, 16, 32, 64, 48])  # 48: skipped
+    assert sorted(g for _, g in layer.bank) == [0, 16, 32, 64]
+    layer.precompute()
+    for g in (16, 64, 0, 32):
+        layer.set_group(g)
+        direct = QuantLinear.from_linear(lin, QuantSpec(4, 8, g, g))
+        assert layer.spec.w_group == g and layer.spec.a_group == g
+        assert layer.weight_scale.shape == direct.weight_scale.shape
+        assert torch.equal(layer(x), direct(x))
+    layer.set_act_group(16)
+    assert layer.spec.w_group == 32 and layer.act_quant is not None and layer.act_quant.group == 16
+    with pytest.raises(QditError, match="no precomputed weight"):
+        layer.set_weight_group(8)
+    with pytest.raises(QditError, match="does not divide"):
+        layer.set_act_group(48)
+    plain = BankedQuantLinear.build(lin, spec, None, "plain")
+    with pytest.raises(QditError, match="no precomputed weight"):
+        plain.set_weight_group(16)
+    plain.set_act_group(16)  # activation groups switch without a bank
+    with pytest.raises(QditError, match="fake quantization only"):
+        plain.set_kernel("torch")
+    # a switch to the banked weight and back reuses the cached dequantized weights
+    w = layer.dequantized_weight()
+    layer.set_group(16)
+    layer.set_group(32)
+    assert layer.dequantized_weight() is w
+
+
