@@ -235,6 +235,14 @@ def memory_probe(kind: str, path: str, batch: int) -> dict[str, int]:
     root = Path(path)
     cfg = DiTConfig(**json.loads((root / "config.json").read_text()))
     inputs = model_inputs(cfg, batch)
+    # one-time process costs that do not grow with the model, paid before the baseline in both probes:
+    # the meta-device machinery (its first use imports a lot of Python) and the modules both loaders use
+    import qdit.io.checkpoint  # noqa: F401
+    from qdit.kernels.cpu import cpu_extension
+
+    cpu_extension()
+    with torch.device("meta"):
+        DiT(DiTConfig(input_size=4, patch_size=2, hidden_size=64, depth=1, num_heads=2), init_weights=False)
     before = _rss_bytes()
     if kind == "bf16":
         with torch.device("meta"):

@@ -225,7 +225,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu", kernel: st
 
 
 def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | str, kernel: str) -> nn.Module:
-    from qdit.kernels.formats import IntWeight
+    from qdit.kernels.formats import IntWeight, code_columns
     from qdit.models.adapter import adapter_for_description
     from qdit.nn.quant_linear import QuantLinear
     from qdit.nn.swap import choose_kernel, freeze, set_submodule
@@ -269,7 +269,13 @@ def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | 
         bits = spec.w_bits
         try:
             packed = take(f"{name}.weight_packed")
-            codes = unpack_bits(packed, bits, out * width).reshape(out, width)
+            columns = code_columns(width, bits)
+            if columns * 8 == width * bits and packed.numel() == out * columns:
+                data = packed.reshape(out, columns)  # 4-bit (even widths) and 8-bit: the file's packing is ours
+            else:
+                codes = unpack_bits(packed, bits, out * width).reshape(out, width)
+                data = IntWeight.from_codes(codes, torch.empty(0), None, bits).data
+                del codes
             scale = take(f"{name}.weight_scale")
             zero = None
             if not spec.w_symmetric:
@@ -278,18 +284,16 @@ def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | 
         except ValueError as exc:
             raise QditError(f"{weights}: bad packed weight of layer {name!r}: {exc}") from None
         state = {k[len(prefix) :]: take(k) for k in sorted(left) if k.startswith(prefix)}
-        weight = IntWeight.from_codes(codes, scale, zero, bits)
-        del codes
-        state.update(weight_codes=weight.data, weight_scale=weight.scale)
+        state.update(weight_codes=data, weight_scale=scale)
         if zero is not None:
-            state["weight_zero"] = weight.zero
+            state["weight_zero"] = zero
         try:
             layer.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             raise QditError(f"{weights}: layer {name!r}: {first[-1].strip() if first else exc}") from None
         if on_cpu:  # into the kernel's layout now: the plain codes of this layer are dropped here
-            layer.set_kernel(choose_kernel(layer, kernel))
+            layer.set_kernel(choose_kernel(layer, kernel), consume=True)
     for key in sorted(expected):
         if key not in left:
             raise QditError(f"{weights}: missing tensor {key!r}")

@@ -17,8 +17,11 @@ actual inputs and remembers the faster one.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -107,8 +110,22 @@ def supports(path: str, block: int, device: torch.device) -> bool:
     return path == "amx" and device.type == "cpu" and _kstep(block) > 0 and cpu_extension() is not None
 
 
-def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight:
-    """``weight`` in the form ``path`` computes with (the activation group fixes the K block)."""
+def _block_sums(weight: IntWeight, block: int, rows: int = 256) -> torch.Tensor:
+    """``sum w`` (``w = code - 2^(bits-1)``) per output row and K block, ``int32 [N, K / block]``,
+    computed a few rows at a time (no full-size temporary)."""
+    n, k = weight.out_features, weight.in_features
+    out = torch.empty(n, k // block, dtype=torch.int32)
+    for r in range(0, n, rows):
+        part = IntWeight(weight.data[r : r + rows], weight.scale[r : r + rows], None, weight.bits, k)
+        out[r : r + rows] = part.codes().reshape(-1, k // block, block).sum(-1, dtype=torch.int32)
+    return out - block * 2 ** (weight.bits - 1)
+
+
+def prepare_weight(weight: IntWeight, act_group: int, path: str, consume: bool = False) -> KernelWeight:
+    """``weight`` in the form ``path`` computes with (the activation group fixes the K block).
+
+    ``consume``: the caller gives up ``weight.data``; a path with its own layout may then build it in
+    the same memory (no second copy of the weight while converting)."""
     k, n = weight.in_features, weight.out_features
     blk = block_size(k, act_group, weight.group)
     if path in ("torch", "triton"):
@@ -120,13 +137,16 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight
     if ext is None or ks == 0 or weight.data.device.type != "cpu":
         raise ValueError(f"the amx path cannot run a {n}x{k} weight with block {blk} here")
     pack4 = weight.bits == 4 and (k * _PANEL) % 64 == 0
-    stream = ext.prepack_weight(weight.data.contiguous(), k, weight.bits, ks, pack4)
+    data = weight.data.contiguous()
     nb = k // blk
     np_ = -(-n // _PANEL) * _PANEL
-    w8 = weight.signed()
     dw = weight.offset().repeat_interleave((k // blk) // weight.scale.shape[1], dim=1).float()
     sw = weight.scale.float().repeat_interleave((k // blk) // weight.scale.shape[1], dim=1)
-    wsum = w8.reshape(n, nb, blk).sum(-1, dtype=torch.int32).float()
+    wsum = _block_sums(weight, blk).float()
+    inplace = consume and n % _PANEL == 0 and data.numel() == (n * k // 2 if pack4 else n * k) and (
+        weight.packed if pack4 else not weight.packed
+    )
+    stream = ext.prepack_weight(data, k, weight.bits, ks, pack4, inplace)
 
     def padded(t: torch.Tensor) -> torch.Tensor:  # [N, nb] -> [nb, Np] (zero columns pad the last panel)
         out = torch.zeros(nb, np_, dtype=torch.float32)
@@ -251,22 +271,70 @@ def time_paths(
     return times
 
 
-_BEST: dict[tuple, str] = {}
+_BEST: dict[str, str] = {}
+
+
+def _choices_file() -> Path:
+    from qdit.cachedir import cache_dir
+
+    return cache_dir() / "kernels" / f"choices-{_machine_key()}.json"
+
+
+def _machine_key() -> str:
+    import hashlib
+    import platform
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    text = f"{platform.machine()}|{cpu}|{torch.__version__}|{torch.get_num_threads()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_choices() -> None:
+    if _BEST:
+        return
+    try:
+        saved = json.loads(_choices_file().read_text())
+        _BEST.update({str(k): str(v) for k, v in saved.items() if v in PATHS})
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _save_choices() -> None:
+    path = _choices_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_BEST, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a new measurement next time
 
 
 def best_path(weight: IntWeight, act: ActQuant, device: torch.device | str = "cpu", rows: int = 256) -> str:
-    """The faster integer path for this weight's shape and format on ``device``, measured once per
-    shape on ``rows`` random activation rows (and remembered for the process)."""
+    """The faster integer path for this weight's shape and format on ``device``: measured once per
+    shape on ``rows`` random activation rows, and remembered (in the qdit cache, per machine, torch
+    version and thread count), so later loads do not measure again."""
     device = torch.device(device)
     blk = block_size(weight.in_features, act.group, weight.group)
     paths = [p for p in available_paths(device) if supports(p, blk, device)]
     if len(paths) == 1:
         return paths[0]
-    key = (device.type, weight.in_features, weight.out_features, weight.bits, blk, weight.zero is None, act)
-    if key not in _BEST:
+    key = "|".join(
+        str(v)
+        for v in (device.type, weight.in_features, weight.out_features, weight.bits, blk, weight.zero is None,
+                  act.bits, act.group, act.symmetric, act.granularity)
+    )  # fmt: skip
+    _load_choices()
+    if _BEST.get(key) not in paths:
         x = torch.randn(rows, weight.in_features, generator=torch.Generator().manual_seed(0)).to(device)
         # static ranges are given to the kernel as sample ranges are: time those (no calibration needed)
         timed = replace(act, granularity="sample") if act.granularity == "static" else act
         times = time_paths(x, weight, timed, repeats=2)
         _BEST[key] = min(times, key=times.__getitem__)
+        _save_choices()
     return _BEST[key]

@@ -324,9 +324,11 @@ class QuantLinear(nn.Module):
         return None
 
     @torch.no_grad()
-    def set_kernel(self, path: str) -> None:
+    def set_kernel(self, path: str, consume: bool = False) -> None:
         """Run the product through ``path`` (``fake`` or a path of :mod:`qdit.kernels.linear`). An
-        integer path that keeps its own layout replaces the plain codes (one copy of the weight)."""
+        integer path that keeps its own layout replaces the plain codes (one copy of the weight);
+        ``consume``: nothing else holds this layer's codes tensor, so that layout may be built in its
+        memory (what :func:`qdit.load` does)."""
         if path == self.kernel:
             return
         weight = self.int_weight()
@@ -339,7 +341,7 @@ class QuantLinear(nn.Module):
         if why is not None:
             raise QditError(f"{self.name or 'QuantLinear'} cannot run an integer kernel: {why}")
         assert self.act_quant is not None
-        kw = prepare_weight(weight, self.act_quant.group, path)
+        kw = prepare_weight(weight, self.act_quant.group, path, consume=consume)
         self._kw = kw
         self.kernel = path
         if kw.weight is None:  # the kernel's layout is now the only copy

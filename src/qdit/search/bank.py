@@ -59,7 +59,7 @@ class BankedQuantLinear(QuantLinear):
             layer.bank[layer.weight_key] = own
         return layer
 
-    def set_kernel(self, path: str) -> None:
+    def set_kernel(self, path: str, consume: bool = False) -> None:
         if path != FAKE:
             raise QditError(f"{self.name or 'layer'}: a search layer with a weight bank runs fake quantization only")
 

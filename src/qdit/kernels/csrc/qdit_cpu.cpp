@@ -194,7 +194,10 @@ inline void for_each_in_panel(int64_t p, int64_t K, int64_t ks, F&& f) {
 
 // Unsigned codes [N, K] (or nibble-packed [N, K/2], even column low) -> the panel-major stream.
 // 8 bits: signed bytes (code - 2^(bits-1)). 4 bits: unsigned nibbles, chunk-split as described above.
-torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64_t ks, bool pack4) {
+// With `inplace` (only when the stream has the input's size: whole panels, and nibble-packed input for 4-bit
+// panels or one code per byte for 8-bit ones) the stream overwrites `codes`: each panel's bytes are the
+// same rows' bytes of the input, read whole before they are written.
+torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64_t ks, bool pack4, bool inplace) {
   TORCH_CHECK(codes.dtype() == torch::kUInt8 && codes.dim() == 2 && codes.is_contiguous(), "codes: uint8 [N, *]");
   TORCH_CHECK(ks > 0 && ks % 4 == 0 && K % ks == 0, "K step must divide K and be a multiple of 4");
   const int64_t N = codes.size(0);
@@ -202,7 +205,9 @@ torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64
   const int64_t panels = (N + kPanel - 1) / kPanel;
   const int64_t stream = panels * kPanel * K;  // bytes of signed int8, before nibble packing
   TORCH_CHECK(!pack4 || stream % 64 == 0, "4-bit panels need K * 32 to be a multiple of 64");
-  auto out = torch::zeros({pack4 ? stream / 2 : stream}, torch::kUInt8);
+  const int64_t out_bytes = pack4 ? stream / 2 : stream;
+  TORCH_CHECK(!inplace || (N % kPanel == 0 && codes.numel() == out_bytes), "in-place prepacking needs whole panels");
+  auto out = inplace ? codes.view({-1}) : torch::zeros({out_bytes}, torch::kUInt8);
   const uint8_t* src = codes.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
   const int offset = 1 << (bits - 1);
