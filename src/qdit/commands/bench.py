@@ -220,12 +220,20 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory since its ``exec`` (``VmHWM``; ``ru_maxrss`` would carry the
+    parent's peak over a fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def memory_probe(kind: str, path: str, batch: int) -> dict[str, int]:
     """Run in a fresh process: load the model at ``path`` (``bf16``: a bf16 state dict with a
     ``config.json`` beside it; ``qdit``: a quantized folder), run one forward, and report the rise of
     peak resident memory over the resident memory before loading."""
-    import resource
-
     import torch
 
     from qdit.io.safetensors_reader import read_all
@@ -253,8 +261,7 @@ def memory_probe(kind: str, path: str, batch: int) -> dict[str, int]:
 
         model = qdit.load(root / "qdit", kernel="auto").to(torch.bfloat16)
     forward_fn(model.eval(), inputs, torch.bfloat16)()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"rss_before": before, "peak": peak, "rise": peak - before}
+    return {"rss_before": before, "peak": _peak_rss_bytes(), "rise": _peak_rss_bytes() - before}
 
 
 def _probe(kind: str, path: Path, batch: int, threads: int) -> dict[str, int]:
