@@ -44,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="also write an image grid PNG of the first samples")
     p.add_argument("--grid-num", type=int, default=100, help="images in the grid")
     p.add_argument("--json", default=None, help="write a JSON summary here")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load a quantized folder without checking its sha256 digests (faster for large models)",
+    )
     return p
 
 
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise QditError(f"--out must end with .npz, got {args.out}")
     ctx = init_distributed()
     try:
-        model = load_model(args.model, args.arch).to(ctx.device)
+        model = load_model(args.model, args.arch, verify=not args.no_verify).to(ctx.device)
         cfg = model.config
         if cfg.in_channels not in (1, 3):
             raise QditError(

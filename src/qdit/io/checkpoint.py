@@ -5,7 +5,9 @@ Layout of a folder written by :func:`save`:
 * ``qdit.json``: ``format`` ("qdit"), ``format_version``, ``qdit_version``, ``model`` (the adapter's
   description of the base model, e.g. ``{"arch": "dit", "config": {...}, "source": "embedded"}``),
   ``recipe`` (the recipe it was quantized with, if known) and ``layers``: for each quantized linear its
-  ``spec``, ``in_features``, ``out_features``, ``bias``, ``weight_dtype`` and ``scale_dtype``.
+  ``spec``, ``in_features``, ``out_features``, ``bias``, ``weight_dtype`` and ``scale_dtype``; and
+  ``integrity``: sha256 digests of the files, the recipe and the description, checked by :func:`load`
+  (:mod:`qdit.io.integrity`).
 * ``model.safetensors``: for each quantized layer ``<name>.weight_packed`` (its codes, bit-packed by
   :func:`qdit.quant.packing.pack_bits`, shaped ``[out, in * bits / 8]`` when that is whole),
   ``<name>.weight_scale`` ``[out, G]``, ``<name>.weight_zero_packed`` (asymmetric only, packed),
@@ -30,11 +32,13 @@ import torch
 from torch import nn
 
 from qdit.errors import QditError
+from qdit.io.integrity import META_FILE, digests, meta_text
+from qdit.io.integrity import verify as verify_integrity
+from qdit.quant.finite import check_finite_tensors
 
 FORMAT = "qdit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sha256 digests in qdit.json (qdit.io.integrity); 1 (no digests) is still read
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = "qdit.json"
 
 
 def qdit_version() -> str:
@@ -162,9 +166,12 @@ def save(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         "layers": layer_meta,
     }
 
+    check_finite_tensors(tensors, f"cannot save {path}")
+
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        meta["integrity"] = digests(tmp, [WEIGHTS_FILE], meta)
+        (tmp / META_FILE).write_text(meta_text(meta))
 
     write_dir_atomic(path, write)
     return {
@@ -209,8 +216,12 @@ def _take(tensors: dict[str, torch.Tensor], key: str, source: Path) -> torch.Ten
         raise QditError(f"{source}: missing tensor {key!r}") from None
 
 
-def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save` (in eval mode, on ``device``); outputs match exactly."""
+def load(path: str | os.PathLike, device: torch.device | str = "cpu", verify: bool = True) -> nn.Module:
+    """Rebuild a model saved by :func:`save` (in eval mode, on ``device``); outputs match exactly.
+
+    ``verify`` checks every file against the sha256 digests in ``qdit.json`` first (see
+    :mod:`qdit.io.integrity`); ``False`` skips that pass over the files. Non-finite tensors are refused
+    either way."""
     from safetensors.torch import load_file
 
     from qdit.models.adapter import adapter_for_description
@@ -222,6 +233,8 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Modu
 
     root = Path(path)
     meta = read_meta(root)
+    if verify:
+        verify_integrity(root, meta)
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise QditError(f"{root} is not a complete quantized model folder: {WEIGHTS_FILE} is missing")
@@ -229,6 +242,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Modu
         tensors = load_file(str(weights), device="cpu")
     except Exception as exc:
         raise QditError(f"{weights} is corrupt or unreadable: {type(exc).__name__}: {exc}") from None
+    check_finite_tensors(tensors, str(weights))
 
     adapter = adapter_for_description(meta["model"])
     with torch.device("meta"):

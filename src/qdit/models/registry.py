@@ -103,8 +103,11 @@ def load_dit_checkpoint(path: str | Path, arch: str | None = None) -> DiT:
     return model.eval()
 
 
-def load_model(spec: str, arch: str | None = None, device: torch.device | str = "cpu") -> nn.Module:
-    """``embedded``, a DiT checkpoint file (with ``arch``), or a quantized folder written by ``qdit.save``."""
+def load_model(
+    spec: str, arch: str | None = None, device: torch.device | str = "cpu", verify: bool = True
+) -> nn.Module:
+    """``embedded``, a DiT checkpoint file (with ``arch``), or a quantized folder written by ``qdit.save``
+    (checked against its digests unless ``verify`` is off)."""
     from qdit.io.checkpoint import is_qdit_dir, load
 
     if spec == "embedded":
@@ -116,7 +119,7 @@ def load_model(spec: str, arch: str | None = None, device: torch.device | str = 
     path = Path(spec)
     if path.is_dir():
         if is_qdit_dir(path):
-            return load(path, device=device)
+            return load(path, device=device, verify=verify)
         raise QditError(f"{path} is a folder but not a quantized qdit model folder (no qdit.json)")
     if path.is_file():
         return load_dit_checkpoint(path, arch).to(device)
