@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from qdit.errors import QditError
+from qdit.io.atomic import output_mode
 from qdit.io.integrity import META_FILE, digests, meta_text
 from qdit.io.integrity import verify as verify_integrity
 from qdit.quant.finite import check_finite_tensors
@@ -66,6 +67,16 @@ def is_qdit_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / META_FILE).is_file()
 
 
+def check_save_target(target: str | os.PathLike) -> None:
+    """A folder :func:`save` may write: new, empty, or a qdit model folder (which it replaces)."""
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise QditError(f"{target} exists and is not a folder")
+        if any(target.iterdir()) and not is_qdit_dir(target):
+            raise QditError(f"refusing to overwrite {target}: it is not empty and not a qdit model folder")
+
+
 def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Fill a fresh folder with ``write(tmp)`` beside ``target``, then rename it over ``target``.
 
@@ -73,16 +84,12 @@ def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -
     it is replaced only after ``write`` succeeded.
     """
     target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise QditError(f"{target} exists and is not a folder")
-        if any(target.iterdir()) and not is_qdit_dir(target):
-            raise QditError(f"refusing to overwrite {target}: it is not empty and not a qdit model folder")
+    check_save_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write(tmp)
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, output_mode(target, folder=True))
         if target.exists():
             old = tmp.with_name(tmp.name + ".old")
             os.replace(target, old)

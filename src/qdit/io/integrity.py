@@ -124,4 +124,3 @@ def verify(folder: str | os.PathLike, meta: Mapping[str, Any]) -> None:
                 f"{path} is corrupt: its sha256 does not match the one recorded in {META_FILE} "
                 "(the file changed after it was saved)"
             )
-

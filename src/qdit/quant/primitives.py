@@ -118,7 +118,9 @@ def qparams(
         span = xmax - xmin
         # a range wider than float32 overflows when subtracted first: divide first there (only there,
         # so every other scale keeps its exact float32 value)
-        scale = torch.where(torch.isinf(span) & xmin.isfinite() & xmax.isfinite(), xmax / hi - xmin / hi, span / hi)
+        scale = torch.where(
+            torch.isinf(span) & xmin.isfinite() & xmax.isfinite(), xmax / hi - xmin / hi, span / hi
+        )
     if scale_dtype is not None and scale_dtype != torch.float32:
         scale = _round_scale(scale, scale_dtype)
     # a zero range falls back to 1; a NaN range stays NaN (never a plausible all-zero group)
@@ -139,7 +141,9 @@ def _round_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if under or over:
         parts = []
         if under:
-            parts.append(f"{under} with a range too small (scale below {info.smallest_normal * 2.0**-10:.3g}: quantized to 0)")
+            parts.append(
+                f"{under} with a range too small (scale below {info.smallest_normal * 2.0**-10:.3g}: quantized to 0)"
+            )
         if over:
             parts.append(f"{over} with a range too large (scale above {info.max:.6g}: clipped)")
         warnings.warn(
