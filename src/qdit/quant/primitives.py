@@ -203,7 +203,9 @@ def fake_quantize(
     if not bool(torch.isfinite(xmin).all() & torch.isfinite(xmax).all()):  # amin/amax propagate NaN
         xmin, xmax = minmax(torch.where(torch.isfinite(xg), xg, torch.zeros_like(xg)))
     out = fake_quantize_range(xg, xmin, xmax, bits, symmetric, scale_dtype)
-    return out.reshape(x.shape).to(x.dtype)
+    # a level beyond float32 (a range within a step of +-3.4e38) is the largest finite value
+    fmax = torch.finfo(torch.float32).max
+    return out.clamp_(-fmax, fmax).reshape(x.shape).to(x.dtype)
 
 
 def mse_clip_range(
