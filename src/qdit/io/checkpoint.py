@@ -89,6 +89,8 @@ def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write(tmp)
+        for f in tmp.iterdir():  # some writers (safetensors) create files 0600
+            os.chmod(f, output_mode(target / f.name))
         os.chmod(tmp, output_mode(target, folder=True))
         if target.exists():
             old = tmp.with_name(tmp.name + ".old")
