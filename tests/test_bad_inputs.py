@@ -311,3 +311,10 @@ def test_quantized_folders_get_normal_modes(tmp_path) -> None:
             assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     finally:
         os.umask(old)
+
+
+def test_train_numbers_are_checked_before_reading_data(capsys, tmp_path) -> None:
+    code, err = run(capsys, "train", "embedded", "--max-minutes", "nan", "--out", str(tmp_path / "t"))
+    assert code == 2
+    one_line_error(err, "train", "max_minutes must be a finite number, got nan")
+    assert list(tmp_path.iterdir()) == []
