@@ -318,3 +318,37 @@ def test_train_numbers_are_checked_before_reading_data(capsys, tmp_path) -> None
     assert code == 2
     one_line_error(err, "train", "max_minutes must be a finite number, got nan")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resolve_device_with_cuda_present(monkeypatch) -> None:
+    from qdit.commands.common import resolve_device
+    from qdit.errors import QditError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(QditError, match="--device cuda:3: there are only 1 CUDA device"):
+        resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+
+
+def test_check_outputs_rules(tmp_path) -> None:
+    from qdit.errors import QditError
+    from qdit.io.atomic import check_outputs
+
+    model = tmp_path / "q"
+    model.mkdir()
+    (model / "qdit.json").write_text("{}")
+    with pytest.raises(QditError, match="--out .* would overwrite the input --model"):
+        check_outputs({"--out": model}, {"--model": model}, folders=("--out",))
+    with pytest.raises(QditError, match="would overwrite the input --model"):  # a folder holding an input
+        check_outputs({"--out": tmp_path}, {"--model": model / "qdit.json"}, folders=("--out",))
+    hard = tmp_path / "hard.json"
+    os.link(model / "qdit.json", hard)  # the same file under another name
+    with pytest.raises(QditError, match="would overwrite the input --model"):
+        check_outputs({"--json": hard}, {"--model": model / "qdit.json"})
+    with pytest.raises(QditError, match="is a folder; give a file name"):
+        check_outputs({"--json": model})
+    check_outputs({"--out": tmp_path / "new" / "deeper" / "s.npz", "--json": None, "--grid": ""})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.json", "q"]  # checking creates nothing
