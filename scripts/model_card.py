@@ -38,7 +38,7 @@ def main() -> None:
     else:
         from safetensors.torch import save_file
 
-        state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)["model"]
+        state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)["model"]
         save_file({k: v.contiguous() for k, v in state.items()}, str(asset_path(EMBEDDED_WEIGHTS)))
     cfg = json.loads((run / "config.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]

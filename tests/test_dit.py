@@ -98,8 +98,14 @@ def test_wrong_shape_names_key_and_shapes(tiny_dit):
 def test_corrupt_and_missing_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad.pt is not a checkpoint \(a text file\)"):
         load_state_dict_file(bad)
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(3)}, good)
+    bad.write_bytes(good.read_bytes()[:40])  # a truncated zip
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        load_state_dict_file(bad)
+    assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="not found"):
         load_state_dict_file(tmp_path / "nope.pt")
 

@@ -229,8 +229,10 @@ def test_corrupt_or_missing_checkpoint_gives_clear_error(tmp_path: Path) -> None
     weights = tmp_path / "q" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(QditError, match="model.safetensors is corrupt or unreadable"):
+    with pytest.raises(QditError, match="model.safetensors is corrupt: its sha256 does not match"):
         qdit.load(tmp_path / "q")
+    with pytest.raises(QditError, match="model.safetensors is corrupt or unreadable"):
+        qdit.load(tmp_path / "q", verify=False)
     weights.unlink()
     with pytest.raises(QditError, match="model.safetensors is missing"):
         qdit.load(tmp_path / "q")
@@ -248,8 +250,10 @@ def test_corrupt_or_missing_checkpoint_gives_clear_error(tmp_path: Path) -> None
     tensors = load_file(str(tmp_path / "r" / "model.safetensors"))
     del tensors["blocks.1.mlp.fc1.weight_scale"]
     save_file(tensors, str(tmp_path / "r" / "model.safetensors"))
-    with pytest.raises(QditError, match="missing tensor 'blocks.1.mlp.fc1.weight_scale'"):
+    with pytest.raises(QditError, match="model.safetensors is corrupt"):
         qdit.load(tmp_path / "r")
+    with pytest.raises(QditError, match="missing tensor 'blocks.1.mlp.fc1.weight_scale'"):
+        qdit.load(tmp_path / "r", verify=False)
 
 
 def test_failed_save_leaves_existing_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

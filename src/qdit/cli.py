@@ -15,9 +15,12 @@ COMMANDS = ("demo", "train", "quantize", "search", "sample", "eval", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qdit import __version__
+
     parser = argparse.ArgumentParser(
         prog="qdit", description="post-training quantization of diffusion transformers"
     )
+    parser.add_argument("--version", action="version", version=f"qdit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:

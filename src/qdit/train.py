@@ -17,6 +17,7 @@ from qdit.data import load_fashion_mnist
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.models.dit import DiT, DiTConfig
 from qdit.models.embedded import EMBEDDED_CONFIG
+from qdit.quant.finite import check_finite_number
 
 
 @dataclass
@@ -35,6 +36,14 @@ class TrainConfig:
     ckpt_every: int = 250
     threads: int = 0  # 0 = torch default
     init: str | None = None  # warm start: weights (.safetensors) loaded into model and EMA before step 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_minutes", "lr", "ema_decay"):
+            check_finite_number(getattr(self, name), name)
+        if self.max_steps < 1 or self.batch_size < 1 or self.warmup_steps < 1 or self.max_minutes <= 0:
+            raise ValueError("max_steps, batch_size and warmup_steps must be >= 1 and max_minutes > 0")
+        if self.lr <= 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"lr must be > 0 and ema_decay in [0, 1), got {self.lr} and {self.ema_decay}")
 
 
 def _atomic_save(obj: object, path: Path) -> None:

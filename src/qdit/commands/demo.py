@@ -51,11 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
     import qdit
     from qdit.calib import CalibConfig
-    from qdit.diffusion.sampler import SamplerConfig, sample_images
+    from qdit.diffusion.sampler import SamplerConfig, check_cfg_scale, sample_images
     from qdit.errors import QditError
     from qdit.eval.domain import DomainFeatures, domain_metrics
     from qdit.eval.npz import load_reference
-    from qdit.io.atomic import atomic_path, write_json
+    from qdit.io.atomic import atomic_path, check_outputs, write_json
     from qdit.models.embedded import load_embedded
     from qdit.viz import image_grid, side_by_side
 
@@ -68,7 +68,17 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise QditError(f"unknown demo configuration {bad[0]!r}; known: {', '.join(configs)}")
         configs = {k: v for k, v in configs.items() if k in wanted}
+    check_cfg_scale(args.cfg, "--cfg")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise QditError(f"--out {out} exists and is not a folder")
+    check_outputs(
+        {
+            "--out (demo_grid.png)": out / "demo_grid.png",
+            "--out (demo.json)": out / "demo.json",
+            "--json": args.json,
+        }
+    )
     ref = load_reference("fashion-mnist-test")
     domain = DomainFeatures(progress=False)
     sampler = SamplerConfig(steps=args.steps, cfg_scale=args.cfg, clip_denoised=True)

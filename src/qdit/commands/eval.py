@@ -45,12 +45,16 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qdit.commands.common import resolve_device
     from qdit.errors import QditError
     from qdit.eval.evaluate import default_metrics, evaluate, parse_metrics
     from qdit.eval.npz import load_reference, load_samples
+    from qdit.io.atomic import check_outputs
 
     if args.batch_size < 1:
         raise QditError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_outputs({"--json": args.json}, {"SAMPLES": args.samples, "--ref": args.ref})
+    device = resolve_device(args.device)
     requested = parse_metrics(args.metrics) if args.metrics is not None else None
     t0 = time.perf_counter()
     samples = load_samples(args.samples)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         metrics,
         batch_size=args.batch_size,
         bf16=args.bf16,
-        device=args.device,
+        device=device,
         progress=not args.no_progress,
     )
     seconds = time.perf_counter() - t0

@@ -133,13 +133,20 @@ def run(args: argparse.Namespace) -> int:
 
     from qdit.api import quantize, resolve_specs
     from qdit.calib import CalibConfig
-    from qdit.io.atomic import write_json
-    from qdit.io.checkpoint import save
+    from qdit.commands.common import resolve_device
+    from qdit.diffusion.sampler import check_cfg_scale
+    from qdit.io.atomic import check_outputs, write_json
+    from qdit.io.checkpoint import check_save_target, save
     from qdit.models.registry import load_model
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_cfg_scale(args.calib_cfg, "--calib-cfg")
+    check_outputs(
+        {"--out": args.out, "--json": args.json},
+        {"--model": None if args.model == "embedded" else args.model, "--recipe": args.recipe},
+        folders=("--out",),
+    )
+    check_save_target(args.out)  # before the work: a typo must not cost the whole run
+    device = resolve_device(args.device)
     t0 = time.time()
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):

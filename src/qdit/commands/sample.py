@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="also write an image grid PNG of the first samples")
     p.add_argument("--grid-num", type=int, default=100, help="images in the grid")
     p.add_argument("--json", default=None, help="write a JSON summary here")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load a quantized folder without checking its sha256 digests (faster for large models)",
+    )
     return p
 
 
@@ -72,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qdit.diffusion.distributed import finalize, init_distributed
-    from qdit.diffusion.sampler import SamplerConfig, precision_context, sample_images
+    from qdit.diffusion.sampler import SamplerConfig, check_cfg_scale, precision_context, sample_images
     from qdit.errors import QditError
     from qdit.eval.npz import save_samples
-    from qdit.io.atomic import atomic_path, write_json
+    from qdit.io.atomic import atomic_path, check_outputs, write_json
     from qdit.models.registry import load_model
     from qdit.viz import image_grid
 
@@ -83,11 +88,19 @@ def run(args: argparse.Namespace) -> int:
         raise QditError(f"--num must be >= 1, got {args.num}")
     if args.batch_size < 1:
         raise QditError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.grid_num < 1:
+        raise QditError(f"--grid-num must be >= 1, got {args.grid_num}")
     if not str(args.out).endswith(".npz"):
         raise QditError(f"--out must end with .npz, got {args.out}")
+    check_cfg_scale(args.cfg, "--cfg")
+    sampler = SamplerConfig(steps=args.steps, method=args.method, cfg_scale=args.cfg, clip_denoised=True)
+    check_outputs(
+        {"--out": args.out, "--grid": args.grid, "--json": args.json},
+        {"--model": None if args.model == "embedded" else args.model},
+    )
     ctx = init_distributed()
     try:
-        model = load_model(args.model, args.arch, device=ctx.device, kernel=args.kernel)
+        model = load_model(args.model, args.arch, device=ctx.device, kernel=args.kernel, verify=not args.no_verify)
         from qdit.nn import kernel_paths, kernel_summary
 
         kernels = kernel_paths(model)
@@ -100,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
                 "which qdit sample does not support yet"
             )
         labels = parse_classes(args.classes, args.num, cfg.num_classes)
-        sampler = SamplerConfig(steps=args.steps, method=args.method, cfg_scale=args.cfg, clip_denoised=True)
         t0 = time.time()
         with torch.inference_mode(), precision_context(args.precision, ctx.device):
             result = sample_images(

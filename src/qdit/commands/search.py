@@ -199,8 +199,9 @@ def _check(args: argparse.Namespace) -> dict:
             raise QditError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.num_samples < 2:
         raise QditError("--num-samples must be >= 2 (a Fréchet distance needs a covariance)")
-    if args.cfg < 1.0:
-        raise QditError(f"--cfg must be >= 1, got {args.cfg}")
+    from qdit.diffusion.sampler import check_cfg_scale
+
+    check_cfg_scale(args.cfg, "--cfg")
     if args.fitness not in ("fd", "fd-fp"):
         raise QditError(f"--fitness must be fd or fd-fp, got {args.fitness!r}")
     if args.features not in ("auto", "domain", "inception"):
@@ -252,8 +253,17 @@ def _check(args: argparse.Namespace) -> dict:
         raise QditError("--bits-choices must be in 2..8")
     if args.bits_choices and args.budget_bpw is None:
         raise QditError("mixed precision (--bits-choices) needs a --budget-bpw budget")
+    from qdit.io.atomic import check_outputs
+
     if Path(args.out).is_dir():
         raise QditError(f"--out {args.out} is a folder; give a file name such as recipe.json")
+    state = args.state or f"{args.out}.state.json"
+    check_outputs(
+        {"--out": args.out, "--state": state, "--json": args.json, "--plot": args.plot},
+        {"--model": None if args.model == "embedded" else args.model, "--ref": args.ref},
+    )
+    if args.resume and not Path(state).is_file():
+        raise QditError(f"--resume: no search state at {state}; start without --resume (or give --state)")
     return out
 
 
@@ -290,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from qdit.commands.common import resolve_device
     from qdit.errors import QditError
     from qdit.io.atomic import write_json
     from qdit.models.registry import load_model
@@ -305,9 +316,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise QditError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     budget = None
     if args.budget_group is not None:
         budget = Budget("mean_group", args.budget_group)

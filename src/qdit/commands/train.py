@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from qdit.io.atomic import check_outputs
+
+    check_outputs({"--out": args.out}, folders=("--out",) if args.what == "embedded" else ())
     if args.what == "classifier":
         from qdit.models.classifier import train_classifier
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed, threads=args.threads
-    )
+    )  # validated before the data is read
     path = train_embedded(args.out, cfg, data_dir=args.data_dir)
     print(f"EMA weights: {path}")
     return 0

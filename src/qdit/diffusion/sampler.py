@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qdit.diffusion.schedule import GaussianDiffusion
+from qdit.quant.finite import NonFiniteError, check_finite_number
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,6 +57,18 @@ def guided(model: nn.Module | ModelFn, cfg_scale: float, null_class: int, in_cha
     return fn
 
 
+def check_cfg_scale(value: float, name: str = "cfg scale") -> float:
+    """The one rule for a classifier-free guidance scale: a finite number >= 1 (1 = no guidance)."""
+    v = check_finite_number(value, name)
+    if v < 1.0:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return v
+
+
+class NonFiniteSampleError(NonFiniteError):
+    """The reverse process produced NaN or Inf (a broken model): stopped instead of writing images."""
+
+
 @dataclass
 class SamplerConfig:
     steps: int = 50
@@ -68,8 +81,7 @@ class SamplerConfig:
             raise ValueError(f"unknown sampling method {self.method!r}; use 'ddim' or 'ddpm'")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.cfg_scale < 1.0:
-            raise ValueError(f"cfg scale must be >= 1, got {self.cfg_scale}")
+        check_cfg_scale(self.cfg_scale)
 
 
 def reverse_process(
@@ -82,11 +94,13 @@ def reverse_process(
     clip_denoised: bool = False,
     in_channels: int | None = None,
     step_callback: Callable[[int, torch.Tensor], None] | None = None,
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]``.
 
     Autograd is left as it is (the search's sensitivity pass differentiates it); :func:`sample_batch`
-    is the same without gradients."""
+    is the same without gradients. With ``check_finite`` a non-finite latent stops the run with a
+    :class:`NonFiniteSampleError` naming the step (instead of clamping NaN into black images)."""
     c = in_channels if in_channels is not None else shape[0]
     x = noise.randn(shape)
     n = x.shape[0]
@@ -107,6 +121,12 @@ def reverse_process(
             log_var = diffusion.model_log_variance(t, var_out)
             z = noise.randn(shape)
             x = mean + (torch.exp(0.5 * log_var) * z if i > 0 else 0.0)
+        if check_finite and not bool(torch.isfinite(x).all()):
+            step = diffusion.num_timesteps - i
+            raise NonFiniteSampleError(
+                f"sampling diverged: the latent holds NaN or Inf after step {step} of {diffusion.num_timesteps} "
+                "(the model produced non-finite values; its weights or quantization are broken)"
+            )
         if step_callback is not None:
             step_callback(i, x)
     return x
@@ -153,10 +173,11 @@ def generate(
     diffusion: GaussianDiffusion | None = None,
     progress: bool = False,
     progress_desc: str = "sampling",
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """Sample images for ``indices`` (default: all of ``labels``); returns ``[N, C, H, W]`` in model space.
 
-    ``labels[k]`` is the class of sample ``indices[k]``.
+    ``labels[k]`` is the class of sample ``indices[k]``. ``check_finite``: see :func:`reverse_process`.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if indices is None:
@@ -192,7 +213,16 @@ def generate(
 
         outs.append(
             sample_batch(
-                fn, spaced, image_shape, y, noise, config.method, config.clip_denoised, image_shape[0], cb
+                fn,
+                spaced,
+                image_shape,
+                y,
+                noise,
+                config.method,
+                config.clip_denoised,
+                image_shape[0],
+                cb,
+                check_finite,
             ).cpu()
         )
     if bar is not None:
@@ -228,7 +258,8 @@ def sample_images(
     """Sample ``num`` images, sharded over ``torch.distributed`` ranks when ``ctx`` is active.
 
     Returns uint8 ``[N, H, W, C]`` and int64 labels on the main rank (``None`` on the others); the
-    result is identical whatever the number of ranks or the batch size.
+    result is identical whatever the number of ranks or the batch size. A non-finite latent raises
+    :class:`NonFiniteSampleError` (images are never made from NaN).
     """
     from qdit.diffusion.distributed import DistContext, gather_to_main, shard
 
@@ -244,7 +275,7 @@ def sample_images(
     mine = shard(list(range(num)), ctx.rank, ctx.world_size)
     x = generate(
         model, shape, num_classes, all_labels[mine], seed, config, indices=mine,
-        batch_size=batch_size, device=ctx.device, progress=progress and ctx.is_main,
+        batch_size=batch_size, device=ctx.device, progress=progress and ctx.is_main, check_finite=True,
     )  # fmt: skip
     parts = gather_to_main((mine, to_uint8_nhwc(x)), ctx)
     if parts is None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from qdit.eval.npz import Reference
 
 DOMAIN_SIZE = 28
+DOMAIN_CLASSES = 10  # Fashion-MNIST
 
 
 @dataclass
@@ -47,6 +48,19 @@ def check_domain_images(images: np.ndarray, what: str = "images") -> np.ndarray:
         raise QditError(
             f"domain metrics need 28x28 grayscale images [N, 28, 28, 1] (Fashion-MNIST), {what} are "
             f"{list(arr.shape)}"
+        )
+    return arr
+
+
+def check_domain_labels(labels: np.ndarray, n: int, what: str = "labels") -> np.ndarray:
+    """Integer ``[n]`` class ids of Fashion-MNIST (0..9); else QditError (``class_acc`` of a label the
+    classifier cannot output would be a silent 0)."""
+    arr = check_labels(labels, n, what)
+    bad = arr[(arr < 0) | (arr >= DOMAIN_CLASSES)]
+    if bad.size:
+        raise QditError(
+            f"{what} must be class ids in [0, {DOMAIN_CLASSES - 1}] for class_acc (Fashion-MNIST), "
+            f"got {int(bad[0])} ({bad.size} out of range)"
         )
     return arr
 
@@ -154,7 +168,7 @@ def domain_metrics(
     if "class_acc" in metrics:
         if labels is None:
             raise QditError("class_acc needs the class labels of the samples ('labels' in the samples .npz)")
-        labels = check_labels(labels, arr.shape[0])
+        labels = check_domain_labels(labels, arr.shape[0])
     ref_stats = None
     if "domain_fd" in metrics:
         if ref is None:

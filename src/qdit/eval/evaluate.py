@@ -70,11 +70,13 @@ def evaluate(
     n = samples.images.shape[0]
 
     if dom:
-        from qdit.eval.domain import DomainFeatures, check_domain_images
+        from qdit.eval.domain import DomainFeatures, check_domain_images, check_domain_labels
 
         check_domain_images(samples.images, "samples")
         if "class_acc" in dom and samples.labels is None:
             raise QditError("class_acc needs the class labels of the samples ('labels' in the samples .npz)")
+        if "class_acc" in dom:
+            check_domain_labels(samples.labels, n, "samples: labels")
         if "domain_fd" in dom:
             if ref.images is None:
                 raise QditError(

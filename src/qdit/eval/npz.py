@@ -84,11 +84,23 @@ def save_samples(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray
         np.savez(f, **arrays)
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _open_npz(path: Path, what: str) -> np.lib.npyio.NpzFile:
     if not path.exists():
         raise QditError(f"{what} file not found: {path}")
     if not path.is_file():
         raise QditError(f"{what} path is not a file: {path}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise QditError(f"cannot read {what} file {path}: {exc}") from None
+    if not head.startswith(ZIP_MAGIC):  # np.load would try a pickle (refused) and say so
+        kind = "a .npy array" if head == NPY_MAGIC else "an empty file" if not head else "not a zip archive"
+        raise QditError(f"{what} file {path} is not a readable .npz ({kind}); write it with numpy.savez")
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

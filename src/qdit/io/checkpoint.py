@@ -5,7 +5,9 @@ Layout of a folder written by :func:`save`:
 * ``qdit.json``: ``format`` ("qdit"), ``format_version``, ``qdit_version``, ``model`` (the adapter's
   description of the base model, e.g. ``{"arch": "dit", "config": {...}, "source": "embedded"}``),
   ``recipe`` (the recipe it was quantized with, if known) and ``layers``: for each quantized linear its
-  ``spec``, ``in_features``, ``out_features``, ``bias``, ``weight_dtype`` and ``scale_dtype``.
+  ``spec``, ``in_features``, ``out_features``, ``bias``, ``weight_dtype`` and ``scale_dtype``; and
+  ``integrity``: sha256 digests of the files, the recipe and the description, checked by :func:`load`
+  (:mod:`qdit.io.integrity`).
 * ``model.safetensors``: for each quantized layer ``<name>.weight_packed`` (its codes, bit-packed by
   :func:`qdit.quant.packing.pack_bits`, shaped ``[out, in * bits / 8]`` when that is whole),
   ``<name>.weight_scale`` ``[out, G]``, ``<name>.weight_zero_packed`` (asymmetric only, packed),
@@ -30,11 +32,14 @@ import torch
 from torch import nn
 
 from qdit.errors import QditError
+from qdit.io.atomic import output_mode
+from qdit.io.integrity import META_FILE, digests, meta_text
+from qdit.io.integrity import verify as verify_integrity
+from qdit.quant.finite import check_finite, check_finite_tensors
 
 FORMAT = "qdit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sha256 digests in qdit.json (qdit.io.integrity); 1 (no digests) is still read
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = "qdit.json"
 
 
 def qdit_version() -> str:
@@ -62,6 +67,16 @@ def is_qdit_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / META_FILE).is_file()
 
 
+def check_save_target(target: str | os.PathLike) -> None:
+    """A folder :func:`save` may write: new, empty, or a qdit model folder (which it replaces)."""
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise QditError(f"{target} exists and is not a folder")
+        if any(target.iterdir()) and not is_qdit_dir(target):
+            raise QditError(f"refusing to overwrite {target}: it is not empty and not a qdit model folder")
+
+
 def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Fill a fresh folder with ``write(tmp)`` beside ``target``, then rename it over ``target``.
 
@@ -69,16 +84,14 @@ def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -
     it is replaced only after ``write`` succeeded.
     """
     target = Path(target)
-    if target.exists():
-        if not target.is_dir():
-            raise QditError(f"{target} exists and is not a folder")
-        if any(target.iterdir()) and not is_qdit_dir(target):
-            raise QditError(f"refusing to overwrite {target}: it is not empty and not a qdit model folder")
+    check_save_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write(tmp)
-        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():  # some writers (safetensors) create files 0600
+            os.chmod(f, output_mode(target / f.name))
+        os.chmod(tmp, output_mode(target, folder=True))
         if target.exists():
             old = tmp.with_name(tmp.name + ".old")
             os.replace(target, old)
@@ -162,9 +175,12 @@ def save(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         "layers": layer_meta,
     }
 
+    check_finite_tensors(tensors, f"cannot save {path}")
+
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        meta["integrity"] = digests(tmp, [WEIGHTS_FILE], meta)
+        (tmp / META_FILE).write_text(meta_text(meta))
 
     write_dir_atomic(path, write)
     return {
@@ -202,13 +218,19 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load(path: str | os.PathLike, device: torch.device | str = "cpu", kernel: str = "auto") -> nn.Module:
+def load(
+    path: str | os.PathLike, device: torch.device | str = "cpu", kernel: str = "auto", verify: bool = True
+) -> nn.Module:
     """Rebuild a model saved by :func:`save`, in eval mode on ``device``.
 
     The model is built on the meta device and each quantized layer is filled from its packed tensors,
     read one at a time, and put on its kernel path right away (``kernel``: ``auto``, ``int`` or ``fake``,
     see :func:`qdit.nn.choose_kernel`), so neither a float copy of a quantized weight nor a second
     copy of its codes is ever held. Through ``fake`` the outputs match the saved model's exactly.
+
+    ``verify`` checks every file against the sha256 digests in ``qdit.json`` first (see
+    :mod:`qdit.io.integrity`); ``False`` skips that pass over the files. Non-finite tensors are refused
+    either way.
     """
     from qdit.io.safetensors_reader import SafetensorsReader
     from qdit.nn.swap import KERNELS
@@ -217,6 +239,8 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu", kernel: st
         raise QditError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
     root = Path(path)
     meta = read_meta(root)
+    if verify:
+        verify_integrity(root, meta)
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise QditError(f"{root} is not a complete quantized model folder: {WEIGHTS_FILE} is missing")
@@ -240,7 +264,7 @@ def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | 
         if key not in left:
             raise QditError(f"{weights}: missing tensor {key!r}")
         left.discard(key)
-        return reader.get(key)
+        return check_finite(reader.get(key), f"{weights}: tensor {key!r}")
 
     adapter = adapter_for_description(meta["model"])
     with torch.device("meta"):
@@ -282,6 +306,8 @@ def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | 
                 groups = num_groups(width, spec.w_group)
                 zero = unpack_bits(take(f"{name}.weight_zero_packed"), bits, out * groups).reshape(out, groups)
         except ValueError as exc:
+            if isinstance(exc, QditError):  # a non-finite scale: already a one-line message
+                raise
             raise QditError(f"{weights}: bad packed weight of layer {name!r}: {exc}") from None
         state = {k[len(prefix) :]: take(k) for k in sorted(left) if k.startswith(prefix)}
         state.update(weight_codes=data, weight_scale=scale)

@@ -104,10 +104,15 @@ def load_dit_checkpoint(path: str | Path, arch: str | None = None) -> DiT:
 
 
 def load_model(
-    spec: str, arch: str | None = None, device: torch.device | str = "cpu", kernel: str = "auto"
+    spec: str,
+    arch: str | None = None,
+    device: torch.device | str = "cpu",
+    kernel: str = "auto",
+    verify: bool = True,
 ) -> nn.Module:
     """``embedded``, a DiT checkpoint file (with ``arch``), or a quantized folder written by ``qdit.save``
-    (its layers on the kernel paths ``kernel`` picks, see :func:`qdit.nn.choose_kernel`)."""
+    (checked against its digests unless ``verify`` is off; its layers on the kernel paths ``kernel``
+    picks, see :func:`qdit.nn.choose_kernel`)."""
     from qdit.io.checkpoint import is_qdit_dir, load
 
     if spec == "embedded":
@@ -119,7 +124,7 @@ def load_model(
     path = Path(spec)
     if path.is_dir():
         if is_qdit_dir(path):
-            return load(path, device=device, kernel=kernel)
+            return load(path, device=device, kernel=kernel, verify=verify)
         raise QditError(f"{path} is a folder but not a quantized qdit model folder (no qdit.json)")
     if path.is_file():
         return load_dit_checkpoint(path, arch).to(device)

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from qdit.quant.finite import check_finite
 from qdit.quant.primitives import check_bits, group_range, num_groups, qparams, quantize
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight, pack_qweight
 
@@ -93,6 +94,8 @@ def gptq_quantize(
     out, width = w.shape
     if tuple(hessian.shape) != (width, width):
         raise ValueError(f"GPTQ: Hessian shape {tuple(hessian.shape)} does not match weight width {width}")
+    check_finite(weight, f"weight {[out, width]}")
+    check_finite(hessian, f"GPTQ Hessian of the weight {[out, width]}")
     ngroups = num_groups(width, group_size)
     g = group_size or width
     hinv, dead = inverse_hessian_factor(hessian.to(w.device), damp)

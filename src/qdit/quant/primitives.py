@@ -10,10 +10,22 @@ Conventions, shared by weights and activations:
   ``q = clamp(round(x / s) + z, 0, 2^b - 1)``, ``x_hat = (q - z) * s``.
 * Symmetric: ``s = absmax / (2^(b-1) - 1)``, ``z = 0``, ``q = clamp(round(x / s), -2^(b-1), 2^(b-1) - 1)``.
 * A zero range gives ``s = 1`` (all codes equal ``z``, which dequantizes to exactly 0): ``s > 0`` always.
-* Everything is computed in float32; ``round`` is round-half-to-even (``torch.round``).
+* Everything is computed in float32; ``round`` is round-half-to-even (``torch.round``). A range wider
+  than float32 (``max - min`` over ``3.4e38``) is divided before it is subtracted, so it never
+  overflows to a NaN scale.
+* Non-finite values: a NaN range gives a NaN scale (never the zero-range fallback ``s = 1``, which would
+  turn a corrupt group into plausible zeros). :func:`fake_quantize` defines its own behaviour: the range
+  of a group comes from its finite values, ``+-Inf`` saturate to the group's largest / smallest level
+  and ``NaN`` stays ``NaN`` (element by element: one bad value never spreads to its group). Weights must
+  be finite (:func:`qdit.quant.weight.quantize_weight` raises :class:`qdit.quant.finite.NonFiniteError`).
+* A ``scale_dtype`` (e.g. float16) that cannot hold a scale is reported with a :class:`ScaleRangeWarning`:
+  a scale below its smallest subnormal would round to 0 (the group quantizes to 0), one above its
+  largest value is clamped (the group is clipped).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -40,7 +52,24 @@ def code_range(bits: int, symmetric: bool = False) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+class ScaleRangeWarning(UserWarning):
+    """Scales outside the range of the dtype they are stored in (flushed to 0 or clamped)."""
+
+
+def check_group_size(group_size: int | None) -> int | None:
+    """A group size is a non-negative integer (0) or ``None`` (one group per row)."""
+    if group_size is not None and (
+        isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0
+    ):
+        raise ValueError(f"group size must be an integer >= 0 (0 = one group per row), got {group_size!r}")
+    return group_size
+
+
 def num_groups(width: int, group_size: int | None) -> int:
+    """How many groups of ``group_size`` (0 or ``None``: one group) a row of ``width`` values has."""
+    check_group_size(group_size)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"cannot group a row of width {width!r}: it must hold at least one value")
     g = group_size or width
     if g <= 0 or width % g:
         raise ValueError(f"group size {group_size} does not divide the width {width}")
@@ -49,6 +78,8 @@ def num_groups(width: int, group_size: int | None) -> int:
 
 def group_view(x: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """``x[..., C]`` as ``[..., C // g, g]`` (a view when possible)."""
+    if x.dim() == 0:
+        raise ValueError("cannot group a 0-d tensor (a scalar): give at least one dimension")
     c = x.shape[-1]
     n = num_groups(c, group_size)
     return x.reshape(*x.shape[:-1], n, c // n)
@@ -84,15 +115,43 @@ def qparams(
     if symmetric:
         scale = torch.maximum(xmin.abs(), xmax.abs()) / hi
     else:
-        scale = (xmax - xmin) / hi
+        span = xmax - xmin
+        # a range wider than float32 overflows when subtracted first: divide first there (only there,
+        # so every other scale keeps its exact float32 value)
+        scale = torch.where(
+            torch.isinf(span) & xmin.isfinite() & xmax.isfinite(), xmax / hi - xmin / hi, span / hi
+        )
     if scale_dtype is not None and scale_dtype != torch.float32:
-        scale = scale.clamp(max=torch.finfo(scale_dtype).max).to(scale_dtype).float()
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = _round_scale(scale, scale_dtype)
+    # a zero range falls back to 1; a NaN range stays NaN (never a plausible all-zero group)
+    scale = torch.where((scale > 0) | torch.isnan(scale), scale, torch.ones_like(scale))
     if symmetric:
         zero = torch.zeros_like(scale)
     else:
         zero = torch.round(-xmin / scale).clamp(lo, hi)
     return scale, zero
+
+
+def _round_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``scale`` rounded to ``dtype`` (clamped to its largest value), warning when that loses groups."""
+    info = torch.finfo(dtype)
+    rounded = scale.clamp(max=info.max).to(dtype).float()
+    under = int(((scale > 0) & (rounded == 0)).sum())
+    over = int((scale > info.max).sum())
+    if under or over:
+        parts = []
+        if under:
+            parts.append(
+                f"{under} with a range too small (scale below {info.smallest_normal * 2.0**-10:.3g}: quantized to 0)"
+            )
+        if over:
+            parts.append(f"{over} with a range too large (scale above {info.max:.6g}: clipped)")
+        warnings.warn(
+            f"{' and '.join(parts)} of {scale.numel()} groups for {str(dtype).replace('torch.', '')} scales",
+            ScaleRangeWarning,
+            stacklevel=3,
+        )
+    return rounded
 
 
 def quantize(
@@ -130,11 +189,23 @@ def fake_quantize(
     symmetric: bool = False,
     scale_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Quantize-dequantize with one ``(s, z)`` per row and group of the last dimension; same dtype as ``x``."""
+    """Quantize-dequantize with one ``(s, z)`` per row and group of the last dimension; same dtype as ``x``.
+
+    Non-finite inputs are defined element by element: a group's range comes from its finite values,
+    ``+Inf`` / ``-Inf`` come back as the group's largest / smallest level and ``NaN`` as ``NaN``.
+    """
+    check_bits(bits)
+    if x.numel() == 0 and x.dim() > 0:  # nothing to quantize (the group size must still be valid)
+        check_group_size(group_size)
+        return x.clone()
     xg = group_view(x.float(), group_size)
     xmin, xmax = minmax(xg)
+    if not bool(torch.isfinite(xmin).all() & torch.isfinite(xmax).all()):  # amin/amax propagate NaN
+        xmin, xmax = minmax(torch.where(torch.isfinite(xg), xg, torch.zeros_like(xg)))
     out = fake_quantize_range(xg, xmin, xmax, bits, symmetric, scale_dtype)
-    return out.reshape(x.shape).to(x.dtype)
+    # a level beyond float32 (a range within a step of +-3.4e38) is the largest finite value
+    fmax = torch.finfo(torch.float32).max
+    return out.clamp_(-fmax, fmax).reshape(x.shape).to(x.dtype)
 
 
 def mse_clip_range(

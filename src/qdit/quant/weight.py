@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qdit.quant.finite import check_finite
 from qdit.quant.primitives import check_bits, group_range, group_view, num_groups, qparams, quantize
 
 WEIGHT_SCALE_DTYPE = torch.float16
@@ -85,6 +86,7 @@ def quantize_weight(
     w = weight.detach().float()
     if w.ndim != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
+    check_finite(weight, f"weight {list(w.shape)}")
     out, width = w.shape
     num_groups(width, group_size)
     wg = group_view(w, group_size)
