@@ -189,3 +189,16 @@ def test_dtype_casts_keep_the_quantized_format() -> None:
     assert torch.equal(layer.weight_scale, scale) and layer.weight_scale.dtype == torch.float16
     assert torch.equal(layer.smooth, smooth) and torch.equal(layer.act_quant.ch_min, ranges[0])
     assert torch.equal(layer.act_quant.ch_max, ranges[1])
+
+
+def test_non_finite_weight_or_bias_named() -> None:
+    lin = linear()
+    with torch.no_grad():
+        lin.weight[3, 5] = float("nan")
+    with pytest.raises(QditError, match=r"blocks.1.mlp.fc1.weight has 1 non-finite value \(NaN\)"):
+        QuantLinear.from_linear(lin, QuantSpec(4, 8, 16, 16), name="blocks.1.mlp.fc1")
+    lin = linear()
+    with torch.no_grad():
+        lin.bias[0] = float("inf")
+    with pytest.raises(QditError, match="layer.bias has 1 non-finite"):
+        QuantLinear.from_linear(lin, QuantSpec(4, 8, 16, 16))

@@ -351,8 +351,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qdit.errors import QditError
-    from qdit.io.atomic import write_json
+    from qdit.io.atomic import check_outputs, write_json
 
+    check_outputs({"--json": args.json})
     if args.batch < 1:
         raise QditError(f"--batch must be >= 1, got {args.batch}")
     depth = args.blocks if args.blocks is not None else 2 if args.quick else 4

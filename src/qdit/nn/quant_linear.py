@@ -31,6 +31,7 @@ from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import ActQuant, KernelWeight, int_linear, prepare_weight, supports
 from qdit.quant.activation import activation_range
+from qdit.quant.finite import check_finite
 from qdit.quant.gptq import gptq_quantize
 from qdit.quant.primitives import check_bits, fake_quantize_range, num_groups
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight, quantize_weight
@@ -146,6 +147,9 @@ class FloatWeight:
         label = name or "layer"
         if spec.needs_calibration and stats is None:
             raise QditError(f"{label}: {spec.label()} needs calibration statistics")
+        check_finite(linear.weight.detach(), f"{label}.weight")
+        if linear.bias is not None:
+            check_finite(linear.bias.detach(), f"{label}.bias")
         w = linear.weight.detach().float()
         smooth = None
         if spec.smooth_alpha is not None:
