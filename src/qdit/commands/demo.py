@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None, help="comma-separated subset of the configuration names")
     p.add_argument("--out", default="demo_out", help="folder for the grid and the report")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument(
+        "--kernel", choices=("auto", "int", "fake"), default="auto",
+        help="quantized layers on integer kernels where the recipe allows (auto), everywhere (int), or fake",
+    )  # fmt: skip
     return p
 
 
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.eval.npz import load_reference
     from qdit.io.atomic import atomic_path, check_outputs, write_json
     from qdit.models.embedded import load_embedded
+    from qdit.nn import freeze, kernel_summary
     from qdit.viz import image_grid, side_by_side
 
     if args.num < 10:
@@ -93,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         if recipe is not None:
             calib = CalibConfig(num_samples=16, steps=args.steps, seed=args.seed + 1)
             qdit.quantize(model, recipe, calib=calib)
+            freeze(model, args.kernel)
+            print(f"  {name}: {kernel_summary(model)}")
         t_quant = time.time() - t0
         with torch.inference_mode():
             images, labels = sample_images(model, args.num, args.seed, sampler, progress=True)
