@@ -266,3 +266,18 @@ def test_int_linear_accepts_column_major_scales() -> None:
     weight = IntWeight(weight.data, weight.scale.t().contiguous().t(), weight.zero, 8, 128)
     assert not acts.scale.is_contiguous()
     assert _rel_err(int_linear_triton(acts, weight), ref) <= TOL
+
+
+@pytest.mark.parametrize("granularity", ["token", "sample"])
+def test_quant_linear_on_the_triton_path_matches_fake(granularity: str) -> None:
+    from qdit.nn import QuantLinear
+    from qdit.recipe import QuantSpec
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 24).to(DEVICE)
+    layer = QuantLinear.from_linear(lin, QuantSpec(4, 8, 32, 32, granularity))
+    x = torch.randn(2, 10, 64, device=DEVICE) * torch.linspace(0.1, 4, 64, device=DEVICE)
+    want = layer(x)
+    layer.set_kernel("triton")
+    assert layer.kernel == "triton" and layer.weight_codes is not None  # the plain codes are its layout
+    assert _rel_err(layer(x), want) <= TOL
