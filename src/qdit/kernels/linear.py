@@ -57,10 +57,10 @@ class KernelWeight:
     stream: torch.Tensor | None = None
     pack4: bool = False
     kstep: int = 0
-    sw: torch.Tensor | None = None  # [nb, Np] float32 per-block vectors of the epilogue
-    vd: torch.Tensor | None = None
-    vw: torch.Tensor | None = None
-    has_offset: bool = False
+    sw: torch.Tensor | None = None  # [nb, Np] float32 per-block weight scales (zero columns pad the last panel)
+    dw: torch.Tensor | None = None  # [nb, Np] int32 d_w
+    nws: torch.Tensor | None = None  # [nb, Np] int32 -(Wsum + block * d_w)
+    wc: torch.Tensor | None = None  # [nb, Np] int32 nws | d_w << 16 (the int16 pairs of the block epilogue)
 
     def int_weight(self) -> IntWeight:
         """The plain codes again (for saving and for the fake-quantization reference)."""
@@ -76,7 +76,7 @@ class KernelWeight:
         return IntWeight.from_codes(codes, self.scale, self.zero, self.bits)
 
     def nbytes(self) -> int:
-        tensors = [self.scale, self.zero, self.stream, self.sw, self.vd, self.vw]
+        tensors = [self.scale, self.zero, self.stream, self.sw, self.dw, self.nws, self.wc]
         if self.weight is not None:
             tensors.append(self.weight.data)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -115,21 +115,21 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight
     stream = ext.prepack_weight(weight.data.contiguous(), k, weight.bits, ks, pack4)
     nb = k // blk
     np_ = -(-n // _PANEL) * _PANEL
-    w8 = weight.signed()
-    dw = weight.offset().repeat_interleave((k // blk) // weight.scale.shape[1], dim=1).float()
-    sw = weight.scale.float().repeat_interleave((k // blk) // weight.scale.shape[1], dim=1)
-    wsum = w8.reshape(n, nb, blk).sum(-1, dtype=torch.int32).float()
+    reps = nb // weight.scale.shape[1]
+    dw = weight.offset().repeat_interleave(reps, dim=1)
+    sw = weight.scale.float().repeat_interleave(reps, dim=1)
+    wsum = weight.signed().reshape(n, nb, blk).sum(-1, dtype=torch.int32)
+    nws = -(wsum + blk * dw)  # |nws| <= 255 * blk and |dw| <= 128: int16 pairs while blk <= 128
 
     def padded(t: torch.Tensor) -> torch.Tensor:  # [N, nb] -> [nb, Np] (zero columns pad the last panel)
-        out = torch.zeros(nb, np_, dtype=torch.float32)
+        out = torch.zeros(nb, np_, dtype=t.dtype)
         out[:, :n] = t.t()
-        return out.contiguous()
+        return out
 
-    has_offset = weight.zero is not None and bool((dw != 0).any())
+    wc = (nws & 0xFFFF) | (dw << 16) if blk <= 128 else torch.zeros_like(nws)
     return KernelWeight(
         "amx", k, n, weight.bits, blk, weight.scale, weight.zero, stream=stream, pack4=pack4, kstep=ks,
-        sw=padded(sw), vd=padded(sw * dw) if has_offset else None, vw=padded(sw * (wsum + blk * dw)),
-        has_offset=has_offset,
+        sw=padded(sw), dw=padded(dw.int()), nws=padded(nws.int()), wc=padded(wc.int()),
     )  # fmt: skip
 
 
@@ -148,26 +148,33 @@ def _act_ranges(
 
 
 def _run_amx(
-    x2d: torch.Tensor,
+    x: torch.Tensor,
     kw: KernelWeight,
     act: ActQuant,
     bias: torch.Tensor | None,
-    ranges: tuple[torch.Tensor, torch.Tensor] | None,
+    ch_min: torch.Tensor | None,
+    ch_max: torch.Tensor | None,
 ) -> torch.Tensor:
+    """``x[..., K]`` -> ``[M, N]`` in ``x``'s dtype when bfloat16, else float32 (no copies of ``x`` when it
+    is contiguous float32 or bfloat16)."""
     ext = cpu_extension()
     assert ext is not None and kw.stream is not None
+    x2d = x.reshape(-1, kw.in_features)
     if x2d.dtype not in (torch.float32, torch.bfloat16):
         x2d = x2d.float()
     x2d = x2d.contiguous()
-    scale, zero = ranges if ranges is not None else (None, None)
-    out = ext.quantize_act(x2d, act.group, act.bits, act.symmetric, kw.block, _ROWS, scale, zero)
-    codes, e_sa, e_sum, e_sz = out[:4]
-    y = ext.amx_linear(
-        codes, e_sa, e_sum, e_sz, kw.stream, kw.bits, kw.pack4, kw.out_features, kw.block, kw.kstep,
-        kw.sw, kw.vd if kw.vd is not None else kw.sw, kw.vw, None if bias is None else bias.float(),
-        kw.has_offset,
+    rows = x2d.shape[0]
+    sample_rows, scale, zero = 0, None, None
+    if act.granularity == "sample":
+        sample_rows = rows // x.shape[0] if x.dim() > 1 else rows
+    elif act.granularity != "token":
+        scale, zero = _act_ranges(x, act, ch_min, ch_max)
+    qa = ext.quantize_act(x2d, act.group, act.bits, act.symmetric, kw.block, _ROWS, sample_rows, scale, zero)
+    out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
+    return ext.amx_linear(
+        rows, qa, kw.stream, kw.bits, kw.pack4, kw.out_features, kw.block, kw.kstep, kw.sw, kw.dw, kw.nws, kw.wc,
+        bias, out_dtype,
     )  # fmt: skip
-    return y[: x2d.shape[0]]
 
 
 def _run_torch(
@@ -196,8 +203,7 @@ def int_linear(
     the result has ``x``'s dtype."""
     lead = x.shape[:-1]
     if kw.path == "amx":
-        ranges = None if act.granularity == "token" else _act_ranges(x, act, ch_min, ch_max)
-        y = _run_amx(x.reshape(-1, kw.in_features), kw, act, bias, ranges)
+        y = _run_amx(x, kw, act, bias, ch_min, ch_max)
     else:
         y = _run_torch(x, kw, act, bias, ch_min, ch_max)
     return y.reshape(*lead, kw.out_features).to(x.dtype)

@@ -1,22 +1,26 @@
 // qdit CPU kernels: dynamic int8 activation quantization and the group-wise u8 x s8 linear product on
 // Intel AMX tiles, with the per-block scales applied inside the accumulation.
 //
-//   y[t, o] = bias[o] + sum_b sa[t,b] * ( sw[o,b] * P[t,o,b] + Asum[t,b] * vd[o,b] - za[t,b] * vw[o,b] )
+//   y[t, o] = bias[o] + sum_b sa[t,b] * sw[o,b] * ( P[t,o,b] + Asum[t,b] * d_w[o,b] - za[t,b] * Wsum'[o,b] )
 //
-// P is the integer dot product of one K block (AMX TDPBUSD, exact in int32); vd = sw * d_w and
-// vw = sw * (Wsum + B * d_w) are per-layer vectors prepared once (see qdit/kernels/formats.py for the
-// derivation). The activation side hands the kernel three floats per (row, block): sa, sa * Asum and
-// sa * za, so the epilogue is four or five vector operations per 16 outputs and block.
+// P is the integer dot product of one K block (AMX TDPBUSD, exact in int32), Asum the block's sum of
+// activation codes, Wsum' = sum over the block of (w + d_w) (see qdit/kernels/formats.py for the
+// derivation). The bracket is computed exactly in int32: for blocks of at most 128 columns every factor
+// fits int16, so one vpdpwssd of the pairs (za, Asum) x (-Wsum', d_w) adds both corrections; larger blocks
+// use two vpmulld. The per-block epilogue is then one convert and two float operations per 16 outputs.
+// With a single block (per-channel weights and per-token activations) the tiles accumulate the whole K
+// and the epilogue runs once.
 //
 // Weights are stored "panel-major" for the tiles: for each panel of 32 output rows, for each K step of
 // `ks` inputs, two 16-column B tiles in the VNNI order [ks/4][16][4] (signed int8, code - 2^(bits-1)).
 // 4-bit weights keep the same order two codes per byte: within every 64-byte chunk of that stream,
 // byte i holds element i in its low nibble and element i + 32 in its high nibble (unsigned codes), so
 // unpacking a chunk is two masks and a shift. A thread unpacks one panel (K x 32) into L1/L2 and reuses
-// it for every row block.
+// it for every row block of an L2 chunk of rows.
 //
-// The AMX path is used only when the CPU has AMX-INT8 and the kernel grants the tile state; the Python
-// side falls back to pure PyTorch otherwise.
+// The output is written in float32 or bfloat16 directly. The AMX path is used only when the CPU has
+// AMX-INT8 (with AVX-512 VNNI and BF16) and the kernel grants the tile state; the Python side falls back
+// to pure PyTorch otherwise.
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -28,6 +32,7 @@
 #include <cpuid.h>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -46,9 +51,11 @@ struct alignas(64) TileConfig {
 bool cpu_has_amx_int8() {
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30);
-  const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
-  return avx512f && avx512bw && amx_tile && amx_int8;
+  const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512dq = b & (1u << 17);
+  const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25), vnni = c & (1u << 11);
+  if (!(avx512f && avx512bw && avx512dq && vnni && amx_tile && amx_int8)) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return a & (1u << 5);  // AVX512_BF16
 }
 
 bool request_amx() {
@@ -79,13 +86,15 @@ void configure_tiles(int ks) {
     cfg.rows[t] = static_cast<uint8_t>(ks / 4);
     cfg.colsb[t] = 64;
   }
+  // GCC may treat the fields as dead stores (its ldtilecfg builtin does not say it reads memory)
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
-// --- activation quantization (token granularity) ----------------------------------------------------
+// --- activation quantization ------------------------------------------------------------------------
 
-// One group of `g` floats: the same float operations as qdit.quant.primitives.qparams / quantize, so
-// codes, scales and zero points are bit-identical with the PyTorch fake quantizer.
+// The same float operations as qdit.quant.primitives.qparams / quantize, so codes, scales and zero
+// points are bit-identical with the PyTorch fake quantizer.
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const at::BFloat16* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -99,81 +108,156 @@ inline float load1(const at::BFloat16* p) { return static_cast<float>(*p); }
 // 2^-12 of a half-integer (|quotient| <= 2^15 here); only those lanes are divided for real.
 inline __m512 round_div(__m512 x, __m512 s, __m512 inv) {
   const __m512 r = _mm512_mul_ps(x, inv);
-  const __m512 frac = _mm512_sub_ps(r, _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-  const __m512 dist = _mm512_abs_ps(_mm512_sub_ps(frac, _mm512_set1_ps(0.5f)));
-  const __mmask16 near = _mm512_cmp_ps_mask(dist, _mm512_set1_ps(1.0f / 4096), _CMP_LT_OQ);
-  const __m512 q = near ? _mm512_mask_div_ps(r, near, x, s) : r;
-  return _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 q = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 dist = _mm512_abs_ps(_mm512_sub_ps(r, q));  // in [0, 0.5]
+  const __mmask16 near = _mm512_cmp_ps_mask(dist, _mm512_set1_ps(0.5f - 1.0f / 4096), _CMP_GT_OQ);
+  if (__builtin_expect(near != 0, 0))
+    return _mm512_mask_roundscale_ps(q, near, _mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return q;
 }
 
-// Rows [begin, end) of x: per group either its own range (given == nullptr) or the given scale and
-// zero point; writes the codes and, per K block of `block` columns (block divides group), the three
-// epilogue inputs sa, sa * sum(codes) and sa * za.
+// Scale and zero point (without the storage offset) of up to 16 ranges at once, as qparams computes them.
+inline void qparams16(__m512 mn, __m512 mx, bool symmetric, float lo, float hi, float* s_out, float* z_out) {
+  const __m512 vhi = _mm512_set1_ps(hi);
+  __m512 s = symmetric ? _mm512_div_ps(_mm512_max_ps(_mm512_abs_ps(mn), _mm512_abs_ps(mx)), vhi)
+                       : _mm512_div_ps(_mm512_sub_ps(mx, mn), vhi);
+  s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f), s);
+  __m512 z = _mm512_setzero_ps();
+  if (!symmetric) {
+    const __m512 q = _mm512_div_ps(_mm512_xor_ps(mn, _mm512_set1_ps(-0.0f)), s);
+    z = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    z = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(lo)), vhi);
+  }
+  _mm512_storeu_ps(s_out, s);
+  _mm512_storeu_ps(z_out, z);
+}
+
+// min and max of n values, widened to contain 0
+template <typename T>
+inline void range_of(const T* src, int64_t n, float& mn, float& mx) {
+  __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = load16(src + k);
+    vmn = _mm512_min_ps(vmn, v);
+    vmx = _mm512_max_ps(vmx, v);
+  }
+  mn = std::fmin(mn, _mm512_reduce_min_ps(vmn));
+  mx = std::fmax(mx, _mm512_reduce_max_ps(vmx));
+  for (; k < n; ++k) {
+    const float v = load1(src + k);
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+  }
+}
+
+struct ActOut {  // per (row, K block): sa, za (with the storage offset), Asum, and za | Asum << 16
+  uint8_t* codes;
+  float* sa;
+  int32_t* za;
+  int32_t* asum;
+  int32_t* zc;
+};
+
+// One row: groups of `group` columns with scales s[G] and zero points z[G] (without the offset).
+template <typename T>
+inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, const float* s, const float* z,
+                         float offset, float lo, float hi, int64_t m, const ActOut& o) {
+  const int64_t G = K / group, nb = K / block;
+  uint8_t* out = o.codes + m * K;
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const float sg = s[gi], zg = z[gi] + offset;
+    const __m512 vs = _mm512_set1_ps(sg), vinv = _mm512_set1_ps(1.0f / sg), vz = _mm512_set1_ps(zg);
+    const __m512 vlo = _mm512_set1_ps(lo + offset), vhi = _mm512_set1_ps(hi + offset);
+    for (int64_t b0 = gi * group; b0 < (gi + 1) * group; b0 += block) {
+      __m512 vsum = _mm512_setzero_ps();
+      int64_t k = b0;
+      for (; k + 16 <= b0 + block; k += 16) {
+        __m512 q = round_div(load16(src + k), vs, vinv);
+        q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), vlo), vhi);
+        vsum = _mm512_add_ps(vsum, q);  // integers below 2^24: exact
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+      }
+      int32_t sum = static_cast<int32_t>(_mm512_reduce_add_ps(vsum));
+      for (; k < b0 + block; ++k) {
+        const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / sg) + zg, lo + offset), hi + offset);
+        out[k] = static_cast<uint8_t>(q);
+        sum += static_cast<int32_t>(q);
+      }
+      const int64_t e = m * nb + b0 / block;
+      o.sa[e] = sg;
+      o.za[e] = static_cast<int32_t>(zg);
+      o.asum[e] = sum;
+      o.zc[e] = static_cast<int32_t>((static_cast<uint32_t>(zg) & 0xFFFFu) | (static_cast<uint32_t>(sum) << 16));
+    }
+  }
+}
+
+// Ranges -> (s, z) for G groups, 16 at a time.
+inline void qparams_groups(const float* mn, const float* mx, int64_t G, bool symmetric, float lo, float hi, float* s,
+                           float* z) {
+  for (int64_t g0 = 0; g0 < G; g0 += 16) {
+    alignas(64) float a[16], b[16], so[16], zo[16];
+    const int64_t n = std::min<int64_t>(16, G - g0);
+    for (int i = 0; i < 16; ++i) {
+      a[i] = i < n ? mn[g0 + i] : 0.0f;
+      b[i] = i < n ? mx[g0 + i] : 0.0f;
+    }
+    qparams16(_mm512_load_ps(a), _mm512_load_ps(b), symmetric, lo, hi, so, zo);
+    std::memcpy(s + g0, so, n * sizeof(float));
+    std::memcpy(z + g0, zo, n * sizeof(float));
+  }
+}
+
+// Rows [0, M) of x. Ranges: per row and group (sample_rows == 0 and no given ranges), per group over
+// each sample of `sample_rows` consecutive rows, or the given scale and zero point per row and group.
 template <typename T>
 void quantize_rows(const T* x, int64_t M, int64_t K, int64_t group, int64_t block, int bits, bool symmetric,
-                   const float* given_scale, const int32_t* given_zero, uint8_t* codes, float* scale, int32_t* zero,
-                   float* e_sa, float* e_sum, float* e_sz) {
-  const int64_t G = K / group, nb = K / block;
+                   int64_t sample_rows, const float* given_scale, const int32_t* given_zero, const ActOut& o,
+                   float* scale_out, int32_t* zero_out) {
+  const int64_t G = K / group;
   const float hi = symmetric ? static_cast<float>((1 << (bits - 1)) - 1) : static_cast<float>((1 << bits) - 1);
   const float lo = symmetric ? -static_cast<float>(1 << (bits - 1)) : 0.0f;
   const float offset = symmetric ? 128.0f : 0.0f;
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+  std::vector<float> sample_s, sample_z;
+  if (sample_rows > 0) {  // one range per sample and group, over all of the sample's rows
+    const int64_t S = M / sample_rows;
+    sample_s.resize(S * G);
+    sample_z.resize(S * G);
+    at::parallel_for(0, S * G, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t smp = i / G, gi = i % G;
+        float mn = 0.0f, mx = 0.0f;
+        for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r) range_of(x + r * K + gi * group, group, mn, mx);
+        qparams_groups(&mn, &mx, 1, symmetric, lo, hi, &sample_s[i], &sample_z[i]);
+      }
+    });
+  }
+  at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> mn(G), mx(G), s(G), z(G);
     for (int64_t m = begin; m < end; ++m) {
-      for (int64_t gi = 0; gi < G; ++gi) {
-        const T* src = x + m * K + gi * group;
-        __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();  // the range always contains 0
-        int64_t k = 0;
-        for (; k + 16 <= group; k += 16) {
-          const __m512 v = load16(src + k);
-          vmn = _mm512_min_ps(vmn, v);
-          vmx = _mm512_max_ps(vmx, v);
+      const T* src = x + m * K;
+      if (sample_rows > 0) {
+        const int64_t smp = m / sample_rows;
+        std::memcpy(s.data(), &sample_s[smp * G], G * sizeof(float));
+        std::memcpy(z.data(), &sample_z[smp * G], G * sizeof(float));
+      } else if (given_scale) {
+        for (int64_t gi = 0; gi < G; ++gi) {
+          s[gi] = given_scale[m * G + gi];
+          z[gi] = static_cast<float>(given_zero[m * G + gi]) - offset;
         }
-        float mn = _mm512_reduce_min_ps(vmn), mx = _mm512_reduce_max_ps(vmx);
-        for (; k < group; ++k) {
-          const float v = load1(src + k);
-          mn = v < mn ? v : mn;
-          mx = v > mx ? v : mx;
+      } else {
+        for (int64_t gi = 0; gi < G; ++gi) {
+          mn[gi] = mx[gi] = 0.0f;
+          range_of(src + gi * group, group, mn[gi], mx[gi]);
         }
-        float s, z;  // z: the zero point without the storage offset
-        if (given_scale) {
-          s = given_scale[m * G + gi];
-          z = static_cast<float>(given_zero[m * G + gi]) - offset;
-        } else {
-          s = symmetric ? std::fmax(std::fabs(mn), std::fabs(mx)) / hi : (mx - mn) / hi;
-          if (!(s > 0.0f)) s = 1.0f;
-          z = symmetric ? 0.0f : std::fmin(std::fmax(std::nearbyint(-mn / s), lo), hi);
-        }
-        uint8_t* out = codes + m * K + gi * group;
-        const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(1.0f / s), vz = _mm512_set1_ps(z + offset);
-        const __m512 vlo = _mm512_set1_ps(lo + offset), vhi = _mm512_set1_ps(hi + offset);
-        k = 0;
-        for (; k + 16 <= group; k += 16) {
-          __m512 q = round_div(load16(src + k), vs, vinv);
-          q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), vlo), vhi);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
-        }
-        for (; k < group; ++k) {
-          const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / s) + z + offset, lo + offset), hi + offset);
-          out[k] = static_cast<uint8_t>(q);
-        }
-        if (scale) {
-          scale[m * G + gi] = s;
-          zero[m * G + gi] = static_cast<int32_t>(z + offset);
-        }
-        for (int64_t b0 = 0; b0 < group; b0 += block) {
-          int32_t sum = 0;
-          int64_t j = 0;
-          __m512i vsum = _mm512_setzero_si512();
-          for (; j + 64 <= block; j += 64)
-            vsum = _mm512_add_epi64(vsum, _mm512_sad_epu8(_mm512_loadu_si512(out + b0 + j), _mm512_setzero_si512()));
-          sum = static_cast<int32_t>(_mm512_reduce_add_epi64(vsum));
-          for (; j < block; ++j) sum += out[b0 + j];
-          const int64_t e = m * nb + (gi * group + b0) / block;
-          e_sa[e] = s;
-          e_sum[e] = s * static_cast<float>(sum);
-          e_sz[e] = s * (z + offset);
+        qparams_groups(mn.data(), mx.data(), G, symmetric, lo, hi, s.data(), z.data());
+        for (int64_t gi = 0; gi < G; ++gi) {
+          scale_out[m * G + gi] = s[gi];
+          zero_out[m * G + gi] = static_cast<int32_t>(z[gi] + offset);
         }
       }
+      quantize_row(src, K, group, block, s.data(), z.data(), offset, lo, hi, m, o);
     }
   });
 }
@@ -256,8 +340,7 @@ torch::Tensor unpack_weight(torch::Tensor stream, int64_t N, int64_t K, int64_t 
 
 // --- the AMX product ----------------------------------------------------------------------------------
 
-inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst,
-                                                                      int offset) {
+inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst, int offset) {
   const __m512i mask = _mm512_set1_epi8(0x0F), off = _mm512_set1_epi8(static_cast<char>(offset));
   for (int64_t c = 0; c < bytes; c += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c));
@@ -267,109 +350,138 @@ inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst,
   }
 }
 
-template <bool kHasOffset>
-void amx_linear_impl(
-    const uint8_t* A, int64_t Mp, int64_t K, const float* act_sa, const float* act_sum, const float* act_sz,
-    const int8_t* W8, const uint8_t* W4, int bits, int64_t Np, int64_t B, int64_t ks, const float* sw,
-    const float* vd, const float* vw, const float* bias, float* Y, int64_t ldy, int64_t N) {
-  const int64_t nb = K / B, panels = Np / kPanel, steps = B / ks;
-  // Cache blocking: a job is a chunk of rows x a chunk of panels whose A and B bytes fit in about 1 MB
-  // of L2 together; jobs of one row chunk are consecutive, so its A chunk stays in L2 while the B
-  // chunks pass. Inside a job every panel is reused for all of the chunk's row blocks.
-  const int64_t chunk = std::max<int64_t>(kRows, ((1 << 20) / (2 * K)) / kRows * kRows);
-  const int64_t row_chunks = (Mp + chunk - 1) / chunk;
-  const int64_t panel_chunk = std::max<int64_t>(1, chunk / kPanel);
-  const int64_t panel_chunks = (panels + panel_chunk - 1) / panel_chunk;
-  at::parallel_for(0, row_chunks * panel_chunks, 1, [&](int64_t job_begin, int64_t job_end) {
+inline void store16(float* y, __mmask16 k, __m512 v) { _mm512_mask_storeu_ps(y, k, v); }
+inline void store16(at::BFloat16* y, __mmask16 k, __m512 v) {
+  _mm256_mask_storeu_epi16(y, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+}
+
+struct ActSide {  // per (row, block), [Mp, nb]
+  const float* sa;
+  const int32_t* za;
+  const int32_t* asum;
+  const int32_t* zc;  // za | asum << 16 (blocks of at most 128 columns)
+};
+struct WeightSide {  // per (block, output), [nb, Np]
+  const float* sw;
+  const int32_t* dw;   // d_w
+  const int32_t* nws;  // -(Wsum + B * d_w)
+  const int32_t* wc;   // nws | d_w << 16 (blocks of at most 128 columns)
+};
+
+// kPacked: the zero-point corrections of a block in one VNNI instruction per 16 outputs (vpdpwssd of the
+// int16 pairs (za, Asum) x (-(Wsum + B d_w), d_w), exact while B <= 128); otherwise two vpmulld.
+template <bool kPacked, typename OutT>
+void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
+                     const uint8_t* W4, int bits, int64_t Np, int64_t N, int64_t B, int64_t ks, WeightSide wt,
+                     const float* bias, OutT* Y) {
+  const int64_t nb = K / B, panels = Np / kPanel, steps = B / ks, row_blocks = Mp / kRows;
+  // Work split: contiguous row blocks per thread when there are enough of them, else contiguous panels.
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), row_blocks * panels));
+  const bool by_rows = row_blocks >= 2 * T || row_blocks >= panels;
+  // L2 blocking: a chunk of row blocks whose A bytes (about 512 KB) stay in L2 while the panels pass;
+  // each panel (in L1 / L2) serves every row block of the chunk.
+  const int64_t chunk = std::max<int64_t>(1, (1 << 19) / (kRows * K));
+  at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
     configure_tiles(static_cast<int>(ks));
     alignas(64) int32_t cbuf[2][4][16][16];  // double-buffered: block b's sums, while b + 1 runs
     alignas(64) float acc[kRows][kPanel];
     std::vector<int8_t> panel4(W4 ? kPanel * K : 0);
-    for (int64_t job = job_begin; job < job_end; ++job) {
-    const int64_t rc = job / panel_chunks, pc = job % panel_chunks;
-    const int64_t m_begin = rc * chunk, m_end = std::min(Mp, m_begin + chunk);
-    for (int64_t p = pc * panel_chunk; p < std::min(panels, (pc + 1) * panel_chunk); ++p) {
-      const int8_t* panel = W8 ? W8 + p * kPanel * K : panel4.data();
-      if (W4) unpack_panel4(W4 + p * kPanel * K / 2, kPanel * K / 2, panel4.data(), 1 << (bits - 1));
-      const int64_t n0 = p * kPanel;
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kRows) {
-        for (int r = 0; r < kRows; ++r) {
-          _mm512_store_ps(acc[r], _mm512_setzero_ps());
-          _mm512_store_ps(acc[r] + 16, _mm512_setzero_ps());
-        }
-        // Scale rows [r0, r1) of block b's integer sums into the float accumulators.
-        auto epilogue = [&](int64_t b, int r0, int r1) {
-          const int32_t(*cb)[16][16] = cbuf[b & 1];
-          const float* swb = sw + b * Np + n0;  // per-block vectors are [nb, Np]
-          const __m512 sw0 = _mm512_loadu_ps(swb), sw1 = _mm512_loadu_ps(swb + 16);
-          const __m512 vw0 = _mm512_loadu_ps(vw + b * Np + n0), vw1 = _mm512_loadu_ps(vw + b * Np + n0 + 16);
-          __m512 vd0 = _mm512_setzero_ps(), vd1 = _mm512_setzero_ps();
-          if constexpr (kHasOffset) {
-            vd0 = _mm512_loadu_ps(vd + b * Np + n0);
-            vd1 = _mm512_loadu_ps(vd + b * Np + n0 + 16);
-          }
-          for (int r = r0; r < r1; ++r) {
-            const int64_t row = (m0 + r) * nb + b;
-            const __m512 sa = _mm512_set1_ps(act_sa[row]);
-            const __m512 sz = _mm512_set1_ps(act_sz[row]);
-            const int ti = (r / 16) * 2, tr = r % 16;
-            __m512 a0 = _mm512_load_ps(acc[r]), a1 = _mm512_load_ps(acc[r] + 16);
-            const __m512 p0 = _mm512_cvtepi32_ps(_mm512_load_si512(cb[ti][tr]));
-            const __m512 p1 = _mm512_cvtepi32_ps(_mm512_load_si512(cb[ti + 1][tr]));
-            a0 = _mm512_fmadd_ps(p0, _mm512_mul_ps(sa, sw0), a0);
-            a1 = _mm512_fmadd_ps(p1, _mm512_mul_ps(sa, sw1), a1);
-            a0 = _mm512_fnmadd_ps(sz, vw0, a0);
-            a1 = _mm512_fnmadd_ps(sz, vw1, a1);
-            if constexpr (kHasOffset) {
-              const __m512 su = _mm512_set1_ps(act_sum[row]);
-              a0 = _mm512_fmadd_ps(su, vd0, a0);
-              a1 = _mm512_fmadd_ps(su, vd1, a1);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t units = by_rows ? row_blocks : panels;
+      const int64_t u0 = units * t / T, u1 = units * (t + 1) / T;
+      const int64_t rb_begin = by_rows ? u0 : 0, rb_end = by_rows ? u1 : row_blocks;
+      const int64_t p_begin = by_rows ? 0 : u0, p_end = by_rows ? panels : u1;
+      for (int64_t rc = rb_begin; rc < rb_end; rc += chunk) {
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          const int8_t* panel = W8 ? W8 + p * kPanel * K : panel4.data();
+          if (W4) unpack_panel4(W4 + p * kPanel * K / 2, kPanel * K / 2, panel4.data(), 1 << (bits - 1));
+          const int64_t n0 = p * kPanel;
+          const int64_t cols = std::min<int64_t>(kPanel, N - n0);
+          const __mmask16 km0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
+          const __mmask16 km1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+          const __m512 bias0 = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
+          const __m512 bias1 = bias ? _mm512_loadu_ps(bias + n0 + 16) : _mm512_setzero_ps();
+          for (int64_t rb = rc; rb < std::min(rb_end, rc + chunk); ++rb) {
+            const int64_t m0 = rb * kRows;
+            // Rows [r0, r1) of block b: the exact integer sum of (a - za)(w + d_w), scaled by sa * sw into
+            // the accumulators (starting from the bias); the last block writes the output.
+            auto epilogue = [&](int64_t b, int r0, int r1) {
+              const int32_t(*cb)[16][16] = cbuf[b & 1];
+              const int64_t wi = b * Np + n0;
+              const __m512 sw0 = _mm512_loadu_ps(wt.sw + wi), sw1 = _mm512_loadu_ps(wt.sw + wi + 16);
+              __m512i c0, c1, c2, c3;
+              if constexpr (kPacked) {
+                c0 = _mm512_loadu_si512(wt.wc + wi);
+                c1 = _mm512_loadu_si512(wt.wc + wi + 16);
+                c2 = c3 = c0;
+              } else {
+                c0 = _mm512_loadu_si512(wt.dw + wi);
+                c1 = _mm512_loadu_si512(wt.dw + wi + 16);
+                c2 = _mm512_loadu_si512(wt.nws + wi);
+                c3 = _mm512_loadu_si512(wt.nws + wi + 16);
+              }
+              const bool last = b == nb - 1;
+              for (int r = r0; r < r1; ++r) {
+                const int64_t ai = (m0 + r) * nb + b;
+                const int ti = (r / 16) * 2, tr = r % 16;
+                __m512i p0 = _mm512_load_si512(cb[ti][tr]), p1 = _mm512_load_si512(cb[ti + 1][tr]);
+                if constexpr (kPacked) {
+                  const __m512i zc = _mm512_set1_epi32(act.zc[ai]);
+                  p0 = _mm512_dpwssd_epi32(p0, zc, c0);
+                  p1 = _mm512_dpwssd_epi32(p1, zc, c1);
+                } else {
+                  const __m512i as = _mm512_set1_epi32(act.asum[ai]), za = _mm512_set1_epi32(act.za[ai]);
+                  p0 = _mm512_add_epi32(p0, _mm512_add_epi32(_mm512_mullo_epi32(as, c0), _mm512_mullo_epi32(za, c2)));
+                  p1 = _mm512_add_epi32(p1, _mm512_add_epi32(_mm512_mullo_epi32(as, c1), _mm512_mullo_epi32(za, c3)));
+                }
+                const __m512 sa = _mm512_set1_ps(act.sa[ai]);
+                const __m512 base0 = b == 0 ? bias0 : _mm512_load_ps(acc[r]);
+                const __m512 base1 = b == 0 ? bias1 : _mm512_load_ps(acc[r] + 16);
+                const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(sa, sw0), base0);
+                const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(sa, sw1), base1);
+                if (last) {
+                  if (m0 + r < M) {
+                    OutT* y = Y + (m0 + r) * N + n0;
+                    store16(y, km0, a0);
+                    store16(y + 16, km1, a1);
+                  }
+                } else {
+                  _mm512_store_ps(acc[r], a0);
+                  _mm512_store_ps(acc[r] + 16, a1);
+                }
+              }
+            };
+            // Software pipeline: while the tiles compute block b, the vector units scale block b - 1, a
+            // slice of rows after each K step, so that neither unit waits for the other.
+            for (int64_t b = 0; b < nb; ++b) {
+              _tile_zero(0);
+              _tile_zero(1);
+              _tile_zero(2);
+              _tile_zero(3);
+              for (int64_t s = 0; s < steps; ++s) {
+                const int64_t k0 = b * B + s * ks;
+                const int8_t* bt = panel + (k0 / ks) * 2 * ks * 16;
+                _tile_loadd(4, A + m0 * K + k0, K);
+                _tile_loadd(6, bt, 64);
+                _tile_loadd(7, bt + ks * 16, 64);
+                _tile_dpbusd(0, 4, 6);
+                _tile_loadd(5, A + (m0 + 16) * K + k0, K);
+                _tile_dpbusd(1, 4, 7);
+                _tile_dpbusd(2, 5, 6);
+                _tile_dpbusd(3, 5, 7);
+                if (b > 0 && s * kRows / steps < (s + 1) * kRows / steps)
+                  epilogue(b - 1, static_cast<int>(s * kRows / steps), static_cast<int>((s + 1) * kRows / steps));
+              }
+              int32_t(*cb)[16][16] = cbuf[b & 1];
+              _tile_stored(0, cb[0], 64);
+              _tile_stored(1, cb[1], 64);
+              _tile_stored(2, cb[2], 64);
+              _tile_stored(3, cb[3], 64);
             }
-            _mm512_store_ps(acc[r], a0);
-            _mm512_store_ps(acc[r] + 16, a1);
+            epilogue(nb - 1, 0, kRows);
           }
-        };
-        // Software pipeline: while the tiles compute block b, the vector units scale block b - 1, a
-        // slice of rows after each K step, so that neither unit waits for the other.
-        for (int64_t b = 0; b < nb; ++b) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (int64_t s = 0; s < steps; ++s) {
-            const int64_t k0 = b * B + s * ks;
-            const int8_t* bt = panel + (k0 / ks) * 2 * ks * 16;
-            _tile_loadd(4, A + m0 * K + k0, K);
-            _tile_loadd(5, A + (m0 + 16) * K + k0, K);
-            _tile_loadd(6, bt, 64);
-            _tile_loadd(7, bt + ks * 16, 64);
-            _tile_dpbusd(0, 4, 6);
-            _tile_dpbusd(1, 4, 7);
-            _tile_dpbusd(2, 5, 6);
-            _tile_dpbusd(3, 5, 7);
-            if (b > 0) {
-              epilogue(b - 1, static_cast<int>(s * kRows / steps), static_cast<int>((s + 1) * kRows / steps));
-            }
-          }
-          int32_t(*cb)[16][16] = cbuf[b & 1];
-          _tile_stored(0, cb[0], 64);
-          _tile_stored(1, cb[1], 64);
-          _tile_stored(2, cb[2], 64);
-          _tile_stored(3, cb[3], 64);
-        }
-        epilogue(nb - 1, 0, kRows);
-        const __m512 b0 = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
-        const __m512 b1 = bias ? _mm512_loadu_ps(bias + n0 + 16) : _mm512_setzero_ps();
-        const int64_t cols = std::min<int64_t>(kPanel, N - n0);
-        const __mmask16 k0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-        const __mmask16 k1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
-        for (int r = 0; r < kRows; ++r) {
-          float* y = Y + (m0 + r) * ldy + n0;
-          _mm512_mask_storeu_ps(y, k0, _mm512_add_ps(_mm512_load_ps(acc[r]), b0));
-          _mm512_mask_storeu_ps(y + 16, k1, _mm512_add_ps(_mm512_load_ps(acc[r] + 16), b1));
         }
       }
-    }
     }
     _tile_release();
   });
@@ -377,43 +489,45 @@ void amx_linear_impl(
 
 // --- Python-facing functions ------------------------------------------------------------------------
 
-// x [M, K] float32 or bfloat16 -> codes uint8 [Mp, K] (Mp: M rounded up to `row_multiple`, padding
-// rows zero), scale / zero [M, G] (only when computed here), and the epilogue inputs [Mp, K / block].
-// With `given_scale` / `given_zero` ([M, G]) the ranges are not computed (sample and static granularity).
+// x [M, K] float32 or bfloat16 -> codes uint8 [Mp, K] (Mp: M rounded up to `row_multiple`, padding rows
+// zero) and the per (row, K block) epilogue inputs [Mp, K / block]: sa float32, za, Asum and
+// za | Asum << 16 int32. Ranges: dynamic per row and group; with `sample_rows` > 0 per group over each
+// sample of that many consecutive rows; or the given scale / zero point ([M, G], static granularity).
 std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t bits, bool symmetric, int64_t block,
-                                        int64_t row_multiple, c10::optional<torch::Tensor> given_scale,
+                                        int64_t row_multiple, int64_t sample_rows,
+                                        c10::optional<torch::Tensor> given_scale,
                                         c10::optional<torch::Tensor> given_zero) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
   TORCH_CHECK(bits >= 2 && bits <= 8, "bits in 2..8");
   const int64_t M = x.size(0), K = x.size(1);
   if (group == 0) group = K;
   TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
+  TORCH_CHECK(sample_rows >= 0 && (sample_rows == 0 || M % sample_rows == 0), "sample_rows must divide the rows");
   const int64_t Mp = (M + row_multiple - 1) / row_multiple * row_multiple, G = K / group, nb = K / block;
   auto codes = torch::empty({Mp, K}, torch::kUInt8);
-  auto e_sa = torch::empty({Mp, nb}, torch::kFloat32);
-  auto e_sum = torch::empty({Mp, nb}, torch::kFloat32);
-  auto e_sz = torch::empty({Mp, nb}, torch::kFloat32);
+  auto sa = torch::empty({Mp, nb}, torch::kFloat32);
+  auto za = torch::empty({Mp, nb}, torch::kInt32);
+  auto asum = torch::empty({Mp, nb}, torch::kInt32);
+  auto zc = torch::empty({Mp, nb}, torch::kInt32);
   if (Mp > M) {
-    codes.narrow(0, M, Mp - M).zero_();
-    e_sa.narrow(0, M, Mp - M).zero_();
-    e_sum.narrow(0, M, Mp - M).zero_();
-    e_sz.narrow(0, M, Mp - M).zero_();
+    for (auto* t : {&codes, &za, &asum, &zc}) t->narrow(0, M, Mp - M).zero_();
+    sa.narrow(0, M, Mp - M).zero_();
   }
   const bool given = given_scale.has_value() && given_scale->defined();
-  torch::Tensor scale, zero, gs, gz;
+  torch::Tensor gs, gz;
   if (given) {
     gs = given_scale->to(torch::kFloat32).contiguous();
     gz = given_zero->to(torch::kInt32).contiguous();
     TORCH_CHECK(gs.size(0) == M && gs.size(1) == G && gz.sizes() == gs.sizes(), "given scale / zero: [M, G]");
-  } else {
-    scale = torch::empty({M, G}, torch::kFloat32);
-    zero = torch::empty({M, G}, torch::kInt32);
   }
+  std::vector<float> scale(given || sample_rows ? 0 : M * G);
+  std::vector<int32_t> zero(scale.size());
+  const ActOut o{codes.data_ptr<uint8_t>(), sa.data_ptr<float>(), za.data_ptr<int32_t>(), asum.data_ptr<int32_t>(),
+                 zc.data_ptr<int32_t>()};
   auto go = [&](auto* ptr) {
-    quantize_rows(ptr, M, K, group, block, static_cast<int>(bits), symmetric, given ? gs.data_ptr<float>() : nullptr,
-                  given ? gz.data_ptr<int32_t>() : nullptr, codes.data_ptr<uint8_t>(),
-                  given ? nullptr : scale.data_ptr<float>(), given ? nullptr : zero.data_ptr<int32_t>(),
-                  e_sa.data_ptr<float>(), e_sum.data_ptr<float>(), e_sz.data_ptr<float>());
+    quantize_rows(ptr, M, K, group, block, static_cast<int>(bits), symmetric, given ? 0 : sample_rows,
+                  given ? gs.data_ptr<float>() : nullptr, given ? gz.data_ptr<int32_t>() : nullptr, o, scale.data(),
+                  zero.data());
   };
   if (x.scalar_type() == torch::kBFloat16) {
     go(x.data_ptr<at::BFloat16>());
@@ -421,23 +535,25 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t 
     TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32 or bfloat16");
     go(x.data_ptr<float>());
   }
-  if (given) return {codes, e_sa, e_sum, e_sz};
-  return {codes, e_sa, e_sum, e_sz, scale, zero};
+  return {codes, sa, za, asum, zc};
 }
 
-// codes: uint8 [Mp, K] with Mp % 32 == 0; act_*: float32 [Mp, K/B]; weight: the panel-major stream;
-// sw/vd/vw: float32 [K/B, Np]; returns float32 [Mp, N].
-torch::Tensor amx_linear(torch::Tensor codes, torch::Tensor act_sa, torch::Tensor act_sum, torch::Tensor act_sz,
-                         torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
-                         torch::Tensor sw, torch::Tensor vd, torch::Tensor vw, c10::optional<torch::Tensor> bias,
-                         bool has_offset) {
+// codes: uint8 [Mp, K] (Mp % 32 == 0) and act: the per-block inputs of quantize_act, of which the first M
+// rows are real; weight: the panel-major stream; sw float32 and dw / nws / wc int32 [K / B, Np];
+// bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
+torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
+                         int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor dw, torch::Tensor nws,
+                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
   TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
+  TORCH_CHECK(act.size() >= 5, "act: codes, sa, za, asum, zc");
+  const torch::Tensor& codes = act[0];
   const int64_t Mp = codes.size(0), K = codes.size(1);
-  TORCH_CHECK(Mp % kRows == 0, "rows must be padded to a multiple of 32");
+  TORCH_CHECK(Mp % kRows == 0 && M <= Mp, "rows must be padded to a multiple of 32");
   TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
   const int64_t Np = sw.size(1);
-  TORCH_CHECK(Np % kPanel == 0 && Np >= N, "weights must be padded to panels of 32 rows");
-  auto y = torch::empty({Mp, N}, torch::kFloat32);
+  TORCH_CHECK(Np % kPanel == 0 && Np >= N && sw.size(0) == K / B, "weights must be padded to panels of 32 rows");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
+  auto y = torch::empty({M, N}, torch::TensorOptions().dtype(out_dtype));
   const float* bptr = nullptr;
   torch::Tensor bpad;
   if (bias.has_value() && bias->defined()) {
@@ -447,18 +563,28 @@ torch::Tensor amx_linear(torch::Tensor codes, torch::Tensor act_sa, torch::Tenso
   }
   const int8_t* w8 = pack4 ? nullptr : reinterpret_cast<const int8_t*>(weight.data_ptr<uint8_t>());
   const uint8_t* w4 = pack4 ? weight.data_ptr<uint8_t>() : nullptr;
-  auto run = has_offset ? amx_linear_impl<true> : amx_linear_impl<false>;
-  run(codes.data_ptr<uint8_t>(), Mp, K, act_sa.data_ptr<float>(), act_sum.data_ptr<float>(), act_sz.data_ptr<float>(),
-      w8, w4, static_cast<int>(bits), Np, B, ks, sw.data_ptr<float>(), has_offset ? vd.data_ptr<float>() : nullptr,
-      vw.data_ptr<float>(), bptr, y.data_ptr<float>(), N, N);
+  const ActSide as{act[1].data_ptr<float>(), act[2].data_ptr<int32_t>(), act[3].data_ptr<int32_t>(),
+                   act[4].data_ptr<int32_t>()};
+  const WeightSide ws{sw.data_ptr<float>(), dw.data_ptr<int32_t>(), nws.data_ptr<int32_t>(), wc.data_ptr<int32_t>()};
+  const bool packed = B <= 128;
+  auto call = [&](auto* yp) {
+    using OutT = std::remove_pointer_t<decltype(yp)>;
+    auto run = packed ? amx_linear_impl<true, OutT> : amx_linear_impl<false, OutT>;
+    run(codes.data_ptr<uint8_t>(), M, Mp, K, as, w8, w4, static_cast<int>(bits), Np, N, B, ks, ws, bptr, yp);
+  };
+  if (out_dtype == at::kBFloat16) {
+    call(y.data_ptr<at::BFloat16>());
+  } else {
+    call(y.data_ptr<float>());
+  }
   return y;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("amx_available", &amx_available, "AMX-INT8 present and granted by the kernel");
-  m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (dynamic per token group, or given ranges)");
+  m.def("amx_available", &amx_available, "AMX-INT8 (with AVX-512 VNNI and BF16) present and granted by the kernel");
+  m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)");
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
   m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles");
