@@ -13,6 +13,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -69,11 +70,18 @@ def run(args: argparse.Namespace) -> list[dict]:
             kws = {p: prepare_weight(iw, ag, p) for p in paths}
             for gran in grans:
                 act = ActQuant(8, ag, False, gran)
-                fns: dict[str, Callable[[], object]] = {"bf16": lambda: F.linear(x, wb, bb)}
+                fns: dict[str, Callable[[], object]] = {"bf16": partial(F.linear, x, wb, bb)}
                 for p in paths:
-                    fns[p] = lambda p=p: int_linear(x, kws[p], act, bb)
+                    fns[p] = partial(int_linear, x, kws[p], act, bb)
                 t = best_times(fns, args.repeats)
-                row = {"shape": shape, "M": BATCH * tokens, "K": k, "N": n, "config": cfg, "granularity": gran}
+                row = {
+                    "shape": shape,
+                    "M": BATCH * tokens,
+                    "K": k,
+                    "N": n,
+                    "config": cfg,
+                    "granularity": gran,
+                }
                 row.update({f"{p}_ms": t[p] * 1e3 for p in t})
                 row.update({f"{p}_speedup": t["bf16"] / t[p] for p in paths})
                 rows.append(row)
@@ -85,7 +93,13 @@ def table(rows: list[dict], paths: list[str]) -> str:
     head = ["shape", "M x K x N", "config", "act", "bf16 ms"] + [f"{p} ms (x bf16)" for p in paths]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["shape"], f"{r['M']}x{r['K']}x{r['N']}", r["config"], r["granularity"], f"{r['bf16_ms']:.3f}"]
+        cells = [
+            r["shape"],
+            f"{r['M']}x{r['K']}x{r['N']}",
+            r["config"],
+            r["granularity"],
+            f"{r['bf16_ms']:.3f}",
+        ]
         cells += [f"{r[f'{p}_ms']:.3f} ({r[f'{p}_speedup']:.2f}x)" for p in paths if f"{p}_ms" in r]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -57,7 +57,7 @@ class KernelWeight:
     stream: torch.Tensor | None = None
     pack4: bool = False
     kstep: int = 0
-    sw: torch.Tensor | None = None  # [nb, Np] float32 per-block weight scales (zero columns pad the last panel)
+    sw: torch.Tensor | None = None  # [nb, Np] float32 weight scales (zero columns pad the last panel)
     dw: torch.Tensor | None = None  # [nb, Np] int32 d_w
     nws: torch.Tensor | None = None  # [nb, Np] int32 -(Wsum + block * d_w)
     wc: torch.Tensor | None = None  # [nb, Np] int32 nws | d_w << 16 (the int16 pairs of the block epilogue)
