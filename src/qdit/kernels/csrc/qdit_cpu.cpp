@@ -151,8 +151,16 @@ inline void range_of(const T* src, int64_t n, float& mn, float& mx) {
   }
 }
 
+// Activation codes are stored in the order the A tiles load them: for each block of 32 rows, for each K
+// step of `ks` columns, the 32 x ks bytes row-major, so that a tile (16 rows, stride ks) is 1 KB of
+// consecutive bytes and a row block's K steps follow each other.
+inline int64_t code_index(int64_t m, int64_t k, int64_t K, int64_t ks) {
+  return (((m / kRows) * (K / ks) + k / ks) * kRows + m % kRows) * ks + k % ks;
+}
+
 struct ActOut {  // per (row, K block): sa, za (with the storage offset), Asum, and za | Asum << 16
-  uint8_t* codes;
+  uint8_t* codes;  // in tile order (code_index)
+  int64_t ks;
   float* sa;
   int32_t* za;
   int32_t* asum;
@@ -163,8 +171,8 @@ struct ActOut {  // per (row, K block): sa, za (with the storage offset), Asum, 
 template <typename T>
 inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, const float* s, const float* z,
                          float offset, float lo, float hi, int64_t m, const ActOut& o) {
-  const int64_t G = K / group, nb = K / block;
-  uint8_t* out = o.codes + m * K;
+  const int64_t G = K / group, nb = K / block, ks = o.ks;
+  uint8_t* codes = o.codes;
   for (int64_t gi = 0; gi < G; ++gi) {
     const float sg = s[gi], zg = z[gi] + offset;
     const __m512 vs = _mm512_set1_ps(sg), vinv = _mm512_set1_ps(1.0f / sg), vz = _mm512_set1_ps(zg);
@@ -176,12 +184,19 @@ inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, 
         __m512 q = round_div(load16(src + k), vs, vinv);
         q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), vlo), vhi);
         vsum = _mm512_add_ps(vsum, q);  // integers below 2^24: exact
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+        const __m128i c = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+        if (ks % 16 == 0) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + code_index(m, k, K, ks)), c);
+        } else {
+          alignas(16) uint8_t tmp[16];
+          _mm_store_si128(reinterpret_cast<__m128i*>(tmp), c);
+          for (int i = 0; i < 16; ++i) codes[code_index(m, k + i, K, ks)] = tmp[i];
+        }
       }
       int32_t sum = static_cast<int32_t>(_mm512_reduce_add_ps(vsum));
       for (; k < b0 + block; ++k) {
         const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / sg) + zg, lo + offset), hi + offset);
-        out[k] = static_cast<uint8_t>(q);
+        codes[code_index(m, k, K, ks)] = static_cast<uint8_t>(q);
         sum += static_cast<int32_t>(q);
       }
       const int64_t e = m * nb + b0 / block;
@@ -461,11 +476,12 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
               for (int64_t s = 0; s < steps; ++s) {
                 const int64_t k0 = b * B + s * ks;
                 const int8_t* bt = panel + (k0 / ks) * 2 * ks * 16;
-                _tile_loadd(4, A + m0 * K + k0, K);
+                const uint8_t* at = A + m0 * K + k0 * kRows;  // code_index(m0, k0)
+                _tile_loadd(4, at, ks);
                 _tile_loadd(6, bt, 64);
                 _tile_loadd(7, bt + ks * 16, 64);
                 _tile_dpbusd(0, 4, 6);
-                _tile_loadd(5, A + (m0 + 16) * K + k0, K);
+                _tile_loadd(5, at + 16 * ks, ks);
                 _tile_dpbusd(1, 4, 7);
                 _tile_dpbusd(2, 5, 6);
                 _tile_dpbusd(3, 5, 7);
@@ -489,12 +505,12 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
 
 // --- Python-facing functions ------------------------------------------------------------------------
 
-// x [M, K] float32 or bfloat16 -> codes uint8 [Mp, K] (Mp: M rounded up to `row_multiple`, padding rows
-// zero) and the per (row, K block) epilogue inputs [Mp, K / block]: sa float32, za, Asum and
+// x [M, K] float32 or bfloat16 -> codes uint8 [Mp * K] in tile order for K steps of `ks` (Mp: M rounded
+// up to 32, padding rows zero) and the per (row, K block) epilogue inputs [Mp, K / block]: sa float32, za, Asum and
 // za | Asum << 16 int32. Ranges: dynamic per row and group; with `sample_rows` > 0 per group over each
 // sample of that many consecutive rows; or the given scale / zero point ([M, G], static granularity).
 std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t bits, bool symmetric, int64_t block,
-                                        int64_t row_multiple, int64_t sample_rows,
+                                        int64_t ks, int64_t sample_rows,
                                         c10::optional<torch::Tensor> given_scale,
                                         c10::optional<torch::Tensor> given_zero) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
@@ -503,14 +519,16 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t 
   if (group == 0) group = K;
   TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
   TORCH_CHECK(sample_rows >= 0 && (sample_rows == 0 || M % sample_rows == 0), "sample_rows must divide the rows");
-  const int64_t Mp = (M + row_multiple - 1) / row_multiple * row_multiple, G = K / group, nb = K / block;
-  auto codes = torch::empty({Mp, K}, torch::kUInt8);
+  TORCH_CHECK(ks > 0 && block % ks == 0, "the K step must divide the block");
+  const int64_t Mp = (M + kRows - 1) / kRows * kRows, G = K / group, nb = K / block;
+  auto codes = torch::empty({Mp * K}, torch::kUInt8);
   auto sa = torch::empty({Mp, nb}, torch::kFloat32);
   auto za = torch::empty({Mp, nb}, torch::kInt32);
   auto asum = torch::empty({Mp, nb}, torch::kInt32);
   auto zc = torch::empty({Mp, nb}, torch::kInt32);
   if (Mp > M) {
-    for (auto* t : {&codes, &za, &asum, &zc}) t->narrow(0, M, Mp - M).zero_();
+    codes.narrow(0, (Mp - kRows) * K, kRows * K).zero_();  // the last row block
+    for (auto* t : {&za, &asum, &zc}) t->narrow(0, M, Mp - M).zero_();
     sa.narrow(0, M, Mp - M).zero_();
   }
   const bool given = given_scale.has_value() && given_scale->defined();
@@ -522,7 +540,7 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t 
   }
   std::vector<float> scale(given || sample_rows ? 0 : M * G);
   std::vector<int32_t> zero(scale.size());
-  const ActOut o{codes.data_ptr<uint8_t>(), sa.data_ptr<float>(), za.data_ptr<int32_t>(), asum.data_ptr<int32_t>(),
+  const ActOut o{codes.data_ptr<uint8_t>(), ks, sa.data_ptr<float>(), za.data_ptr<int32_t>(), asum.data_ptr<int32_t>(),
                  zc.data_ptr<int32_t>()};
   auto go = [&](auto* ptr) {
     quantize_rows(ptr, M, K, group, block, static_cast<int>(bits), symmetric, given ? 0 : sample_rows,
@@ -538,7 +556,7 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t 
   return {codes, sa, za, asum, zc};
 }
 
-// codes: uint8 [Mp, K] (Mp % 32 == 0) and act: the per-block inputs of quantize_act, of which the first M
+// codes: uint8 [Mp * K] in tile order and act: the per-block inputs of quantize_act, of which the first M
 // rows are real; weight: the panel-major stream; sw float32 and dw / nws / wc int32 [K / B, Np];
 // bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
 torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
@@ -547,8 +565,8 @@ torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tenso
   TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
   TORCH_CHECK(act.size() >= 5, "act: codes, sa, za, asum, zc");
   const torch::Tensor& codes = act[0];
-  const int64_t Mp = codes.size(0), K = codes.size(1);
-  TORCH_CHECK(Mp % kRows == 0 && M <= Mp, "rows must be padded to a multiple of 32");
+  const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
+  TORCH_CHECK(Mp % kRows == 0 && M <= Mp && codes.numel() == Mp * K, "rows must be padded to a multiple of 32");
   TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
   const int64_t Np = sw.size(1);
   TORCH_CHECK(Np % kPanel == 0 && Np >= N && sw.size(0) == K / B, "weights must be padded to panels of 32 rows");
