@@ -158,6 +158,15 @@ inline int64_t code_index(int64_t m, int64_t k, int64_t K, int64_t ks) {
   return (((m / kRows) * (K / ks) + k / ks) * kRows + m % kRows) * ks + k % ks;
 }
 
+// code_index(m, k) for one row m as a base plus a shift and mask (ks is a power of two).
+struct RowIndex {
+  int64_t base, step_bytes, mask;
+  int shift;
+  RowIndex(int64_t m, int64_t K, int64_t ks)
+      : base(code_index(m, 0, K, ks)), step_bytes(kRows * ks), mask(ks - 1), shift(__builtin_ctzll(ks)) {}
+  int64_t operator()(int64_t k) const { return base + (k >> shift) * step_bytes + (k & mask); }
+};
+
 struct ActOut {  // per (row, K block): sa, za (with the storage offset), Asum, and za | Asum << 16
   uint8_t* codes;  // in tile order (code_index)
   int64_t ks;
@@ -173,6 +182,7 @@ inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, 
                          float offset, float lo, float hi, int64_t m, const ActOut& o) {
   const int64_t G = K / group, nb = K / block, ks = o.ks;
   uint8_t* codes = o.codes;
+  const RowIndex at(m, K, ks);
   for (int64_t gi = 0; gi < G; ++gi) {
     const float sg = s[gi], zg = z[gi] + offset;
     const __m512 vs = _mm512_set1_ps(sg), vinv = _mm512_set1_ps(1.0f / sg), vz = _mm512_set1_ps(zg);
@@ -186,17 +196,17 @@ inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, 
         vsum = _mm512_add_ps(vsum, q);  // integers below 2^24: exact
         const __m128i c = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
         if (ks % 16 == 0) {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + code_index(m, k, K, ks)), c);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + at(k)), c);
         } else {
           alignas(16) uint8_t tmp[16];
           _mm_store_si128(reinterpret_cast<__m128i*>(tmp), c);
-          for (int i = 0; i < 16; ++i) codes[code_index(m, k + i, K, ks)] = tmp[i];
+          for (int i = 0; i < 16; ++i) codes[at(k + i)] = tmp[i];
         }
       }
       int32_t sum = static_cast<int32_t>(_mm512_reduce_add_ps(vsum));
       for (; k < b0 + block; ++k) {
         const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / sg) + zg, lo + offset), hi + offset);
-        codes[code_index(m, k, K, ks)] = static_cast<uint8_t>(q);
+        codes[at(k)] = static_cast<uint8_t>(q);
         sum += static_cast<int32_t>(q);
       }
       const int64_t e = m * nb + b0 / block;
@@ -383,6 +393,67 @@ struct WeightSide {  // per (block, output), [nb, Np]
   const int32_t* wc;   // nws | d_w << 16 (blocks of at most 128 columns)
 };
 
+// One block's epilogue for rows [r0, r1) of a 32 x 32 output tile: the block's exact integer sums
+// P + Asum * d_w - za * Wsum' (cb: [32 rows][32 outputs] int32) times sa * sw, added to the accumulators
+// (kFirst: to the bias instead); kLast writes the output rows instead of the accumulators.
+struct EpiRows {
+  const int32_t* cb;   // [32][32]
+  const float* sa;     // act side at (m0, b), row stride nb
+  const int32_t* zc;
+  const int32_t* za;
+  const int32_t* asum;
+  int64_t nb;
+  float* acc;  // [32][32]
+};
+
+template <bool kPacked, bool kFirst, bool kLast, typename OutT>
+inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, const int32_t* wc, const int32_t* dw,
+                          const int32_t* nws, __m512 bias0, __m512 bias1, OutT* y, int64_t ldy, int rows_valid,
+                          __mmask16 km0, __mmask16 km1) {
+  const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
+  __m512i c0, c1, c2, c3;
+  if constexpr (kPacked) {
+    c0 = _mm512_loadu_si512(wc);
+    c1 = _mm512_loadu_si512(wc + 16);
+    c2 = c3 = c0;
+  } else {
+    c0 = _mm512_loadu_si512(dw);
+    c1 = _mm512_loadu_si512(dw + 16);
+    c2 = _mm512_loadu_si512(nws);
+    c3 = _mm512_loadu_si512(nws + 16);
+  }
+  const int32_t* __restrict cb = e.cb;
+  const float* __restrict sa = e.sa;
+  float* __restrict acc = e.acc;
+  const int64_t nb = e.nb;
+  for (int r = r0; r < r1; ++r) {
+    __m512i p0 = _mm512_load_si512(cb + r * 32), p1 = _mm512_load_si512(cb + r * 32 + 16);
+    if constexpr (kPacked) {
+      const __m512i z = _mm512_set1_epi32(e.zc[r * nb]);
+      p0 = _mm512_dpwssd_epi32(p0, z, c0);
+      p1 = _mm512_dpwssd_epi32(p1, z, c1);
+    } else {
+      const __m512i as = _mm512_set1_epi32(e.asum[r * nb]), za = _mm512_set1_epi32(e.za[r * nb]);
+      p0 = _mm512_add_epi32(p0, _mm512_add_epi32(_mm512_mullo_epi32(as, c0), _mm512_mullo_epi32(za, c2)));
+      p1 = _mm512_add_epi32(p1, _mm512_add_epi32(_mm512_mullo_epi32(as, c1), _mm512_mullo_epi32(za, c3)));
+    }
+    const __m512 s = _mm512_set1_ps(sa[r * nb]);
+    const __m512 base0 = kFirst ? bias0 : _mm512_load_ps(acc + r * 32);
+    const __m512 base1 = kFirst ? bias1 : _mm512_load_ps(acc + r * 32 + 16);
+    const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
+    const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
+    if constexpr (kLast) {
+      if (r < rows_valid) {
+        store16(y + r * ldy, km0, a0);
+        store16(y + r * ldy + 16, km1, a1);
+      }
+    } else {
+      _mm512_store_ps(acc + r * 32, a0);
+      _mm512_store_ps(acc + r * 32 + 16, a1);
+    }
+  }
+}
+
 // kPacked: the zero-point corrections of a block in one VNNI instruction per 16 outputs (vpdpwssd of the
 // int16 pairs (za, Asum) x (-(Wsum + B d_w), d_w), exact while B <= 128); otherwise two vpmulld.
 template <bool kPacked, typename OutT>
@@ -396,10 +467,14 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
   // L2 blocking: a chunk of row blocks whose A bytes (about 512 KB) stay in L2 while the panels pass;
   // each panel (in L1 / L2) serves every row block of the chunk.
   const int64_t chunk = std::max<int64_t>(1, (1 << 19) / (kRows * K));
+  // The epilogue of block b - 1 runs in 4 * steps slices, one after each TDPBUSD of block b.
+  const int64_t slices = 4 * steps;
+  std::vector<int> bound(slices + 1);
+  for (int64_t i = 0; i <= slices; ++i) bound[i] = static_cast<int>(i * kRows / slices);
   at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
     configure_tiles(static_cast<int>(ks));
-    alignas(64) int32_t cbuf[2][4][16][16];  // double-buffered: block b's sums, while b + 1 runs
-    alignas(64) float acc[kRows][kPanel];
+    alignas(64) int32_t cbuf[2][kRows * kPanel];  // double-buffered: block b's sums, while b + 1 runs
+    alignas(64) float acc[kRows * kPanel];
     std::vector<int8_t> panel4(W4 ? kPanel * K : 0);
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t units = by_rows ? row_blocks : panels;
@@ -418,56 +493,28 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
           const __m512 bias1 = bias ? _mm512_loadu_ps(bias + n0 + 16) : _mm512_setzero_ps();
           for (int64_t rb = rc; rb < std::min(rb_end, rc + chunk); ++rb) {
             const int64_t m0 = rb * kRows;
-            // Rows [r0, r1) of block b: the exact integer sum of (a - za)(w + d_w), scaled by sa * sw into
-            // the accumulators (starting from the bias); the last block writes the output.
+            const int rows_valid = static_cast<int>(std::min<int64_t>(kRows, M - m0));
+            OutT* y = Y + m0 * N + n0;
             auto epilogue = [&](int64_t b, int r0, int r1) {
-              const int32_t(*cb)[16][16] = cbuf[b & 1];
+              const EpiRows e{cbuf[b & 1], act.sa + m0 * nb + b, act.zc + m0 * nb + b, act.za + m0 * nb + b,
+                              act.asum + m0 * nb + b, nb, acc};
               const int64_t wi = b * Np + n0;
-              const __m512 sw0 = _mm512_loadu_ps(wt.sw + wi), sw1 = _mm512_loadu_ps(wt.sw + wi + 16);
-              __m512i c0, c1, c2, c3;
-              if constexpr (kPacked) {
-                c0 = _mm512_loadu_si512(wt.wc + wi);
-                c1 = _mm512_loadu_si512(wt.wc + wi + 16);
-                c2 = c3 = c0;
+              const float* sw = wt.sw + wi;
+              const int32_t *wc = wt.wc + wi, *dw = wt.dw + wi, *nws = wt.nws + wi;
+              if (nb == 1) {
+                epilogue_rows<kPacked, true, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+              } else if (b == 0) {
+                epilogue_rows<kPacked, true, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+              } else if (b == nb - 1) {
+                epilogue_rows<kPacked, false, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               } else {
-                c0 = _mm512_loadu_si512(wt.dw + wi);
-                c1 = _mm512_loadu_si512(wt.dw + wi + 16);
-                c2 = _mm512_loadu_si512(wt.nws + wi);
-                c3 = _mm512_loadu_si512(wt.nws + wi + 16);
-              }
-              const bool last = b == nb - 1;
-              for (int r = r0; r < r1; ++r) {
-                const int64_t ai = (m0 + r) * nb + b;
-                const int ti = (r / 16) * 2, tr = r % 16;
-                __m512i p0 = _mm512_load_si512(cb[ti][tr]), p1 = _mm512_load_si512(cb[ti + 1][tr]);
-                if constexpr (kPacked) {
-                  const __m512i zc = _mm512_set1_epi32(act.zc[ai]);
-                  p0 = _mm512_dpwssd_epi32(p0, zc, c0);
-                  p1 = _mm512_dpwssd_epi32(p1, zc, c1);
-                } else {
-                  const __m512i as = _mm512_set1_epi32(act.asum[ai]), za = _mm512_set1_epi32(act.za[ai]);
-                  p0 = _mm512_add_epi32(p0, _mm512_add_epi32(_mm512_mullo_epi32(as, c0), _mm512_mullo_epi32(za, c2)));
-                  p1 = _mm512_add_epi32(p1, _mm512_add_epi32(_mm512_mullo_epi32(as, c1), _mm512_mullo_epi32(za, c3)));
-                }
-                const __m512 sa = _mm512_set1_ps(act.sa[ai]);
-                const __m512 base0 = b == 0 ? bias0 : _mm512_load_ps(acc[r]);
-                const __m512 base1 = b == 0 ? bias1 : _mm512_load_ps(acc[r] + 16);
-                const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(sa, sw0), base0);
-                const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(sa, sw1), base1);
-                if (last) {
-                  if (m0 + r < M) {
-                    OutT* y = Y + (m0 + r) * N + n0;
-                    store16(y, km0, a0);
-                    store16(y + 16, km1, a1);
-                  }
-                } else {
-                  _mm512_store_ps(acc[r], a0);
-                  _mm512_store_ps(acc[r] + 16, a1);
-                }
+                epilogue_rows<kPacked, false, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               }
             };
-            // Software pipeline: while the tiles compute block b, the vector units scale block b - 1, a
-            // slice of rows after each K step, so that neither unit waits for the other.
+            auto slice = [&](int64_t b, int64_t i) {  // slice i of block b - 1's epilogue
+              if (b > 0 && bound[i] < bound[i + 1]) epilogue(b - 1, bound[i], bound[i + 1]);
+            };
+            const uint8_t* a_rows = A + m0 * K;  // this row block's codes, K step after K step
             for (int64_t b = 0; b < nb; ++b) {
               _tile_zero(0);
               _tile_zero(1);
@@ -475,24 +522,27 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
               _tile_zero(3);
               for (int64_t s = 0; s < steps; ++s) {
                 const int64_t k0 = b * B + s * ks;
-                const int8_t* bt = panel + (k0 / ks) * 2 * ks * 16;
-                const uint8_t* at = A + m0 * K + k0 * kRows;  // code_index(m0, k0)
+                const int8_t* bt = panel + k0 * 2 * 16;
+                const uint8_t* at = a_rows + k0 * kRows;
                 _tile_loadd(4, at, ks);
                 _tile_loadd(6, bt, 64);
                 _tile_loadd(7, bt + ks * 16, 64);
                 _tile_dpbusd(0, 4, 6);
+                slice(b, 4 * s);
                 _tile_loadd(5, at + 16 * ks, ks);
                 _tile_dpbusd(1, 4, 7);
+                slice(b, 4 * s + 1);
                 _tile_dpbusd(2, 5, 6);
+                slice(b, 4 * s + 2);
                 _tile_dpbusd(3, 5, 7);
-                if (b > 0 && s * kRows / steps < (s + 1) * kRows / steps)
-                  epilogue(b - 1, static_cast<int>(s * kRows / steps), static_cast<int>((s + 1) * kRows / steps));
+                slice(b, 4 * s + 3);
               }
-              int32_t(*cb)[16][16] = cbuf[b & 1];
-              _tile_stored(0, cb[0], 64);
-              _tile_stored(1, cb[1], 64);
-              _tile_stored(2, cb[2], 64);
-              _tile_stored(3, cb[3], 64);
+              // [32 rows][32 outputs]: row r of tiles 0 | 1 (r < 16) or 2 | 3
+              int32_t* cb = cbuf[b & 1];
+              _tile_stored(0, cb, 128);
+              _tile_stored(1, cb + 16, 128);
+              _tile_stored(2, cb + 16 * 32, 128);
+              _tile_stored(3, cb + 16 * 32 + 16, 128);
             }
             epilogue(nb - 1, 0, kRows);
           }
@@ -519,7 +569,7 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t 
   if (group == 0) group = K;
   TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
   TORCH_CHECK(sample_rows >= 0 && (sample_rows == 0 || M % sample_rows == 0), "sample_rows must divide the rows");
-  TORCH_CHECK(ks > 0 && block % ks == 0, "the K step must divide the block");
+  TORCH_CHECK(ks > 0 && (ks & (ks - 1)) == 0 && block % ks == 0, "the K step must be a power of two dividing the block");
   const int64_t Mp = (M + kRows - 1) / kRows * kRows, G = K / group, nb = K / block;
   auto codes = torch::empty({Mp * K}, torch::kUInt8);
   auto sa = torch::empty({Mp, nb}, torch::kFloat32);
