@@ -514,35 +514,53 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
             auto slice = [&](int64_t b, int64_t i) {  // slice i of block b - 1's epilogue
               if (b > 0 && bound[i] < bound[i + 1]) epilogue(b - 1, bound[i], bound[i + 1]);
             };
+            // Software pipeline over the K steps: each A / B tile is reloaded for step g + 1 right after
+            // its last use in step g, so the loads overlap the remaining TDPBUSDs of step g.
             const uint8_t* a_rows = A + m0 * K;  // this row block's codes, K step after K step
-            for (int64_t b = 0; b < nb; ++b) {
-              _tile_zero(0);
-              _tile_zero(1);
-              _tile_zero(2);
-              _tile_zero(3);
-              for (int64_t s = 0; s < steps; ++s) {
-                const int64_t k0 = b * B + s * ks;
-                const int8_t* bt = panel + k0 * 2 * 16;
-                const uint8_t* at = a_rows + k0 * kRows;
-                _tile_loadd(4, at, ks);
-                _tile_loadd(6, bt, 64);
-                _tile_loadd(7, bt + ks * 16, 64);
-                _tile_dpbusd(0, 4, 6);
-                slice(b, 4 * s);
-                _tile_loadd(5, at + 16 * ks, ks);
-                _tile_dpbusd(1, 4, 7);
-                slice(b, 4 * s + 1);
-                _tile_dpbusd(2, 5, 6);
-                slice(b, 4 * s + 2);
-                _tile_dpbusd(3, 5, 7);
-                slice(b, 4 * s + 3);
+            const int64_t nsteps = K / ks;
+            auto a_tile = [&](int64_t g) { return a_rows + g * ks * kRows; };
+            auto b_tile = [&](int64_t g) { return panel + g * ks * 2 * 16; };
+            _tile_loadd(4, a_tile(0), ks);
+            _tile_loadd(6, b_tile(0), 64);
+            _tile_loadd(7, b_tile(0) + ks * 16, 64);
+            _tile_loadd(5, a_tile(0) + 16 * ks, ks);
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            int64_t b = 0, s = 0;
+            for (int64_t g = 0; g < nsteps; ++g) {
+              const bool more = g + 1 < nsteps;
+              _tile_dpbusd(0, 4, 6);
+              slice(b, 4 * s);
+              _tile_dpbusd(1, 4, 7);
+              if (more) _tile_loadd(4, a_tile(g + 1), ks);
+              slice(b, 4 * s + 1);
+              _tile_dpbusd(2, 5, 6);
+              if (more) _tile_loadd(6, b_tile(g + 1), 64);
+              slice(b, 4 * s + 2);
+              _tile_dpbusd(3, 5, 7);
+              if (more) {
+                _tile_loadd(7, b_tile(g + 1) + ks * 16, 64);
+                _tile_loadd(5, a_tile(g + 1) + 16 * ks, ks);
               }
-              // [32 rows][32 outputs]: row r of tiles 0 | 1 (r < 16) or 2 | 3
-              int32_t* cb = cbuf[b & 1];
-              _tile_stored(0, cb, 128);
-              _tile_stored(1, cb + 16, 128);
-              _tile_stored(2, cb + 16 * 32, 128);
-              _tile_stored(3, cb + 16 * 32 + 16, 128);
+              slice(b, 4 * s + 3);
+              if (++s == steps) {
+                // [32 rows][32 outputs]: row r of tiles 0 | 1 (r < 16) or 2 | 3
+                int32_t* cb = cbuf[b & 1];
+                _tile_stored(0, cb, 128);
+                _tile_stored(1, cb + 16, 128);
+                _tile_stored(2, cb + 16 * 32, 128);
+                _tile_stored(3, cb + 16 * 32 + 16, 128);
+                if (more) {
+                  _tile_zero(0);
+                  _tile_zero(1);
+                  _tile_zero(2);
+                  _tile_zero(3);
+                }
+                s = 0;
+                ++b;
+              }
             }
             epilogue(nb - 1, 0, kRows);
           }
