@@ -187,9 +187,35 @@ inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, 
     const float sg = s[gi], zg = z[gi] + offset;
     const __m512 vs = _mm512_set1_ps(sg), vinv = _mm512_set1_ps(1.0f / sg), vz = _mm512_set1_ps(zg);
     const __m512 vlo = _mm512_set1_ps(lo + offset), vhi = _mm512_set1_ps(hi + offset);
+    // 8-bit codes spanning [0, 255], 64 at a time: the saturating packs clamp, vpsadbw sums (K steps of
+    // at least 16 columns keep every 16 consecutive codes together in the tile order)
+    const bool full8 = lo + offset == 0.0f && hi + offset == 255.0f && block % 64 == 0 && ks >= 16;
+    const __m512i vzi = _mm512_set1_epi32(static_cast<int32_t>(zg));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     for (int64_t b0 = gi * group; b0 < (gi + 1) * group; b0 += block) {
       __m512 vsum = _mm512_setzero_ps();
       int64_t k = b0;
+      int32_t sum = 0;
+      if (full8) {
+        __m512i vsad = _mm512_setzero_si512();
+        for (; k < b0 + block; k += 64) {
+          __m512i c[4];
+          for (int i = 0; i < 4; ++i)
+            c[i] = _mm512_add_epi32(_mm512_cvtps_epi32(round_div(load16(src + k + 16 * i), vs, vinv)), vzi);
+          const __m512i w01 = _mm512_packus_epi32(c[0], c[1]), w23 = _mm512_packus_epi32(c[2], c[3]);
+          const __m512i bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(w01, w23));
+          vsad = _mm512_add_epi64(vsad, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
+          if (ks >= 64) {
+            _mm512_storeu_si512(codes + at(k), bytes);
+          } else {
+            alignas(64) uint8_t tmp[64];
+            _mm512_store_si512(tmp, bytes);
+            for (int i = 0; i < 64; i += 16)
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + at(k + i)), _mm_load_si128(reinterpret_cast<const __m128i*>(tmp + i)));
+          }
+        }
+        sum = static_cast<int32_t>(_mm512_reduce_add_epi64(vsad));
+      }
       for (; k + 16 <= b0 + block; k += 16) {
         __m512 q = round_div(load16(src + k), vs, vinv);
         q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), vlo), vhi);
@@ -203,7 +229,7 @@ inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, 
           for (int i = 0; i < 16; ++i) codes[at(k + i)] = tmp[i];
         }
       }
-      int32_t sum = static_cast<int32_t>(_mm512_reduce_add_ps(vsum));
+      sum += static_cast<int32_t>(_mm512_reduce_add_ps(vsum));
       for (; k < b0 + block; ++k) {
         const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / sg) + zg, lo + offset), hi + offset);
         codes[at(k)] = static_cast<uint8_t>(q);
