@@ -169,11 +169,10 @@ def _run_amx(
         sample_rows = rows // x.shape[0] if x.dim() > 1 else rows
     elif act.granularity != "token":
         scale, zero = _act_ranges(x, act, ch_min, ch_max)
-    qa = ext.quantize_act(x2d, act.group, act.bits, act.symmetric, kw.block, kw.kstep, sample_rows, scale, zero)
     out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
-    return ext.amx_linear(
-        rows, qa, kw.stream, kw.bits, kw.pack4, kw.out_features, kw.block, kw.kstep, kw.sw, kw.dw, kw.nws, kw.wc,
-        bias, out_dtype,
+    return ext.amx_linear_x(
+        x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
+        kw.out_features, kw.block, kw.kstep, kw.sw, kw.dw, kw.nws, kw.wc, bias, out_dtype,
     )  # fmt: skip
 
 

@@ -168,21 +168,21 @@ struct RowIndex {
 };
 
 struct ActOut {  // per (row, K block): sa, za (with the storage offset), Asum, and za | Asum << 16
-  uint8_t* codes;  // in tile order (code_index)
-  int64_t ks;
+  int64_t ks;  // the K step of the tile order of the codes
   float* sa;
   int32_t* za;
   int32_t* asum;
   int32_t* zc;
 };
 
-// One row: groups of `group` columns with scales s[G] and zero points z[G] (without the offset).
+// One row: groups of `group` columns with scales s[G] and zero points z[G] (without the offset); the
+// codes go to row m_local of `codes` (tile order), the per-block values to row m of `o`.
 template <typename T>
 inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, const float* s, const float* z,
-                         float offset, float lo, float hi, int64_t m, const ActOut& o) {
+                         float offset, float lo, float hi, int64_t m, int64_t m_local, uint8_t* codes,
+                         const ActOut& o) {
   const int64_t G = K / group, nb = K / block, ks = o.ks;
-  uint8_t* codes = o.codes;
-  const RowIndex at(m, K, ks);
+  const RowIndex at(m_local, K, ks);
   for (int64_t gi = 0; gi < G; ++gi) {
     const float sg = s[gi], zg = z[gi] + offset;
     const __m512 vs = _mm512_set1_ps(sg), vinv = _mm512_set1_ps(1.0f / sg), vz = _mm512_set1_ps(zg);
@@ -260,58 +260,76 @@ inline void qparams_groups(const float* mn, const float* mx, int64_t G, bool sym
   }
 }
 
-// Rows [0, M) of x. Ranges: per row and group (sample_rows == 0 and no given ranges), per group over
-// each sample of `sample_rows` consecutive rows, or the given scale and zero point per row and group.
+// Quantizes rows of x [M, K]. Ranges: per row and group (sample_rows == 0 and no given ranges), per
+// group over each sample of `sample_rows` consecutive rows (computed up front), or the given scale and
+// zero point per row and group.
 template <typename T>
-void quantize_rows(const T* x, int64_t M, int64_t K, int64_t group, int64_t block, int bits, bool symmetric,
-                   int64_t sample_rows, const float* given_scale, const int32_t* given_zero, const ActOut& o,
-                   float* scale_out, int32_t* zero_out) {
-  const int64_t G = K / group;
-  const float hi = symmetric ? static_cast<float>((1 << (bits - 1)) - 1) : static_cast<float>((1 << bits) - 1);
-  const float lo = symmetric ? -static_cast<float>(1 << (bits - 1)) : 0.0f;
-  const float offset = symmetric ? 128.0f : 0.0f;
+struct RowQuantizer {
+  const T* x;
+  int64_t M, K, group, block, sample_rows, G;
+  int bits;
+  bool symmetric;
+  const float* given_scale;
+  const int32_t* given_zero;
+  float lo, hi, offset;
   std::vector<float> sample_s, sample_z;
-  if (sample_rows > 0) {  // one range per sample and group, over all of the sample's rows
-    const int64_t S = M / sample_rows;
-    sample_s.resize(S * G);
-    sample_z.resize(S * G);
-    at::parallel_for(0, S * G, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t smp = i / G, gi = i % G;
-        float mn = 0.0f, mx = 0.0f;
-        for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r) range_of(x + r * K + gi * group, group, mn, mx);
-        qparams_groups(&mn, &mx, 1, symmetric, lo, hi, &sample_s[i], &sample_z[i]);
-      }
-    });
-  }
-  at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> mn(G), mx(G), s(G), z(G);
-    for (int64_t m = begin; m < end; ++m) {
-      const T* src = x + m * K;
-      if (sample_rows > 0) {
-        const int64_t smp = m / sample_rows;
-        std::memcpy(s.data(), &sample_s[smp * G], G * sizeof(float));
-        std::memcpy(z.data(), &sample_z[smp * G], G * sizeof(float));
-      } else if (given_scale) {
-        for (int64_t gi = 0; gi < G; ++gi) {
-          s[gi] = given_scale[m * G + gi];
-          z[gi] = static_cast<float>(given_zero[m * G + gi]) - offset;
+
+  RowQuantizer(const T* x_, int64_t M_, int64_t K_, int64_t group_, int64_t block_, int bits_, bool symmetric_,
+               int64_t sample_rows_, const float* given_scale_, const int32_t* given_zero_)
+      : x(x_), M(M_), K(K_), group(group_), block(block_), sample_rows(sample_rows_), G(K_ / group_), bits(bits_),
+        symmetric(symmetric_), given_scale(given_scale_), given_zero(given_zero_) {
+    hi = symmetric ? static_cast<float>((1 << (bits - 1)) - 1) : static_cast<float>((1 << bits) - 1);
+    lo = symmetric ? -static_cast<float>(1 << (bits - 1)) : 0.0f;
+    offset = symmetric ? 128.0f : 0.0f;
+    if (sample_rows > 0) {  // one range per sample and group, over all of the sample's rows
+      const int64_t S = M / sample_rows;
+      sample_s.resize(S * G);
+      sample_z.resize(S * G);
+      at::parallel_for(0, S * G, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t smp = i / G, gi = i % G;
+          float mn = 0.0f, mx = 0.0f;
+          for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r)
+            range_of(x + r * K + gi * group, group, mn, mx);
+          qparams_groups(&mn, &mx, 1, symmetric, lo, hi, &sample_s[i], &sample_z[i]);
         }
-      } else {
-        for (int64_t gi = 0; gi < G; ++gi) {
-          mn[gi] = mx[gi] = 0.0f;
-          range_of(src + gi * group, group, mn[gi], mx[gi]);
-        }
-        qparams_groups(mn.data(), mx.data(), G, symmetric, lo, hi, s.data(), z.data());
-        for (int64_t gi = 0; gi < G; ++gi) {
-          scale_out[m * G + gi] = s[gi];
-          zero_out[m * G + gi] = static_cast<int32_t>(z[gi] + offset);
-        }
-      }
-      quantize_row(src, K, group, block, s.data(), z.data(), offset, lo, hi, m, o);
+      });
     }
-  });
-}
+  }
+
+  // Row m: codes to row m_local of `codes` (tile order); `work` holds 4 * G floats.
+  void row(int64_t m, int64_t m_local, uint8_t* codes, const ActOut& o, float* work) const {
+    float *mn = work, *mx = work + G, *s = work + 2 * G, *z = work + 3 * G;
+    const T* src = x + m * K;
+    if (sample_rows > 0) {
+      const int64_t smp = m / sample_rows;
+      std::memcpy(s, &sample_s[smp * G], G * sizeof(float));
+      std::memcpy(z, &sample_z[smp * G], G * sizeof(float));
+    } else if (given_scale) {
+      for (int64_t gi = 0; gi < G; ++gi) {
+        s[gi] = given_scale[m * G + gi];
+        z[gi] = static_cast<float>(given_zero[m * G + gi]) - offset;
+      }
+    } else {
+      for (int64_t gi = 0; gi < G; ++gi) {
+        mn[gi] = mx[gi] = 0.0f;
+        range_of(src + gi * group, group, mn[gi], mx[gi]);
+      }
+      qparams_groups(mn, mx, G, symmetric, lo, hi, s, z);
+    }
+    quantize_row(src, K, group, block, s, z, offset, lo, hi, m, m_local, codes, o);
+  }
+};
+
+// A 64-byte aligned scratch buffer (tile loads want aligned rows).
+struct AlignedBuffer {
+  std::vector<uint8_t> raw;
+  uint8_t* get(size_t bytes) {
+    if (raw.size() < bytes + 64) raw.resize(bytes + 64);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(raw.data());
+    return reinterpret_cast<uint8_t*>((p + 63) & ~static_cast<uintptr_t>(63));
+  }
+};
 
 // --- weight layout -------------------------------------------------------------------------------------
 
@@ -482,17 +500,30 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
 
 // kPacked: the zero-point corrections of a block in one VNNI instruction per 16 outputs (vpdpwssd of the
 // int16 pairs (za, Asum) x (-(Wsum + B d_w), d_w), exact while B <= 128); otherwise two vpmulld.
-template <bool kPacked, typename OutT>
-void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
+//
+// `rows(rb_begin, rb_end, buffer)` gives the codes of row blocks [rb_begin, rb_end) (tile order, one row
+// block after the other): already quantized, or quantized then and there into the thread's buffer.
+struct Split {  // contiguous row blocks per thread when there are enough of them, else contiguous panels
+  int64_t T;
+  bool by_rows;
+  Split(int64_t row_blocks, int64_t panels) {
+    T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), row_blocks * panels));
+    by_rows = row_blocks >= 2 * T || row_blocks >= panels;
+  }
+};
+// L2 blocking: a chunk of row blocks whose A bytes (about 512 KB) stay in L2 while the panels pass;
+// each panel (in L1 / L2) serves every row block of the chunk.
+inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (1 << 19) / (kRows * K)); }
+
+template <bool kPacked, typename OutT, typename Rows>
+void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
                      const uint8_t* W4, int bits, int64_t Np, int64_t N, int64_t B, int64_t ks, WeightSide wt,
                      const float* bias, OutT* Y) {
   const int64_t nb = K / B, panels = Np / kPanel, steps = B / ks, row_blocks = Mp / kRows;
-  // Work split: contiguous row blocks per thread when there are enough of them, else contiguous panels.
-  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), row_blocks * panels));
-  const bool by_rows = row_blocks >= 2 * T || row_blocks >= panels;
-  // L2 blocking: a chunk of row blocks whose A bytes (about 512 KB) stay in L2 while the panels pass;
-  // each panel (in L1 / L2) serves every row block of the chunk.
-  const int64_t chunk = std::max<int64_t>(1, (1 << 19) / (kRows * K));
+  const Split split(row_blocks, panels);
+  const int64_t T = split.T;
+  const bool by_rows = split.by_rows;
+  const int64_t chunk = row_chunk(K);
   // The epilogue of block b - 1 runs in 4 * steps slices, one after each TDPBUSD of block b.
   const int64_t slices = 4 * steps;
   std::vector<int> bound(slices + 1);
@@ -501,16 +532,18 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
     configure_tiles(static_cast<int>(ks));
     alignas(64) int32_t cbuf[2][kRows * kPanel];  // double-buffered: block b's sums, while b + 1 runs
     alignas(64) float acc[kRows * kPanel];
-    std::vector<int8_t> panel4(W4 ? kPanel * K : 0);
+    AlignedBuffer panel_buf, rows_buf;
+    int8_t* panel4 = W4 ? reinterpret_cast<int8_t*>(panel_buf.get(kPanel * K)) : nullptr;
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t units = by_rows ? row_blocks : panels;
       const int64_t u0 = units * t / T, u1 = units * (t + 1) / T;
       const int64_t rb_begin = by_rows ? u0 : 0, rb_end = by_rows ? u1 : row_blocks;
       const int64_t p_begin = by_rows ? 0 : u0, p_end = by_rows ? panels : u1;
       for (int64_t rc = rb_begin; rc < rb_end; rc += chunk) {
+        const uint8_t* A = rows(rc, std::min(rb_end, rc + chunk), rows_buf);  // row block rc
         for (int64_t p = p_begin; p < p_end; ++p) {
-          const int8_t* panel = W8 ? W8 + p * kPanel * K : panel4.data();
-          if (W4) unpack_panel4(W4 + p * kPanel * K / 2, kPanel * K / 2, panel4.data(), 1 << (bits - 1));
+          const int8_t* panel = W8 ? W8 + p * kPanel * K : panel4;
+          if (W4) unpack_panel4(W4 + p * kPanel * K / 2, kPanel * K / 2, panel4, 1 << (bits - 1));
           const int64_t n0 = p * kPanel;
           const int64_t cols = std::min<int64_t>(kPanel, N - n0);
           const __mmask16 km0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
@@ -542,7 +575,7 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
             };
             // Software pipeline over the K steps: each A / B tile is reloaded for step g + 1 right after
             // its last use in step g, so the loads overlap the remaining TDPBUSDs of step g.
-            const uint8_t* a_rows = A + m0 * K;  // this row block's codes, K step after K step
+            const uint8_t* a_rows = A + (rb - rc) * kRows * K;  // this row block's codes, step after step
             const int64_t nsteps = K / ks;
             auto a_tile = [&](int64_t g) { return a_rows + g * ks * kRows; };
             auto b_tile = [&](int64_t g) { return panel + g * ks * 2 * 16; };
@@ -599,90 +632,134 @@ void amx_linear_impl(const uint8_t* A, int64_t M, int64_t Mp, int64_t K, ActSide
 
 // --- Python-facing functions ------------------------------------------------------------------------
 
+struct QuantArgs {  // the activation quantizer's settings, checked
+  int64_t M, K, group, block, ks, sample_rows, Mp, G, nb;
+  int bits;
+  bool symmetric;
+  torch::Tensor gs, gz;  // given ranges [M, G] (static granularity), else undefined
+
+  QuantArgs(const torch::Tensor& x, int64_t group_, int64_t bits_, bool symmetric_, int64_t block_, int64_t ks_,
+            int64_t sample_rows_, const c10::optional<torch::Tensor>& given_scale,
+            const c10::optional<torch::Tensor>& given_zero) {
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
+                "x must be float32 or bfloat16");
+    TORCH_CHECK(bits_ >= 2 && bits_ <= 8, "bits in 2..8");
+    M = x.size(0);
+    K = x.size(1);
+    group = group_ == 0 ? K : group_;
+    block = block_;
+    ks = ks_;
+    bits = static_cast<int>(bits_);
+    symmetric = symmetric_;
+    TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
+    TORCH_CHECK(ks > 0 && (ks & (ks - 1)) == 0 && block % ks == 0 && ks <= 64,
+                "the K step must be a power of two dividing the block, at most 64");
+    Mp = (M + kRows - 1) / kRows * kRows;
+    G = K / group;
+    nb = K / block;
+    const bool given = given_scale.has_value() && given_scale->defined();
+    sample_rows = given ? 0 : sample_rows_;
+    TORCH_CHECK(sample_rows >= 0 && (sample_rows == 0 || M % sample_rows == 0), "sample_rows must divide the rows");
+    if (given) {
+      gs = given_scale->to(torch::kFloat32).contiguous();
+      gz = given_zero->to(torch::kInt32).contiguous();
+      TORCH_CHECK(gs.size(0) == M && gs.size(1) == G && gz.sizes() == gs.sizes(), "given scale / zero: [M, G]");
+    }
+  }
+  // the per (row, block) tensors sa, za, asum, zc [Mp, nb], padding rows zero
+  std::vector<torch::Tensor> per_block() const {
+    auto sa = torch::empty({Mp, nb}, torch::kFloat32);
+    auto za = torch::empty({Mp, nb}, torch::kInt32);
+    auto asum = torch::empty({Mp, nb}, torch::kInt32);
+    auto zc = torch::empty({Mp, nb}, torch::kInt32);
+    if (Mp > M) {
+      for (auto* t : {&sa, &za, &asum, &zc}) t->narrow(0, M, Mp - M).zero_();
+    }
+    return {sa, za, asum, zc};
+  }
+  ActOut out(const std::vector<torch::Tensor>& e) const {
+    return ActOut{ks, e[0].data_ptr<float>(), e[1].data_ptr<int32_t>(), e[2].data_ptr<int32_t>(),
+                  e[3].data_ptr<int32_t>()};
+  }
+  template <typename T>
+  RowQuantizer<T> quantizer(const T* x) const {
+    return RowQuantizer<T>(x, M, K, group, block, bits, symmetric, sample_rows,
+                           gs.defined() ? gs.data_ptr<float>() : nullptr,
+                           gz.defined() ? gz.data_ptr<int32_t>() : nullptr);
+  }
+};
+
+// Every row of x into `codes` (tile order, [Mp * K], the padding rows' codes zeroed here).
+template <typename T>
+void quantize_all(const RowQuantizer<T>& rq, const QuantArgs& a, const ActOut& o, uint8_t* codes) {
+  if (a.Mp > a.M) std::memset(codes + (a.Mp - kRows) * a.K, 0, kRows * a.K);  // the last row block
+  at::parallel_for(0, a.M, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> work(4 * a.G);
+    for (int64_t m = begin; m < end; ++m) rq.row(m, m, codes, o, work.data());
+  });
+}
+
 // x [M, K] float32 or bfloat16 -> codes uint8 [Mp * K] in tile order for K steps of `ks` (Mp: M rounded
-// up to 32, padding rows zero) and the per (row, K block) epilogue inputs [Mp, K / block]: sa float32, za, Asum and
-// za | Asum << 16 int32. Ranges: dynamic per row and group; with `sample_rows` > 0 per group over each
-// sample of that many consecutive rows; or the given scale / zero point ([M, G], static granularity).
+// up to 32, padding rows zero) and the per (row, K block) epilogue inputs [Mp, K / block]: sa float32, za,
+// Asum and za | Asum << 16 int32. Ranges: dynamic per row and group; with `sample_rows` > 0 per group over
+// each sample of that many consecutive rows; or the given scale / zero point ([M, G], static granularity).
 std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t bits, bool symmetric, int64_t block,
                                         int64_t ks, int64_t sample_rows,
                                         c10::optional<torch::Tensor> given_scale,
                                         c10::optional<torch::Tensor> given_zero) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
-  TORCH_CHECK(bits >= 2 && bits <= 8, "bits in 2..8");
-  const int64_t M = x.size(0), K = x.size(1);
-  if (group == 0) group = K;
-  TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
-  TORCH_CHECK(sample_rows >= 0 && (sample_rows == 0 || M % sample_rows == 0), "sample_rows must divide the rows");
-  TORCH_CHECK(ks > 0 && (ks & (ks - 1)) == 0 && block % ks == 0, "the K step must be a power of two dividing the block");
-  const int64_t Mp = (M + kRows - 1) / kRows * kRows, G = K / group, nb = K / block;
-  auto codes = torch::empty({Mp * K}, torch::kUInt8);
-  auto sa = torch::empty({Mp, nb}, torch::kFloat32);
-  auto za = torch::empty({Mp, nb}, torch::kInt32);
-  auto asum = torch::empty({Mp, nb}, torch::kInt32);
-  auto zc = torch::empty({Mp, nb}, torch::kInt32);
-  if (Mp > M) {
-    codes.narrow(0, (Mp - kRows) * K, kRows * K).zero_();  // the last row block
-    for (auto* t : {&za, &asum, &zc}) t->narrow(0, M, Mp - M).zero_();
-    sa.narrow(0, M, Mp - M).zero_();
-  }
-  const bool given = given_scale.has_value() && given_scale->defined();
-  torch::Tensor gs, gz;
-  if (given) {
-    gs = given_scale->to(torch::kFloat32).contiguous();
-    gz = given_zero->to(torch::kInt32).contiguous();
-    TORCH_CHECK(gs.size(0) == M && gs.size(1) == G && gz.sizes() == gs.sizes(), "given scale / zero: [M, G]");
-  }
-  std::vector<float> scale(given || sample_rows ? 0 : M * G);
-  std::vector<int32_t> zero(scale.size());
-  const ActOut o{codes.data_ptr<uint8_t>(), ks, sa.data_ptr<float>(), za.data_ptr<int32_t>(), asum.data_ptr<int32_t>(),
-                 zc.data_ptr<int32_t>()};
-  auto go = [&](auto* ptr) {
-    quantize_rows(ptr, M, K, group, block, static_cast<int>(bits), symmetric, given ? 0 : sample_rows,
-                  given ? gs.data_ptr<float>() : nullptr, given ? gz.data_ptr<int32_t>() : nullptr, o, scale.data(),
-                  zero.data());
-  };
+  const QuantArgs a(x, group, bits, symmetric, block, ks, sample_rows, given_scale, given_zero);
+  auto codes = torch::empty({a.Mp * a.K}, torch::kUInt8);
+  auto e = a.per_block();
+  const ActOut o = a.out(e);
   if (x.scalar_type() == torch::kBFloat16) {
-    go(x.data_ptr<at::BFloat16>());
+    quantize_all(a.quantizer(x.data_ptr<at::BFloat16>()), a, o, codes.data_ptr<uint8_t>());
   } else {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32 or bfloat16");
-    go(x.data_ptr<float>());
+    quantize_all(a.quantizer(x.data_ptr<float>()), a, o, codes.data_ptr<uint8_t>());
   }
-  return {codes, sa, za, asum, zc};
+  return {codes, e[0], e[1], e[2], e[3]};
 }
 
-// codes: uint8 [Mp * K] in tile order and act: the per-block inputs of quantize_act, of which the first M
-// rows are real; weight: the panel-major stream; sw float32 and dw / nws / wc int32 [K / B, Np];
-// bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
-torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
-                         int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor dw, torch::Tensor nws,
-                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
-  TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
-  TORCH_CHECK(act.size() >= 5, "act: codes, sa, za, asum, zc");
-  const torch::Tensor& codes = act[0];
-  const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
-  TORCH_CHECK(Mp % kRows == 0 && M <= Mp && codes.numel() == Mp * K, "rows must be padded to a multiple of 32");
-  TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
-  const int64_t Np = sw.size(1);
-  TORCH_CHECK(Np % kPanel == 0 && Np >= N && sw.size(0) == K / B, "weights must be padded to panels of 32 rows");
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
-  auto y = torch::empty({M, N}, torch::TensorOptions().dtype(out_dtype));
-  const float* bptr = nullptr;
+struct WeightArgs {
+  const int8_t* w8;
+  const uint8_t* w4;
+  int bits;
+  int64_t N, Np, B, ks;
+  WeightSide ws;
   torch::Tensor bpad;
-  if (bias.has_value() && bias->defined()) {
-    bpad = torch::zeros({Np}, torch::kFloat32);
-    bpad.narrow(0, 0, N).copy_(*bias);
-    bptr = bpad.data_ptr<float>();
+  const float* bias = nullptr;
+  WeightArgs(const torch::Tensor& weight, int64_t bits_, bool pack4, int64_t N_, int64_t K, int64_t B_, int64_t ks_,
+             const torch::Tensor& sw, const torch::Tensor& dw, const torch::Tensor& nws, const torch::Tensor& wc,
+             const c10::optional<torch::Tensor>& b) {
+    TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
+    N = N_;
+    B = B_;
+    ks = ks_;
+    bits = static_cast<int>(bits_);
+    TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
+    Np = sw.size(1);
+    TORCH_CHECK(Np % kPanel == 0 && Np >= N && sw.size(0) == K / B, "weights must be padded to panels of 32 rows");
+    TORCH_CHECK(weight.numel() == (pack4 ? Np * K / 2 : Np * K), "the weight stream does not match K and N");
+    w8 = pack4 ? nullptr : reinterpret_cast<const int8_t*>(weight.data_ptr<uint8_t>());
+    w4 = pack4 ? weight.data_ptr<uint8_t>() : nullptr;
+    ws = WeightSide{sw.data_ptr<float>(), dw.data_ptr<int32_t>(), nws.data_ptr<int32_t>(), wc.data_ptr<int32_t>()};
+    if (b.has_value() && b->defined()) {
+      bpad = torch::zeros({Np}, torch::kFloat32);
+      bpad.narrow(0, 0, N).copy_(*b);
+      bias = bpad.data_ptr<float>();
+    }
   }
-  const int8_t* w8 = pack4 ? nullptr : reinterpret_cast<const int8_t*>(weight.data_ptr<uint8_t>());
-  const uint8_t* w4 = pack4 ? weight.data_ptr<uint8_t>() : nullptr;
-  const ActSide as{act[1].data_ptr<float>(), act[2].data_ptr<int32_t>(), act[3].data_ptr<int32_t>(),
-                   act[4].data_ptr<int32_t>()};
-  const WeightSide ws{sw.data_ptr<float>(), dw.data_ptr<int32_t>(), nws.data_ptr<int32_t>(), wc.data_ptr<int32_t>()};
-  const bool packed = B <= 128;
+};
+
+template <typename Rows>
+torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, const ActSide& as, const WeightArgs& w,
+                          at::ScalarType out_dtype) {
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
+  auto y = torch::empty({M, w.N}, torch::TensorOptions().dtype(out_dtype));
   auto call = [&](auto* yp) {
     using OutT = std::remove_pointer_t<decltype(yp)>;
-    auto run = packed ? amx_linear_impl<true, OutT> : amx_linear_impl<false, OutT>;
-    run(codes.data_ptr<uint8_t>(), M, Mp, K, as, w8, w4, static_cast<int>(bits), Np, N, B, ks, ws, bptr, yp);
+    auto run = w.B <= 128 ? amx_linear_impl<true, OutT, Rows> : amx_linear_impl<false, OutT, Rows>;
+    run(rows, M, Mp, K, as, w.w8, w.w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp);
   };
   if (out_dtype == at::kBFloat16) {
     call(y.data_ptr<at::BFloat16>());
@@ -692,6 +769,60 @@ torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tenso
   return y;
 }
 
+inline ActSide act_side(const std::vector<torch::Tensor>& e) {
+  return ActSide{e[0].data_ptr<float>(), e[1].data_ptr<int32_t>(), e[2].data_ptr<int32_t>(), e[3].data_ptr<int32_t>()};
+}
+
+// codes: uint8 [Mp * K] in tile order and act: the outputs of quantize_act (codes, sa, za, asum, zc), of
+// which the first M rows are real; weight: the panel-major stream; sw float32 and dw / nws / wc int32
+// [K / B, Np]; bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
+torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
+                         int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor dw, torch::Tensor nws,
+                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+  TORCH_CHECK(act.size() == 5, "act: codes, sa, za, asum, zc");
+  const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
+  TORCH_CHECK(Mp % kRows == 0 && M <= Mp && act[0].numel() == Mp * K, "rows must be padded to a multiple of 32");
+  const WeightArgs w(weight, bits, pack4, N, K, B, ks, sw, dw, nws, wc, bias);
+  const uint8_t* codes = act[0].data_ptr<uint8_t>();
+  auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
+  return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype);
+}
+
+// quantize_act and amx_linear in one: when the threads split the rows, each quantizes its own chunks of
+// rows into an L2-sized buffer right before their products, so the codes never travel through memory.
+torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool symmetric, int64_t sample_rows,
+                           c10::optional<torch::Tensor> given_scale, c10::optional<torch::Tensor> given_zero,
+                           torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
+                           torch::Tensor sw, torch::Tensor dw, torch::Tensor nws, torch::Tensor wc,
+                           c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+  const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero);
+  const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, dw, nws, wc, bias);
+  auto e = a.per_block();
+  const ActOut o = a.out(e);
+  const int64_t K = a.K, M = a.M;
+  auto go = [&](auto* xp) {
+    const auto rq = a.quantizer(xp);
+    if (Split(a.Mp / kRows, w.Np / kPanel).by_rows) {
+      auto rows = [&](int64_t rb_begin, int64_t rb_end, AlignedBuffer& buf) {
+        uint8_t* codes = buf.get((rb_end - rb_begin) * kRows * K);
+        const int64_t m0 = rb_begin * kRows, m1 = std::min(M, rb_end * kRows);
+        if (rb_end * kRows > M) std::memset(codes + (rb_end - 1 - rb_begin) * kRows * K, 0, kRows * K);
+        std::vector<float> work(4 * a.G);
+        for (int64_t m = m0; m < m1; ++m) rq.row(m, m - m0, codes, o, work.data());
+        return const_cast<const uint8_t*>(codes);
+      };
+      return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+    }
+    auto all = torch::empty({a.Mp * K}, torch::kUInt8);
+    quantize_all(rq, a, o, all.data_ptr<uint8_t>());
+    const uint8_t* codes = all.data_ptr<uint8_t>();
+    auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
+    return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+  };
+  if (x.scalar_type() == torch::kBFloat16) return go(x.data_ptr<at::BFloat16>());
+  return go(x.data_ptr<float>());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -699,5 +830,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)");
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
-  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles");
+  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs");
+  m.def("amx_linear_x", &amx_linear_x, "activation quantization fused with the AMX product (x float32 / bfloat16)");
 }
