@@ -261,8 +261,9 @@ inline void qparams_groups(const float* mn, const float* mx, int64_t G, bool sym
 }
 
 // Quantizes rows of x [M, K]. Ranges: per row and group (sample_rows == 0 and no given ranges), per
-// group over each sample of `sample_rows` consecutive rows (computed up front), or the given scale and
-// zero point per row and group.
+// group over each sample of `sample_rows` consecutive rows, or the given scale and zero point per row and
+// group. A sample's ranges are computed by the thread that first needs them, right before its rows are
+// quantized (so the second pass over the sample's rows reads them from L2).
 template <typename T>
 struct RowQuantizer {
   const T* x;
@@ -272,7 +273,12 @@ struct RowQuantizer {
   const float* given_scale;
   const int32_t* given_zero;
   float lo, hi, offset;
-  std::vector<float> sample_s, sample_z;
+
+  struct Scratch {  // one per thread
+    std::vector<float> work;  // mn, mx, s, z: 4 * G
+    std::vector<float> sample_s, sample_z;
+    std::vector<char> sample_done;
+  };
 
   RowQuantizer(const T* x_, int64_t M_, int64_t K_, int64_t group_, int64_t block_, int bits_, bool symmetric_,
                int64_t sample_rows_, const float* given_scale_, const int32_t* given_zero_)
@@ -281,30 +287,37 @@ struct RowQuantizer {
     hi = symmetric ? static_cast<float>((1 << (bits - 1)) - 1) : static_cast<float>((1 << bits) - 1);
     lo = symmetric ? -static_cast<float>(1 << (bits - 1)) : 0.0f;
     offset = symmetric ? 128.0f : 0.0f;
-    if (sample_rows > 0) {  // one range per sample and group, over all of the sample's rows
-      const int64_t S = M / sample_rows;
-      sample_s.resize(S * G);
-      sample_z.resize(S * G);
-      at::parallel_for(0, S * G, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t smp = i / G, gi = i % G;
-          float mn = 0.0f, mx = 0.0f;
-          for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r)
-            range_of(x + r * K + gi * group, group, mn, mx);
-          qparams_groups(&mn, &mx, 1, symmetric, lo, hi, &sample_s[i], &sample_z[i]);
-        }
-      });
-    }
   }
 
-  // Row m: codes to row m_local of `codes` (tile order); `work` holds 4 * G floats.
-  void row(int64_t m, int64_t m_local, uint8_t* codes, const ActOut& o, float* work) const {
-    float *mn = work, *mx = work + G, *s = work + 2 * G, *z = work + 3 * G;
+  Scratch scratch() const {
+    Scratch sc;
+    sc.work.resize(4 * G);
+    if (sample_rows > 0) {
+      const int64_t S = M / sample_rows;
+      sc.sample_s.resize(S * G);
+      sc.sample_z.resize(S * G);
+      sc.sample_done.assign(S, 0);
+    }
+    return sc;
+  }
+
+  // Row m: codes to row m_local of `codes` (tile order).
+  void row(int64_t m, int64_t m_local, uint8_t* codes, const ActOut& o, Scratch& sc) const {
+    float *mn = sc.work.data(), *mx = mn + G, *s = mn + 2 * G, *z = mn + 3 * G;
     const T* src = x + m * K;
     if (sample_rows > 0) {
       const int64_t smp = m / sample_rows;
-      std::memcpy(s, &sample_s[smp * G], G * sizeof(float));
-      std::memcpy(z, &sample_z[smp * G], G * sizeof(float));
+      float* ss = &sc.sample_s[smp * G];
+      float* sz = &sc.sample_z[smp * G];
+      if (!sc.sample_done[smp]) {  // one range per group over all of the sample's rows
+        for (int64_t gi = 0; gi < G; ++gi) mn[gi] = mx[gi] = 0.0f;
+        for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r)
+          for (int64_t gi = 0; gi < G; ++gi) range_of(x + r * K + gi * group, group, mn[gi], mx[gi]);
+        qparams_groups(mn, mx, G, symmetric, lo, hi, ss, sz);
+        sc.sample_done[smp] = 1;
+      }
+      std::memcpy(s, ss, G * sizeof(float));
+      std::memcpy(z, sz, G * sizeof(float));
     } else if (given_scale) {
       for (int64_t gi = 0; gi < G; ++gi) {
         s[gi] = given_scale[m * G + gi];
@@ -695,8 +708,8 @@ template <typename T>
 void quantize_all(const RowQuantizer<T>& rq, const QuantArgs& a, const ActOut& o, uint8_t* codes) {
   if (a.Mp > a.M) std::memset(codes + (a.Mp - kRows) * a.K, 0, kRows * a.K);  // the last row block
   at::parallel_for(0, a.M, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> work(4 * a.G);
-    for (int64_t m = begin; m < end; ++m) rq.row(m, m, codes, o, work.data());
+    auto sc = rq.scratch();
+    for (int64_t m = begin; m < end; ++m) rq.row(m, m, codes, o, sc);
   });
 }
 
@@ -803,12 +816,14 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
   auto go = [&](auto* xp) {
     const auto rq = a.quantizer(xp);
     if (Split(a.Mp / kRows, w.Np / kPanel).by_rows) {
+      std::vector<typename std::remove_const_t<decltype(rq)>::Scratch> scratch(at::get_num_threads());
+      for (auto& sc : scratch) sc = rq.scratch();
       auto rows = [&](int64_t rb_begin, int64_t rb_end, AlignedBuffer& buf) {
         uint8_t* codes = buf.get((rb_end - rb_begin) * kRows * K);
         const int64_t m0 = rb_begin * kRows, m1 = std::min(M, rb_end * kRows);
         if (rb_end * kRows > M) std::memset(codes + (rb_end - 1 - rb_begin) * kRows * K, 0, kRows * K);
-        std::vector<float> work(4 * a.G);
-        for (int64_t m = m0; m < m1; ++m) rq.row(m, m - m0, codes, o, work.data());
+        auto& sc = scratch[at::get_thread_num()];
+        for (int64_t m = m0; m < m1; ++m) rq.row(m, m - m0, codes, o, sc);
         return const_cast<const uint8_t*>(codes);
       };
       return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
