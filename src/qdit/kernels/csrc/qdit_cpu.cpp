@@ -432,6 +432,15 @@ inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst, int of
   }
 }
 
+// 32 outputs of one row, 64-byte aligned, with non-temporal stores: the output is not read again here, so
+// it skips the cache (and the read for ownership of every line).
+inline void stream32(float* y, __m512 a0, __m512 a1) {
+  _mm512_stream_ps(y, a0);
+  _mm512_stream_ps(y + 16, a1);
+}
+inline void stream32(at::BFloat16* y, __m512 a0, __m512 a1) {
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(y), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(a1, a0)));
+}
 inline void store16(float* y, __mmask16 k, __m512 v) { _mm512_mask_storeu_ps(y, k, v); }
 inline void store16(at::BFloat16* y, __mmask16 k, __m512 v) {
   _mm256_mask_storeu_epi16(y, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
@@ -483,6 +492,8 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
   const float* __restrict sa = e.sa;
   float* __restrict acc = e.acc;
   const int64_t nb = e.nb;
+  const bool stream = km0 == 0xFFFF && km1 == 0xFFFF && (reinterpret_cast<uintptr_t>(y) & 63) == 0 &&
+                      ((ldy * static_cast<int64_t>(sizeof(OutT))) & 63) == 0;
   for (int r = r0; r < r1; ++r) {
     __m512i p0 = _mm512_load_si512(cb + r * 32), p1 = _mm512_load_si512(cb + r * 32 + 16);
     if constexpr (kPacked) {
@@ -500,7 +511,9 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
     const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
     const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
     if constexpr (kLast) {
-      if (r < rows_valid) {
+      if (stream && r < rows_valid) {
+        stream32(y + r * ldy, a0, a1);
+      } else if (r < rows_valid) {
         store16(y + r * ldy, km0, a0);
         store16(y + r * ldy + 16, km1, a1);
       }
@@ -639,6 +652,7 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
         }
       }
     }
+    _mm_sfence();  // the non-temporal output stores are visible before the threads join
     _tile_release();
   });
 }
