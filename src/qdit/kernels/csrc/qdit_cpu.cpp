@@ -783,10 +783,25 @@ torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, co
                           at::ScalarType out_dtype) {
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
   auto y = torch::empty({M, w.N}, torch::TensorOptions().dtype(out_dtype));
+  // 4-bit weights: a thread unpacks a panel for each chunk of its rows; with several chunks, unpacking
+  // the whole weight once (in parallel) costs less vector work than that
+  const int8_t* w8 = w.w8;
+  const uint8_t* w4 = w.w4;
+  AlignedBuffer unpacked;
+  const Split split(Mp / kRows, w.Np / kPanel);
+  if (w4 && split.by_rows && Mp / kRows > split.T * row_chunk(K)) {
+    int8_t* dst = reinterpret_cast<int8_t*>(unpacked.get(w.Np * K));
+    at::parallel_for(0, w.Np / kPanel, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        unpack_panel4(w4 + p * kPanel * K / 2, kPanel * K / 2, dst + p * kPanel * K, 1 << (w.bits - 1));
+    });
+    w8 = dst;
+    w4 = nullptr;
+  }
   auto call = [&](auto* yp) {
     using OutT = std::remove_pointer_t<decltype(yp)>;
     auto run = w.B <= 128 ? amx_linear_impl<true, OutT, Rows> : amx_linear_impl<false, OutT, Rows>;
-    run(rows, M, Mp, K, as, w.w8, w.w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp);
+    run(rows, M, Mp, K, as, w8, w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp);
   };
   if (out_dtype == at::kBFloat16) {
     call(y.data_ptr<at::BFloat16>());
