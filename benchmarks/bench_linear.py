@@ -5,12 +5,17 @@ activation quantization included) are timed interleaved in one process, best of 
 table gives milliseconds and the speed-up over bf16 (``bf16 ms / path ms``, > 1 is faster).
 
     PYTHONPATH=src python benchmarks/bench_linear.py [--quick] [--json out.json] [--threads 2]
+
+On a busy machine wall times swing widely; ``--clock thread`` (one thread only) times the calling
+thread's CPU time instead, which leaves out the time the thread was not running. The load average is
+printed with the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -37,21 +42,26 @@ CONFIGS = {  # name: (weight bits, weight group, activation group)
 }
 
 
-def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time (s) of each function, the functions called in turn (interleaved) each round."""
+def best_times(
+    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
+    """Best time (s) of each function, the functions called in turn (interleaved) each round."""
     for fn in fns.values():
         fn()  # warm-up
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name] = min(best[name], clock() - t0)
     return best
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
+    if args.clock == "thread" and args.threads != 1:
+        raise SystemExit("--clock thread measures one thread: use it with --threads 1")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     torch.manual_seed(0)
     paths = [p for p in available_paths() if p in args.paths]
     shapes = [s for s in SHAPES if not args.shapes or s in args.shapes]
@@ -73,7 +83,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 fns: dict[str, Callable[[], object]] = {"bf16": partial(F.linear, x, wb, bb)}
                 for p in paths:
                     fns[p] = partial(int_linear, x, kws[p], act, bb)
-                t = best_times(fns, args.repeats)
+                t = best_times(fns, args.repeats, clock)
                 row = {
                     "shape": shape,
                     "M": BATCH * tokens,
@@ -115,20 +125,25 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None)
     ap.add_argument("--granularity", nargs="+", choices=["token", "sample"], default=None)
     ap.add_argument("--sym-weights", action="store_true", help="symmetric weights (default asymmetric)")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall", help="thread: CPU time, 1 thread")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 10)
     args.paths = args.paths or (["amx"] if args.quick else ["amx", "torch"])
     args.granularity = args.granularity or (["token"] if args.quick else ["token", "sample"])
+    load_before = os.getloadavg()[0]
     rows = run(args)
+    load = (load_before, os.getloadavg()[0])
     paths = [p for p in args.paths if any(f"{p}_ms" in r for r in rows)]
     print()
-    print(f"threads={args.threads}, best of {args.repeats}, bf16 in / bf16 out, weights "
+    print(f"threads={args.threads}, {args.clock} clock, best of {args.repeats}, load average {load[0]:.2f} -> "
+          f"{load[1]:.2f} ({os.cpu_count()} CPUs), bf16 in / bf16 out, weights "
           f"{'symmetric' if args.sym_weights else 'asymmetric'}, activations asymmetric 8-bit")  # fmt: skip
     print(table(rows, paths))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "repeats": args.repeats, "rows": rows}, f, indent=1)
+            meta = {"threads": args.threads, "clock": args.clock, "repeats": args.repeats, "loadavg": load}
+            json.dump({**meta, "sym_weights": args.sym_weights, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
