@@ -2,9 +2,11 @@
 
 Paths:
 
-* ``amx``: the compiled kernel (``csrc/qdit_cpu.cpp``): fused activation quantization, then u8 x s8 AMX
-  tiles with the per-block scales applied inside the accumulation. Needs the built extension and a CPU
-  with AMX-INT8.
+* ``amx``: the compiled kernel (``csrc/qdit_cpu.cpp``): u8 x s8 AMX tiles with the per-block scales
+  applied inside the accumulation (the zero-point corrections exact in int32), the activation
+  quantization fused in (each thread quantizes a chunk of its rows right before multiplying it; sample
+  ranges included), float32 or bfloat16 written by the kernel. Needs the built extension and a CPU with
+  AMX-INT8 (and AVX-512 VNNI / BF16).
 * ``torch``: pure PyTorch (:func:`qdit.kernels.reference.int_linear_torch`), one ``torch._int_mm`` per
   K block; always available.
 
@@ -28,7 +30,7 @@ from qdit.quant.activation import activation_range
 from qdit.quant.primitives import qparams
 
 PATHS = ("amx", "torch")
-_PANEL, _ROWS = 32, 32  # the AMX kernel's panel of output rows and block of activation rows
+_PANEL = 32  # the AMX kernel's panel of output rows
 
 
 @dataclass(frozen=True)
