@@ -539,7 +539,7 @@ struct Split {  // contiguous row blocks per thread when there are enough of the
 };
 // L2 blocking: a chunk of row blocks whose A bytes (about 512 KB) stay in L2 while the panels pass;
 // each panel (in L1 / L2) serves every row block of the chunk.
-inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (1 << 19) / (kRows * K)); }
+inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (5 << 18) / (kRows * K)); }
 
 template <bool kPacked, typename OutT, typename Rows>
 void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
