@@ -142,3 +142,18 @@ def test_int_linear_shapes_threads_and_bf16(
         ).all()
     else:
         _check(y, ref)
+
+
+@needs_amx
+@pytest.mark.parametrize("wbits, group", [(8, 128), (4, 64), (8, 32)])
+def test_int_linear_k_chunks(wbits: int, group: int) -> None:
+    """K wide enough that a panel leaves L1: the blocks run in K chunks, the float accumulators between."""
+    k, n = 2304, 96
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 50, k, generator=g) * (1 + torch.rand(k, generator=g))
+    w = torch.randn(n, k, generator=g) / k**0.5
+    bias = torch.randn(n, generator=g)
+    iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
+    ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias)
+    y = int_linear(x, prepare_weight(iw, group, "amx"), ActQuant(8, group), bias).reshape(-1, n)
+    _check(y, ref)

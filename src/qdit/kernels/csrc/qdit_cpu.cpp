@@ -552,13 +552,20 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
   const int64_t chunk = row_chunk(K);
   // The epilogue of block b - 1 runs in 4 * steps slices, one after each TDPBUSD of block b.
   const int64_t slices = 4 * steps;
+  // blocks per K chunk: all of them while a panel fits L1 comfortably, else chunks of about 32 KB
+  int64_t kcb = nb;
+  if (nb > 1 && K * kPanel > (40 << 10)) {
+    const int64_t per = std::max<int64_t>(1, (32 << 10) / (B * kPanel)), n_chunks = (nb + per - 1) / per;
+    kcb = (nb + n_chunks - 1) / n_chunks;
+  }
   std::vector<int> bound(slices + 1);
   for (int64_t i = 0; i <= slices; ++i) bound[i] = static_cast<int>(i * kRows / slices);
   at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
     configure_tiles(static_cast<int>(ks));
     alignas(64) int32_t cbuf[2][kRows * kPanel];  // double-buffered: block b's sums, while b + 1 runs
-    alignas(64) float acc[kRows * kPanel];
-    AlignedBuffer panel_buf, rows_buf;
+    AlignedBuffer panel_buf, rows_buf, acc_buf;
+    // float accumulators of every row block of a chunk: [chunk][32 rows][32 outputs]
+    float* acc_all = reinterpret_cast<float*>(acc_buf.get(chunk * kRows * kPanel * sizeof(float)));
     int8_t* panel4 = W4 ? reinterpret_cast<int8_t*>(panel_buf.get(kPanel * K)) : nullptr;
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t units = by_rows ? row_blocks : panels;
@@ -576,8 +583,13 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
           const __mmask16 km1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
           const __m512 bias0 = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
           const __m512 bias1 = bias ? _mm512_loadu_ps(bias + n0 + 16) : _mm512_setzero_ps();
+          // K chunks of kcb blocks: each panel slice (kcb * B x 32 bytes) stays in L1 while the chunk's row
+          // blocks pass; the float accumulators carry the sums from one K chunk to the next
+          for (int64_t kc0 = 0; kc0 < nb; kc0 += kcb) {
+          const int64_t kc1 = std::min(nb, kc0 + kcb);
           for (int64_t rb = rc; rb < std::min(rb_end, rc + chunk); ++rb) {
             const int64_t m0 = rb * kRows;
+            float* acc = acc_all + (rb - rc) * kRows * kPanel;
             const int rows_valid = static_cast<int>(std::min<int64_t>(kRows, M - m0));
             OutT* y = Y + m0 * N + n0;
             auto epilogue = [&](int64_t b, int r0, int r1) {
@@ -597,25 +609,25 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
               }
             };
             auto slice = [&](int64_t b, int64_t i) {  // slice i of block b - 1's epilogue
-              if (b > 0 && bound[i] < bound[i + 1]) epilogue(b - 1, bound[i], bound[i + 1]);
+              if (b > kc0 && bound[i] < bound[i + 1]) epilogue(b - 1, bound[i], bound[i + 1]);
             };
             // Software pipeline over the K steps: each A / B tile is reloaded for step g + 1 right after
             // its last use in step g, so the loads overlap the remaining TDPBUSDs of step g.
             const uint8_t* a_rows = A + (rb - rc) * kRows * K;  // this row block's codes, step after step
-            const int64_t nsteps = K / ks;
+            const int64_t g_begin = kc0 * steps, g_end = kc1 * steps;
             auto a_tile = [&](int64_t g) { return a_rows + g * ks * kRows; };
             auto b_tile = [&](int64_t g) { return panel + g * ks * 2 * 16; };
-            _tile_loadd(4, a_tile(0), ks);
-            _tile_loadd(6, b_tile(0), 64);
-            _tile_loadd(7, b_tile(0) + ks * 16, 64);
-            _tile_loadd(5, a_tile(0) + 16 * ks, ks);
+            _tile_loadd(4, a_tile(g_begin), ks);
+            _tile_loadd(6, b_tile(g_begin), 64);
+            _tile_loadd(7, b_tile(g_begin) + ks * 16, 64);
+            _tile_loadd(5, a_tile(g_begin) + 16 * ks, ks);
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
-            int64_t b = 0, s = 0;
-            for (int64_t g = 0; g < nsteps; ++g) {
-              const bool more = g + 1 < nsteps;
+            int64_t b = kc0, s = 0;
+            for (int64_t g = g_begin; g < g_end; ++g) {
+              const bool more = g + 1 < g_end;
               _tile_dpbusd(0, 4, 6);
               slice(b, 4 * s);
               _tile_dpbusd(1, 4, 7);
@@ -647,7 +659,8 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
                 ++b;
               }
             }
-            epilogue(nb - 1, 0, kRows);
+            epilogue(kc1 - 1, 0, kRows);
+          }
           }
         }
       }
