@@ -31,6 +31,7 @@ from qdit.quant.primitives import qparams
 
 PATHS = ("amx", "torch")
 _PANEL = 32  # the AMX kernel's panel of output rows
+_MAX_BLOCK = 16383  # the largest K block of the AMX kernel (int16 pairs in its corrections)
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,11 @@ class KernelWeight:
     pack4: bool = False
     kstep: int = 0
     sw: torch.Tensor | None = None  # [nb, Np] float32 weight scales (zero columns pad the last panel)
-    dw: torch.Tensor | None = None  # [nb, Np] int32 d_w
-    nws: torch.Tensor | None = None  # [nb, Np] int32 -(Wsum + block * d_w)
-    wc: torch.Tensor | None = None  # [nb, Np] int32 nws | d_w << 16 (the int16 pairs of the block epilogue)
+    # [nb, Np] int32: int16 pairs of the zero-point corrections, with nws = -(Wsum + block * d_w): wc =
+    # (nws, d_w) for blocks up to 128 columns, else wc1 = (d_w, 128 d_w) and wc2 = (nws % 128, nws // 128)
+    wc: torch.Tensor | None = None
+    wc1: torch.Tensor | None = None
+    wc2: torch.Tensor | None = None
 
     def int_weight(self) -> IntWeight:
         """The plain codes again (for saving and for the fake-quantization reference)."""
@@ -78,7 +81,7 @@ class KernelWeight:
         return IntWeight.from_codes(codes, self.scale, self.zero, self.bits)
 
     def nbytes(self) -> int:
-        tensors = [self.scale, self.zero, self.stream, self.sw, self.dw, self.nws, self.wc]
+        tensors = [self.scale, self.zero, self.stream, self.sw, self.wc, self.wc1, self.wc2]
         if self.weight is not None:
             tensors.append(self.weight.data)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -98,7 +101,10 @@ def _kstep(block: int) -> int:
 def supports(path: str, block: int, device: torch.device) -> bool:
     if path == "torch":
         return True
-    return path == "amx" and device.type == "cpu" and _kstep(block) > 0 and cpu_extension() is not None
+    return (
+        path == "amx" and device.type == "cpu" and _kstep(block) > 0 and block <= _MAX_BLOCK
+        and cpu_extension() is not None
+    )  # fmt: skip
 
 
 def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight:
@@ -111,7 +117,7 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight
         raise ValueError(f"unknown kernel path {path!r}; use one of {', '.join(PATHS)}")
     ext = cpu_extension()
     ks = _kstep(blk)
-    if ext is None or ks == 0 or weight.data.device.type != "cpu":
+    if ext is None or ks == 0 or blk > _MAX_BLOCK or weight.data.device.type != "cpu":
         raise ValueError(f"the amx path cannot run a {n}x{k} weight with block {blk} here")
     pack4 = weight.bits == 4 and (k * _PANEL) % 64 == 0
     stream = ext.prepack_weight(weight.data.contiguous(), k, weight.bits, ks, pack4)
@@ -128,10 +134,16 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight
         out[:, :n] = t.t()
         return out
 
-    wc = (nws & 0xFFFF) | (dw << 16) if blk <= 128 else torch.zeros_like(nws)
+    def pairs(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # int16 pairs in one int32
+        return padded(((lo & 0xFFFF) | (hi << 16)).int())
+
+    if blk <= 128:
+        wc, wc1, wc2 = pairs(nws, dw), None, None
+    else:
+        wc, wc1, wc2 = None, pairs(dw, 128 * dw), pairs(nws % 128, nws.div(128, rounding_mode="floor"))
     return KernelWeight(
         "amx", k, n, weight.bits, blk, weight.scale, weight.zero, stream=stream, pack4=pack4, kstep=ks,
-        sw=padded(sw), dw=padded(dw.int()), nws=padded(nws.int()), wc=padded(wc.int()),
+        sw=padded(sw), wc=wc, wc1=wc1, wc2=wc2,
     )  # fmt: skip
 
 
@@ -147,6 +159,17 @@ def _act_ranges(
     scale = scale.expand(*lead, groups, 1).reshape(rows, groups)
     zero = (zero + offset).expand(*lead, groups, 1).reshape(rows, groups)
     return scale, zero
+
+
+def _pairs(kw: KernelWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``wc1, wc2, wc`` for the kernel (an unused one as any int32 tensor)."""
+    used = kw.wc if kw.wc is not None else kw.wc1
+    assert used is not None
+    return (
+        kw.wc1 if kw.wc1 is not None else used,
+        kw.wc2 if kw.wc2 is not None else used,
+        kw.wc if kw.wc is not None else used,
+    )
 
 
 def _run_amx(
@@ -174,7 +197,7 @@ def _run_amx(
     out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
     return ext.amx_linear_x(
         x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
-        kw.out_features, kw.block, kw.kstep, kw.sw, kw.dw, kw.nws, kw.wc, bias, out_dtype,
+        kw.out_features, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, out_dtype,
     )  # fmt: skip
 
 

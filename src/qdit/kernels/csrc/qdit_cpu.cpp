@@ -7,7 +7,7 @@
 // activation codes, Wsum' = sum over the block of (w + d_w) (see qdit/kernels/formats.py for the
 // derivation). The bracket is computed exactly in int32: for blocks of at most 128 columns every factor
 // fits int16, so one vpdpwssd of the pairs (za, Asum) x (-Wsum', d_w) adds both corrections; larger blocks
-// use two vpmulld. The per-block epilogue is then one convert and two float operations per 16 outputs.
+// (up to 16383 columns) split Asum and Wsum' in base 128 and use two. The per-block epilogue is then one convert and two float operations per 16 outputs.
 // With a single block (per-channel weights and per-token activations) the tiles accumulate the whole K
 // and the epilogue runs once.
 //
@@ -39,6 +39,7 @@ namespace {
 
 constexpr int kPanel = 32;  // output rows (N) per panel: two 16-column B tiles
 constexpr int kRows = 32;   // activation rows (M) per block: two 16-row A tiles
+constexpr int64_t kMaxBlock = 16383;  // the zero-point corrections' int16 pairs hold blocks up to this
 
 struct alignas(64) TileConfig {
   uint8_t palette_id;
@@ -454,9 +455,12 @@ struct ActSide {  // per (row, block), [Mp, nb]
 };
 struct WeightSide {  // per (block, output), [nb, Np]
   const float* sw;
-  const int32_t* dw;   // d_w
-  const int32_t* nws;  // -(Wsum + B * d_w)
-  const int32_t* wc;   // nws | d_w << 16 (blocks of at most 128 columns)
+  // with nws = -(Wsum + B d_w), int16 pairs: wc = (nws, d_w) for blocks of at most 128 columns; for
+  // larger ones wc1 = (d_w, 128 d_w) and wc2 = (nws mod 128, floor(nws / 128)), which the activation pairs
+  // (Asum mod 128, floor(Asum / 128)) and (za, 128 za) turn into Asum d_w and za nws
+  const int32_t* wc1;
+  const int32_t* wc2;
+  const int32_t* wc;
 };
 
 // One block's epilogue for rows [r0, r1) of a 32 x 32 output tile: the block's exact integer sums
@@ -473,8 +477,8 @@ struct EpiRows {
 };
 
 template <bool kPacked, bool kFirst, bool kLast, typename OutT>
-inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, const int32_t* wc, const int32_t* dw,
-                          const int32_t* nws, __m512 bias0, __m512 bias1, OutT* y, int64_t ldy, int rows_valid,
+inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, const int32_t* wc, const int32_t* wc1,
+                          const int32_t* wc2, __m512 bias0, __m512 bias1, OutT* y, int64_t ldy, int rows_valid,
                           __mmask16 km0, __mmask16 km1) {
   const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
   __m512i c0, c1, c2, c3;
@@ -483,10 +487,10 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
     c1 = _mm512_loadu_si512(wc + 16);
     c2 = c3 = c0;
   } else {
-    c0 = _mm512_loadu_si512(dw);
-    c1 = _mm512_loadu_si512(dw + 16);
-    c2 = _mm512_loadu_si512(nws);
-    c3 = _mm512_loadu_si512(nws + 16);
+    c0 = _mm512_loadu_si512(wc1);
+    c1 = _mm512_loadu_si512(wc1 + 16);
+    c2 = _mm512_loadu_si512(wc2);
+    c3 = _mm512_loadu_si512(wc2 + 16);
   }
   const int32_t* __restrict cb = e.cb;
   const float* __restrict sa = e.sa;
@@ -501,9 +505,11 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
       p0 = _mm512_dpwssd_epi32(p0, z, c0);
       p1 = _mm512_dpwssd_epi32(p1, z, c1);
     } else {
-      const __m512i as = _mm512_set1_epi32(e.asum[r * nb]), za = _mm512_set1_epi32(e.za[r * nb]);
-      p0 = _mm512_add_epi32(p0, _mm512_add_epi32(_mm512_mullo_epi32(as, c0), _mm512_mullo_epi32(za, c2)));
-      p1 = _mm512_add_epi32(p1, _mm512_add_epi32(_mm512_mullo_epi32(as, c1), _mm512_mullo_epi32(za, c3)));
+      const uint32_t as = static_cast<uint32_t>(e.asum[r * nb]), za = static_cast<uint32_t>(e.za[r * nb]);
+      const __m512i z1 = _mm512_set1_epi32(static_cast<int32_t>((as & 127u) | ((as >> 7) << 16)));
+      const __m512i z2 = _mm512_set1_epi32(static_cast<int32_t>(za | (za << 23)));
+      p0 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(p0, z1, c0), z2, c2);
+      p1 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(p1, z1, c1), z2, c3);
     }
     const __m512 s = _mm512_set1_ps(sa[r * nb]);
     const __m512 base0 = kFirst ? bias0 : _mm512_load_ps(acc + r * 32);
@@ -525,7 +531,7 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
 }
 
 // kPacked: the zero-point corrections of a block in one VNNI instruction per 16 outputs (vpdpwssd of the
-// int16 pairs (za, Asum) x (-(Wsum + B d_w), d_w), exact while B <= 128); otherwise two vpmulld.
+// int16 pairs (za, Asum) x (-(Wsum + B d_w), d_w), exact while B <= 128); otherwise two (see WeightSide).
 //
 // `rows(rb_begin, rb_end, buffer)` gives the codes of row blocks [rb_begin, rb_end) (tile order, one row
 // block after the other): already quantized, or quantized then and there into the thread's buffer.
@@ -597,7 +603,7 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
                               act.asum + m0 * nb + b, nb, acc};
               const int64_t wi = b * Np + n0;
               const float* sw = wt.sw + wi;
-              const int32_t *wc = wt.wc + wi, *dw = wt.dw + wi, *nws = wt.nws + wi;
+              const int32_t *wc = wt.wc + wi, *dw = wt.wc1 + wi, *nws = wt.wc2 + wi;
               if (nb == 1) {
                 epilogue_rows<kPacked, true, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               } else if (b == 0) {
@@ -769,7 +775,7 @@ struct WeightArgs {
   torch::Tensor bpad;
   const float* bias = nullptr;
   WeightArgs(const torch::Tensor& weight, int64_t bits_, bool pack4, int64_t N_, int64_t K, int64_t B_, int64_t ks_,
-             const torch::Tensor& sw, const torch::Tensor& dw, const torch::Tensor& nws, const torch::Tensor& wc,
+             const torch::Tensor& sw, const torch::Tensor& wc1, const torch::Tensor& wc2, const torch::Tensor& wc,
              const c10::optional<torch::Tensor>& b) {
     TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
     N = N_;
@@ -777,12 +783,13 @@ struct WeightArgs {
     ks = ks_;
     bits = static_cast<int>(bits_);
     TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
+    TORCH_CHECK(B <= kMaxBlock, "blocks of at most 16383 columns (the int16 pairs of the corrections)");
     Np = sw.size(1);
     TORCH_CHECK(Np % kPanel == 0 && Np >= N && sw.size(0) == K / B, "weights must be padded to panels of 32 rows");
     TORCH_CHECK(weight.numel() == (pack4 ? Np * K / 2 : Np * K), "the weight stream does not match K and N");
     w8 = pack4 ? nullptr : reinterpret_cast<const int8_t*>(weight.data_ptr<uint8_t>());
     w4 = pack4 ? weight.data_ptr<uint8_t>() : nullptr;
-    ws = WeightSide{sw.data_ptr<float>(), dw.data_ptr<int32_t>(), nws.data_ptr<int32_t>(), wc.data_ptr<int32_t>()};
+    ws = WeightSide{sw.data_ptr<float>(), wc1.data_ptr<int32_t>(), wc2.data_ptr<int32_t>(), wc.data_ptr<int32_t>()};
     if (b.has_value() && b->defined()) {
       bpad = torch::zeros({Np}, torch::kFloat32);
       bpad.narrow(0, 0, N).copy_(*b);
@@ -829,15 +836,15 @@ inline ActSide act_side(const std::vector<torch::Tensor>& e) {
 }
 
 // codes: uint8 [Mp * K] in tile order and act: the outputs of quantize_act (codes, sa, za, asum, zc), of
-// which the first M rows are real; weight: the panel-major stream; sw float32 and dw / nws / wc int32
+// which the first M rows are real; weight: the panel-major stream; sw float32 and wc1 / wc2 / wc int32
 // [K / B, Np]; bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
 torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
-                         int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor dw, torch::Tensor nws,
+                         int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2,
                          torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
   TORCH_CHECK(act.size() == 5, "act: codes, sa, za, asum, zc");
   const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
   TORCH_CHECK(Mp % kRows == 0 && M <= Mp && act[0].numel() == Mp * K, "rows must be padded to a multiple of 32");
-  const WeightArgs w(weight, bits, pack4, N, K, B, ks, sw, dw, nws, wc, bias);
+  const WeightArgs w(weight, bits, pack4, N, K, B, ks, sw, wc1, wc2, wc, bias);
   const uint8_t* codes = act[0].data_ptr<uint8_t>();
   auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
   return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype);
@@ -848,10 +855,10 @@ torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tenso
 torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool symmetric, int64_t sample_rows,
                            c10::optional<torch::Tensor> given_scale, c10::optional<torch::Tensor> given_zero,
                            torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
-                           torch::Tensor sw, torch::Tensor dw, torch::Tensor nws, torch::Tensor wc,
+                           torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2, torch::Tensor wc,
                            c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
   const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero);
-  const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, dw, nws, wc, bias);
+  const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, wc1, wc2, wc, bias);
   auto e = a.per_block();
   const ActOut o = a.out(e);
   const int64_t K = a.K, M = a.M;
