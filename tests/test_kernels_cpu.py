@@ -112,7 +112,7 @@ def test_quantize_act_codes_are_exact(
         ((1, 1), 4, False, 128, "token", torch.float32),
         ((3, 300), 8, True, 0, "sample", torch.bfloat16),  # samples straddle the row chunks
         ((2, 480), 4, False, 128, "sample", torch.float32),  # 4-bit, many row chunks: unpacked once
-        ((5, 40), 8, False, 0, "token", torch.bfloat16),  # per channel, K = 1152 > 128: vpmulld corrections
+        ((5, 40), 8, False, 0, "token", torch.bfloat16),  # per channel, K = 1152 > 128: base-128 correction pairs
     ],
 )
 def test_int_linear_shapes_threads_and_bf16(
