@@ -595,7 +595,7 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
           const int64_t kc1 = std::min(nb, kc0 + kcb);
           for (int64_t rb = rc; rb < std::min(rb_end, rc + chunk); ++rb) {
             const int64_t m0 = rb * kRows;
-            float* acc = acc_all + (rb - rc) * kRows * kPanel;
+            float* acc = acc_all + (kcb < nb ? rb - rc : 0) * kRows * kPanel;  // one tile's unless K chunks
             const int rows_valid = static_cast<int>(std::min<int64_t>(kRows, M - m0));
             OutT* y = Y + m0 * N + n0;
             auto epilogue = [&](int64_t b, int r0, int r1) {
