@@ -119,7 +119,7 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str) -> KernelWeight
     ks = _kstep(blk)
     if ext is None or ks == 0 or blk > _MAX_BLOCK or weight.data.device.type != "cpu":
         raise ValueError(f"the amx path cannot run a {n}x{k} weight with block {blk} here")
-    pack4 = weight.bits == 4 and (k * _PANEL) % 64 == 0
+    pack4 = weight.bits == 4 and (k * _PANEL) % 128 == 0
     stream = ext.prepack_weight(weight.data.contiguous(), k, weight.bits, ks, pack4)
     nb = k // blk
     np_ = -(-n // _PANEL) * _PANEL

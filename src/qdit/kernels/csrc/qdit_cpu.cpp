@@ -13,9 +13,9 @@
 //
 // Weights are stored "panel-major" for the tiles: for each panel of 32 output rows, for each K step of
 // `ks` inputs, two 16-column B tiles in the VNNI order [ks/4][16][4] (signed int8, code - 2^(bits-1)).
-// 4-bit weights keep the same order two codes per byte: within every 64-byte chunk of that stream,
-// byte i holds element i in its low nibble and element i + 32 in its high nibble (unsigned codes), so
-// unpacking a chunk is two masks and a shift. A thread unpacks one panel (K x 32) into L1/L2 and reuses
+// 4-bit weights keep the same order two codes per byte: within every 128-element chunk of that stream,
+// byte i holds element i in its low nibble and element i + 64 in its high nibble (unsigned codes), so
+// unpacking 64 bytes is two masks, a shift and two subtractions. A thread unpacks one panel (K x 32) into L1/L2 and reuses
 // it for every row block of an L2 chunk of rows.
 //
 // The output is written in float32 or bfloat16 directly. The AMX path is used only when the CPU has
@@ -368,7 +368,7 @@ torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64
   const bool packed_in = codes.size(1) != K;
   const int64_t panels = (N + kPanel - 1) / kPanel;
   const int64_t stream = panels * kPanel * K;  // bytes of signed int8, before nibble packing
-  TORCH_CHECK(!pack4 || stream % 64 == 0, "4-bit panels need K * 32 to be a multiple of 64");
+  TORCH_CHECK(!pack4 || stream % 128 == 0, "4-bit panels need K * 32 to be a multiple of 128");
   auto out = torch::zeros({pack4 ? stream / 2 : stream}, torch::kUInt8);
   const uint8_t* src = codes.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
@@ -384,9 +384,9 @@ torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64
       });
       if (pack4) {
         uint8_t* o = dst + p * kPanel * K / 2;
-        for (int64_t c = 0; c < kPanel * K; c += 64)
-          for (int b = 0; b < 32; ++b)
-            o[c / 2 + b] = static_cast<uint8_t>((tmp[c + b] & 0xF) | ((tmp[c + b + 32] & 0xF) << 4));
+        for (int64_t c = 0; c < kPanel * K; c += 128)
+          for (int b = 0; b < 64; ++b)
+            o[c / 2 + b] = static_cast<uint8_t>((tmp[c + b] & 0xF) | ((tmp[c + b + 64] & 0xF) << 4));
       } else {
         std::memcpy(dst + p * kPanel * K, tmp.data(), kPanel * K);
       }
@@ -408,9 +408,9 @@ torch::Tensor unpack_weight(torch::Tensor stream, int64_t N, int64_t K, int64_t 
         if (n >= N) return;
         int code;
         if (pack4) {
-          const int64_t flat = p * kPanel * K + i, chunk = flat / 64, b = flat % 64;
-          const uint8_t byte = src[chunk * 32 + (b % 32)];
-          code = b < 32 ? (byte & 0xF) : (byte >> 4);
+          const int64_t flat = p * kPanel * K + i, chunk = flat / 128, b = flat % 128;
+          const uint8_t byte = src[chunk * 64 + (b % 64)];
+          code = b < 64 ? (byte & 0xF) : (byte >> 4);
         } else {
           code = static_cast<int8_t>(src[p * kPanel * K + i]) + offset;
         }
@@ -425,11 +425,10 @@ torch::Tensor unpack_weight(torch::Tensor stream, int64_t N, int64_t K, int64_t 
 
 inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst, int offset) {
   const __m512i mask = _mm512_set1_epi8(0x0F), off = _mm512_set1_epi8(static_cast<char>(offset));
-  for (int64_t c = 0; c < bytes; c += 32) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c));
-    const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
-    const __m512i lohi = _mm512_mask_blend_epi64(0xF0, w, _mm512_srli_epi16(w, 4));
-    _mm512_storeu_si512(dst + 2 * c, _mm512_sub_epi8(_mm512_and_si512(lohi, mask), off));
+  for (int64_t c = 0; c < bytes; c += 64) {  // 64 bytes -> 128 codes: low nibbles, then high nibbles
+    const __m512i v = _mm512_loadu_si512(src + c);
+    _mm512_store_si512(dst + 2 * c, _mm512_sub_epi8(_mm512_and_si512(v, mask), off));
+    _mm512_store_si512(dst + 2 * c + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), off));
   }
 }
 
