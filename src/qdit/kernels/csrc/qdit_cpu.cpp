@@ -497,6 +497,7 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
   const int64_t nb = e.nb;
   const bool stream = km0 == 0xFFFF && km1 == 0xFFFF && (reinterpret_cast<uintptr_t>(y) & 63) == 0 &&
                       ((ldy * static_cast<int64_t>(sizeof(OutT))) & 63) == 0;
+  r1 = std::min(r1, rows_valid);  // padding rows are never written: no need to scale them
   for (int r = r0; r < r1; ++r) {
     __m512i p0 = _mm512_load_si512(cb + r * 32), p1 = _mm512_load_si512(cb + r * 32 + 16);
     if constexpr (kPacked) {
@@ -516,9 +517,9 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
     const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
     const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
     if constexpr (kLast) {
-      if (stream && r < rows_valid) {
+      if (stream) {
         stream32(y + r * ldy, a0, a1);
-      } else if (r < rows_valid) {
+      } else {
         store16(y + r * ldy, km0, a0);
         store16(y + r * ldy + 16, km1, a1);
       }
@@ -625,7 +626,9 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
             _tile_loadd(4, a_tile(g_begin), ks);
             _tile_loadd(6, b_tile(g_begin), 64);
             _tile_loadd(7, b_tile(g_begin) + ks * 16, 64);
-            _tile_loadd(5, a_tile(g_begin) + 16 * ks, ks);
+            // a row block with at most 16 real rows (tiny M) skips its second A tile and its products
+            const bool two = rows_valid > 16;
+            if (two) _tile_loadd(5, a_tile(g_begin) + 16 * ks, ks);
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -638,13 +641,13 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
               _tile_dpbusd(1, 4, 7);
               if (more) _tile_loadd(4, a_tile(g + 1), ks);
               slice(b, 4 * s + 1);
-              _tile_dpbusd(2, 5, 6);
+              if (two) _tile_dpbusd(2, 5, 6);
               if (more) _tile_loadd(6, b_tile(g + 1), 64);
               slice(b, 4 * s + 2);
-              _tile_dpbusd(3, 5, 7);
+              if (two) _tile_dpbusd(3, 5, 7);
               if (more) {
                 _tile_loadd(7, b_tile(g + 1) + ks * 16, 64);
-                _tile_loadd(5, a_tile(g + 1) + 16 * ks, ks);
+                if (two) _tile_loadd(5, a_tile(g + 1) + 16 * ks, ks);
               }
               slice(b, 4 * s + 3);
               if (++s == steps) {
