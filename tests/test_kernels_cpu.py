@@ -112,7 +112,14 @@ def test_quantize_act_codes_are_exact(
         ((1, 1), 4, False, 128, "token", torch.float32),
         ((3, 300), 8, True, 0, "sample", torch.bfloat16),  # samples straddle the row chunks
         ((2, 480), 4, False, 128, "sample", torch.float32),  # 4-bit, many row chunks: unpacked once
-        ((5, 40), 8, False, 0, "token", torch.bfloat16),  # per channel, K = 1152 > 128: base-128 correction pairs
+        (
+            (5, 40),
+            8,
+            False,
+            0,
+            "token",
+            torch.bfloat16,
+        ),  # per channel, K = 1152 > 128: base-128 correction pairs
     ],
 )
 def test_int_linear_shapes_threads_and_bf16(
@@ -155,5 +162,14 @@ def test_int_linear_k_chunks(wbits: int, group: int) -> None:
     bias = torch.randn(n, generator=g)
     iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
     ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias)
-    y = int_linear(x, prepare_weight(iw, group, "amx"), ActQuant(8, group), bias).reshape(-1, n)
+    kw = prepare_weight(iw, group, "amx")
+    y = int_linear(x, kw, ActQuant(8, group), bias).reshape(-1, n)
     _check(y, ref)
+    # the unfused entry points (quantize_act, then amx_linear) give the same bits
+    from qdit.kernels.cpu import cpu_extension
+    from qdit.kernels.linear import _pairs
+
+    ext = cpu_extension()
+    qa = ext.quantize_act(x.reshape(-1, k), group, 8, False, kw.block, kw.kstep, 0, None, None)
+    args = (kw.stream, kw.bits, kw.pack4, n, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, torch.float32)
+    assert torch.equal(ext.amx_linear(100, qa, *args), y)
