@@ -48,3 +48,128 @@ def test_int_linear_matches_reference_and_fake_quant(path: str, case: tuple) -> 
     if iw.zero is not None:
         wrong = int_linear(x, prepare_weight(bad, ag, path), ActQuant(8, ag, asym, gran), bias).reshape(-1, n)
         assert (wrong - ref).abs().max() > 1e-3 * scale
+
+
+needs_amx = pytest.mark.skipif("amx" not in available_paths(), reason="the AMX kernels are not built here")
+
+
+def _check(y: torch.Tensor, ref: torch.Tensor, rel: float = 3e-6) -> None:
+    scale = ref.abs().max()
+    assert (y.double() - ref.double()).abs().max() <= rel * scale
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    "abits, asym, group, block, gran, dtype",
+    [
+        (8, False, 128, 128, "token", torch.bfloat16),
+        (8, True, 64, 64, "sample", torch.float32),
+        (6, False, 32, 8, "token", torch.float32),  # K step 8 (< 16): codes stored one by one; 6-bit clamps
+        (8, False, 0, 384, "sample", torch.bfloat16),
+        (8, False, 96, 32, "static", torch.float32),
+    ],
+)
+def test_quantize_act_codes_are_exact(
+    abits: int, asym: bool, group: int, block: int, gran: str, dtype
+) -> None:
+    """The compiled quantizer gives quantize_acts' codes, scales and zero points bit for bit (tile order)."""
+    from qdit.kernels.cpu import cpu_extension
+    from qdit.kernels.linear import _act_ranges, _kstep
+
+    ext = cpu_extension()
+    g = torch.Generator().manual_seed(1)
+    k = 384
+    x = (torch.randn(3, 23, k, generator=g) * torch.rand(k, generator=g) * 4).to(dtype)
+    ch_min, ch_max = x.reshape(-1, k).float().amin(0) * 0.7, x.reshape(-1, k).float().amax(0) * 0.7
+    want = quantize_acts(x, abits, group, asym, gran, ch_min, ch_max)
+    ks = _kstep(block)
+    scale = zero = None
+    if gran == "static":
+        scale, zero = _act_ranges(x, ActQuant(abits, group, asym, gran), ch_min, ch_max)
+    sample_rows = 23 if gran == "sample" else 0
+    codes, sa, za, asum, zc = ext.quantize_act(
+        x.reshape(-1, k), group, abits, asym, block, ks, sample_rows, scale, zero
+    )
+    m = 69
+    mp = codes.numel() // k
+    plain = codes.reshape(mp // 32, k // ks, 32, ks).permute(0, 2, 1, 3).reshape(mp, k)
+    assert torch.equal(plain[:m], want.codes) and not plain[m:].any()
+    per_block = k // block
+    assert torch.equal(sa[:m], want.scale.repeat_interleave(per_block // want.scale.shape[1], dim=1))
+    assert torch.equal(za[:m], want.zero.repeat_interleave(per_block // want.zero.shape[1], dim=1))
+    sums = want.codes.int().reshape(m, per_block, block).sum(-1)
+    assert torch.equal(asum[:m], sums)
+    if block <= 128:
+        assert torch.equal(zc[:m], (za[:m] & 0xFFFF) | (sums << 16))
+
+
+@needs_amx
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "rows, wbits, wsym, group, gran, dtype",
+    [
+        ((8, 1), 8, False, 128, "token", torch.bfloat16),  # tiny M: the threads split the panels
+        ((1, 1), 4, False, 128, "token", torch.float32),
+        ((3, 300), 8, True, 0, "sample", torch.bfloat16),  # samples straddle the row chunks
+        ((2, 480), 4, False, 128, "sample", torch.float32),  # 4-bit, many row chunks: unpacked once
+        (
+            (5, 40),
+            8,
+            False,
+            0,
+            "token",
+            torch.bfloat16,
+        ),  # per channel, K = 1152 > 128: base-128 correction pairs
+    ],
+)
+def test_int_linear_shapes_threads_and_bf16(
+    rows: tuple, wbits: int, wsym: bool, group: int, gran: str, dtype, threads: int
+) -> None:
+    """The fused path (quantization inside the product) at DiT widths: every thread split, bf16 in and out."""
+    k, n = 1152, 200
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(*rows, k, generator=g) * (1 + torch.rand(k, generator=g))).to(dtype)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    bias = torch.randn(n, generator=g).to(dtype)
+    iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, wsym))
+    ref = int_linear_reference(quantize_acts(x, 8, group, False, gran), iw, bias.float())
+    kw = prepare_weight(iw, group, "amx")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = int_linear(x, kw, ActQuant(8, group, False, gran), bias)
+    finally:
+        torch.set_num_threads(before)
+    assert y.dtype == dtype and y.shape == (*rows, n)
+    y = y.reshape(-1, n)
+    if dtype == torch.bfloat16:  # the float32 result rounded once to bfloat16
+        _check(y, ref.bfloat16(), rel=2e-5)
+        assert (
+            (y.double() - ref.double()).abs() <= ref.double().abs() * 2**-8 + 3e-6 * ref.abs().max()
+        ).all()
+    else:
+        _check(y, ref)
+
+
+@needs_amx
+@pytest.mark.parametrize("wbits, group", [(8, 128), (4, 64), (8, 32)])
+def test_int_linear_k_chunks(wbits: int, group: int) -> None:
+    """K wide enough that a panel leaves L1: the blocks run in K chunks, the float accumulators between."""
+    k, n = 2304, 96
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 50, k, generator=g) * (1 + torch.rand(k, generator=g))
+    w = torch.randn(n, k, generator=g) / k**0.5
+    bias = torch.randn(n, generator=g)
+    iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
+    ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias)
+    kw = prepare_weight(iw, group, "amx")
+    y = int_linear(x, kw, ActQuant(8, group), bias).reshape(-1, n)
+    _check(y, ref)
+    # the unfused entry points (quantize_act, then amx_linear) give the same bits
+    from qdit.kernels.cpu import cpu_extension
+    from qdit.kernels.linear import _pairs
+
+    ext = cpu_extension()
+    qa = ext.quantize_act(x.reshape(-1, k), group, 8, False, kw.block, kw.kstep, 0, None, None)
+    args = (kw.stream, kw.bits, kw.pack4, n, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, torch.float32)
+    assert torch.equal(ext.amx_linear(100, qa, *args), y)

@@ -28,7 +28,10 @@ CFLAGS = [
     "-fopenmp",
     "-mavx512f",
     "-mavx512bw",
+    "-mavx512dq",
     "-mavx512vl",
+    "-mavx512vnni",
+    "-mavx512bf16",
     "-mamx-tile",
     "-mamx-int8",
 ]

@@ -2,9 +2,11 @@
 
 Paths:
 
-* ``amx``: the compiled kernel (``csrc/qdit_cpu.cpp``): fused activation quantization, then u8 x s8 AMX
-  tiles with the per-block scales applied inside the accumulation. Needs the built extension and a CPU
-  with AMX-INT8.
+* ``amx``: the compiled kernel (``csrc/qdit_cpu.cpp``): u8 x s8 AMX tiles with the per-block scales
+  applied inside the accumulation (the zero-point corrections exact in int32), the activation
+  quantization fused in (each thread quantizes a chunk of its rows right before multiplying it; sample
+  ranges included), float32 or bfloat16 written by the kernel. Needs the built extension and a CPU with
+  AMX-INT8 (and AVX-512 VNNI / BF16).
 * ``torch``: pure PyTorch (:func:`qdit.kernels.reference.int_linear_torch`), one ``torch._int_mm`` per
   K block; always available.
 * ``triton``: the Triton kernel (:mod:`qdit.kernels.triton_kernels`) on CUDA tensors.
@@ -32,7 +34,8 @@ from qdit.quant.activation import activation_range
 from qdit.quant.primitives import qparams
 
 PATHS = ("amx", "triton", "torch")
-_PANEL, _ROWS = 32, 32  # the AMX kernel's panel of output rows and block of activation rows
+_PANEL = 32  # the AMX kernel's panel of output rows
+_MAX_BLOCK = 16383  # the largest K block of the AMX kernel (int16 pairs in its corrections)
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,12 @@ class KernelWeight:
     stream: torch.Tensor | None = None
     pack4: bool = False
     kstep: int = 0
-    sw: torch.Tensor | None = None  # [nb, Np] float32 per-block vectors of the epilogue
-    vd: torch.Tensor | None = None
-    vw: torch.Tensor | None = None
-    has_offset: bool = False
+    sw: torch.Tensor | None = None  # [nb, Np] float32 weight scales (zero columns pad the last panel)
+    # [nb, Np] int32: int16 pairs of the zero-point corrections, with nws = -(Wsum + block * d_w): wc =
+    # (nws, d_w) for blocks up to 128 columns, else wc1 = (d_w, 128 d_w) and wc2 = (nws % 128, nws // 128)
+    wc: torch.Tensor | None = None
+    wc1: torch.Tensor | None = None
+    wc2: torch.Tensor | None = None
 
     def int_weight(self) -> IntWeight:
         """The plain codes again (for saving and for the fake-quantization reference)."""
@@ -80,7 +85,7 @@ class KernelWeight:
         return IntWeight.from_codes(codes, self.scale, self.zero, self.bits)
 
     def nbytes(self) -> int:
-        tensors = [self.scale, self.zero, self.stream, self.sw, self.vd, self.vw]
+        tensors = [self.scale, self.zero, self.stream, self.sw, self.wc, self.wc1, self.wc2]
         if self.weight is not None:
             tensors.append(self.weight.data)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -107,7 +112,10 @@ def supports(path: str, block: int, device: torch.device) -> bool:
         return True
     if path == "triton":
         return path in available_paths(device)
-    return path == "amx" and device.type == "cpu" and _kstep(block) > 0 and cpu_extension() is not None
+    return (
+        path == "amx" and device.type == "cpu" and _kstep(block) > 0 and block <= _MAX_BLOCK
+        and cpu_extension() is not None
+    )  # fmt: skip
 
 
 def _block_sums(weight: IntWeight, block: int, rows: int = 256) -> torch.Tensor:
@@ -134,30 +142,37 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str, consume: bool =
         raise ValueError(f"unknown kernel path {path!r}; use one of {', '.join(PATHS)}")
     ext = cpu_extension()
     ks = _kstep(blk)
-    if ext is None or ks == 0 or weight.data.device.type != "cpu":
+    if ext is None or ks == 0 or blk > _MAX_BLOCK or weight.data.device.type != "cpu":
         raise ValueError(f"the amx path cannot run a {n}x{k} weight with block {blk} here")
-    pack4 = weight.bits == 4 and (k * _PANEL) % 64 == 0
+    pack4 = weight.bits == 4 and (k * _PANEL) % 128 == 0
     data = weight.data.contiguous()
     nb = k // blk
     np_ = -(-n // _PANEL) * _PANEL
-    dw = weight.offset().repeat_interleave((k // blk) // weight.scale.shape[1], dim=1).float()
-    sw = weight.scale.float().repeat_interleave((k // blk) // weight.scale.shape[1], dim=1)
-    wsum = _block_sums(weight, blk).float()
+    reps = nb // weight.scale.shape[1]
+    dw = weight.offset().repeat_interleave(reps, dim=1)
+    sw = weight.scale.float().repeat_interleave(reps, dim=1)
+    wsum = _block_sums(weight, blk)  # before the stream may take the codes' memory
+    nws = -(wsum + blk * dw)  # |nws| <= 255 * blk and |dw| <= 128: int16 pairs while blk <= 128
     inplace = consume and n % _PANEL == 0 and data.numel() == (n * k // 2 if pack4 else n * k) and (
         weight.packed if pack4 else not weight.packed
     )
     stream = ext.prepack_weight(data, k, weight.bits, ks, pack4, inplace)
 
     def padded(t: torch.Tensor) -> torch.Tensor:  # [N, nb] -> [nb, Np] (zero columns pad the last panel)
-        out = torch.zeros(nb, np_, dtype=torch.float32)
+        out = torch.zeros(nb, np_, dtype=t.dtype)
         out[:, :n] = t.t()
-        return out.contiguous()
+        return out
 
-    has_offset = weight.zero is not None and bool((dw != 0).any())
+    def pairs(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # int16 pairs in one int32
+        return padded(((lo & 0xFFFF) | (hi << 16)).int())
+
+    if blk <= 128:
+        wc, wc1, wc2 = pairs(nws, dw), None, None
+    else:
+        wc, wc1, wc2 = None, pairs(dw, 128 * dw), pairs(nws % 128, nws.div(128, rounding_mode="floor"))
     return KernelWeight(
         "amx", k, n, weight.bits, blk, weight.scale, weight.zero, stream=stream, pack4=pack4, kstep=ks,
-        sw=padded(sw), vd=padded(sw * dw) if has_offset else None, vw=padded(sw * (wsum + blk * dw)),
-        has_offset=has_offset,
+        sw=padded(sw), wc=wc, wc1=wc1, wc2=wc2,
     )  # fmt: skip
 
 
@@ -175,27 +190,44 @@ def _act_ranges(
     return scale, zero
 
 
+def _pairs(kw: KernelWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``wc1, wc2, wc`` for the kernel (an unused one as any int32 tensor)."""
+    used = kw.wc if kw.wc is not None else kw.wc1
+    assert used is not None
+    return (
+        kw.wc1 if kw.wc1 is not None else used,
+        kw.wc2 if kw.wc2 is not None else used,
+        kw.wc if kw.wc is not None else used,
+    )
+
+
 def _run_amx(
-    x2d: torch.Tensor,
+    x: torch.Tensor,
     kw: KernelWeight,
     act: ActQuant,
     bias: torch.Tensor | None,
-    ranges: tuple[torch.Tensor, torch.Tensor] | None,
+    ch_min: torch.Tensor | None,
+    ch_max: torch.Tensor | None,
 ) -> torch.Tensor:
+    """``x[..., K]`` -> ``[M, N]`` in ``x``'s dtype when bfloat16, else float32 (no copies of ``x`` when it
+    is contiguous float32 or bfloat16)."""
     ext = cpu_extension()
     assert ext is not None and kw.stream is not None
+    x2d = x.reshape(-1, kw.in_features)
     if x2d.dtype not in (torch.float32, torch.bfloat16):
         x2d = x2d.float()
     x2d = x2d.contiguous()
-    scale, zero = ranges if ranges is not None else (None, None)
-    out = ext.quantize_act(x2d, act.group, act.bits, act.symmetric, kw.block, _ROWS, scale, zero)
-    codes, e_sa, e_sum, e_sz = out[:4]
-    y = ext.amx_linear(
-        codes, e_sa, e_sum, e_sz, kw.stream, kw.bits, kw.pack4, kw.out_features, kw.block, kw.kstep,
-        kw.sw, kw.vd if kw.vd is not None else kw.sw, kw.vw, None if bias is None else bias.float(),
-        kw.has_offset,
+    rows = x2d.shape[0]
+    sample_rows, scale, zero = 0, None, None
+    if act.granularity == "sample":
+        sample_rows = rows // x.shape[0] if x.dim() > 1 else rows
+    elif act.granularity != "token":
+        scale, zero = _act_ranges(x, act, ch_min, ch_max)
+    out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
+    return ext.amx_linear_x(
+        x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
+        kw.out_features, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, out_dtype,
     )  # fmt: skip
-    return y[: x2d.shape[0]]
 
 
 def _run_torch(
@@ -242,8 +274,7 @@ def int_linear(
     the result has ``x``'s dtype."""
     lead = x.shape[:-1]
     if kw.path == "amx":
-        ranges = None if act.granularity == "token" else _act_ranges(x, act, ch_min, ch_max)
-        y = _run_amx(x.reshape(-1, kw.in_features), kw, act, bias, ranges)
+        y = _run_amx(x, kw, act, bias, ch_min, ch_max)
     elif kw.path == "triton":
         y = _run_triton(x, kw, act, bias, ch_min, ch_max)
     else:

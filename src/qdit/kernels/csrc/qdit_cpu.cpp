@@ -1,22 +1,26 @@
 // qdit CPU kernels: dynamic int8 activation quantization and the group-wise u8 x s8 linear product on
 // Intel AMX tiles, with the per-block scales applied inside the accumulation.
 //
-//   y[t, o] = bias[o] + sum_b sa[t,b] * ( sw[o,b] * P[t,o,b] + Asum[t,b] * vd[o,b] - za[t,b] * vw[o,b] )
+//   y[t, o] = bias[o] + sum_b sa[t,b] * sw[o,b] * ( P[t,o,b] + Asum[t,b] * d_w[o,b] - za[t,b] * Wsum'[o,b] )
 //
-// P is the integer dot product of one K block (AMX TDPBUSD, exact in int32); vd = sw * d_w and
-// vw = sw * (Wsum + B * d_w) are per-layer vectors prepared once (see qdit/kernels/formats.py for the
-// derivation). The activation side hands the kernel three floats per (row, block): sa, sa * Asum and
-// sa * za, so the epilogue is four or five vector operations per 16 outputs and block.
+// P is the integer dot product of one K block (AMX TDPBUSD, exact in int32), Asum the block's sum of
+// activation codes, Wsum' = sum over the block of (w + d_w) (see qdit/kernels/formats.py for the
+// derivation). The bracket is computed exactly in int32: for blocks of at most 128 columns every factor
+// fits int16, so one vpdpwssd of the pairs (za, Asum) x (-Wsum', d_w) adds both corrections; larger blocks
+// (up to 16383 columns) split Asum and Wsum' in base 128 and use two. The per-block epilogue is then one convert and two float operations per 16 outputs.
+// With a single block (per-channel weights and per-token activations) the tiles accumulate the whole K
+// and the epilogue runs once.
 //
 // Weights are stored "panel-major" for the tiles: for each panel of 32 output rows, for each K step of
 // `ks` inputs, two 16-column B tiles in the VNNI order [ks/4][16][4] (signed int8, code - 2^(bits-1)).
-// 4-bit weights keep the same order two codes per byte: within every 64-byte chunk of that stream,
-// byte i holds element i in its low nibble and element i + 32 in its high nibble (unsigned codes), so
-// unpacking a chunk is two masks and a shift. A thread unpacks one panel (K x 32) into L1/L2 and reuses
-// it for every row block.
+// 4-bit weights keep the same order two codes per byte: within every 128-element chunk of that stream,
+// byte i holds element i in its low nibble and element i + 64 in its high nibble (unsigned codes), so
+// unpacking 64 bytes is two masks, a shift and two subtractions. A thread unpacks one panel (K x 32) into L1/L2 and reuses
+// it for every row block of an L2 chunk of rows.
 //
-// The AMX path is used only when the CPU has AMX-INT8 and the kernel grants the tile state; the Python
-// side falls back to pure PyTorch otherwise.
+// The output is written in float32 or bfloat16 directly. The AMX path is used only when the CPU has
+// AMX-INT8 (with AVX-512 VNNI and BF16) and the kernel grants the tile state; the Python side falls back
+// to pure PyTorch otherwise.
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -28,12 +32,14 @@
 #include <cpuid.h>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 constexpr int kPanel = 32;  // output rows (N) per panel: two 16-column B tiles
 constexpr int kRows = 32;   // activation rows (M) per block: two 16-row A tiles
+constexpr int64_t kMaxBlock = 16383;  // the zero-point corrections' int16 pairs hold blocks up to this
 
 struct alignas(64) TileConfig {
   uint8_t palette_id;
@@ -46,9 +52,11 @@ struct alignas(64) TileConfig {
 bool cpu_has_amx_int8() {
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30);
-  const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
-  return avx512f && avx512bw && amx_tile && amx_int8;
+  const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512dq = b & (1u << 17);
+  const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25), vnni = c & (1u << 11);
+  if (!(avx512f && avx512bw && avx512dq && vnni && amx_tile && amx_int8)) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return a & (1u << 5);  // AVX512_BF16
 }
 
 bool request_amx() {
@@ -79,13 +87,15 @@ void configure_tiles(int ks) {
     cfg.rows[t] = static_cast<uint8_t>(ks / 4);
     cfg.colsb[t] = 64;
   }
+  // GCC may treat the fields as dead stores (its ldtilecfg builtin does not say it reads memory)
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
-// --- activation quantization (token granularity) ----------------------------------------------------
+// --- activation quantization ------------------------------------------------------------------------
 
-// One group of `g` floats: the same float operations as qdit.quant.primitives.qparams / quantize, so
-// codes, scales and zero points are bit-identical with the PyTorch fake quantizer.
+// The same float operations as qdit.quant.primitives.qparams / quantize, so codes, scales and zero
+// points are bit-identical with the PyTorch fake quantizer.
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const at::BFloat16* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -99,84 +109,241 @@ inline float load1(const at::BFloat16* p) { return static_cast<float>(*p); }
 // 2^-12 of a half-integer (|quotient| <= 2^15 here); only those lanes are divided for real.
 inline __m512 round_div(__m512 x, __m512 s, __m512 inv) {
   const __m512 r = _mm512_mul_ps(x, inv);
-  const __m512 frac = _mm512_sub_ps(r, _mm512_roundscale_ps(r, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-  const __m512 dist = _mm512_abs_ps(_mm512_sub_ps(frac, _mm512_set1_ps(0.5f)));
-  const __mmask16 near = _mm512_cmp_ps_mask(dist, _mm512_set1_ps(1.0f / 4096), _CMP_LT_OQ);
-  const __m512 q = near ? _mm512_mask_div_ps(r, near, x, s) : r;
-  return _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 q = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 dist = _mm512_abs_ps(_mm512_sub_ps(r, q));  // in [0, 0.5]
+  const __mmask16 near = _mm512_cmp_ps_mask(dist, _mm512_set1_ps(0.5f - 1.0f / 4096), _CMP_GT_OQ);
+  if (__builtin_expect(near != 0, 0))
+    return _mm512_mask_roundscale_ps(q, near, _mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return q;
 }
 
-// Rows [begin, end) of x: per group either its own range (given == nullptr) or the given scale and
-// zero point; writes the codes and, per K block of `block` columns (block divides group), the three
-// epilogue inputs sa, sa * sum(codes) and sa * za.
+// Scale and zero point (without the storage offset) of up to 16 ranges at once, as qparams computes them.
+inline void qparams16(__m512 mn, __m512 mx, bool symmetric, float lo, float hi, float* s_out, float* z_out) {
+  const __m512 vhi = _mm512_set1_ps(hi);
+  __m512 s = symmetric ? _mm512_div_ps(_mm512_max_ps(_mm512_abs_ps(mn), _mm512_abs_ps(mx)), vhi)
+                       : _mm512_div_ps(_mm512_sub_ps(mx, mn), vhi);
+  s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f), s);
+  __m512 z = _mm512_setzero_ps();
+  if (!symmetric) {
+    const __m512 q = _mm512_div_ps(_mm512_xor_ps(mn, _mm512_set1_ps(-0.0f)), s);
+    z = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    z = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(lo)), vhi);
+  }
+  _mm512_storeu_ps(s_out, s);
+  _mm512_storeu_ps(z_out, z);
+}
+
+// min and max of n values, widened to contain 0
 template <typename T>
-void quantize_rows(const T* x, int64_t M, int64_t K, int64_t group, int64_t block, int bits, bool symmetric,
-                   const float* given_scale, const int32_t* given_zero, uint8_t* codes, float* scale, int32_t* zero,
-                   float* e_sa, float* e_sum, float* e_sz) {
-  const int64_t G = K / group, nb = K / block;
-  const float hi = symmetric ? static_cast<float>((1 << (bits - 1)) - 1) : static_cast<float>((1 << bits) - 1);
-  const float lo = symmetric ? -static_cast<float>(1 << (bits - 1)) : 0.0f;
-  const float offset = symmetric ? 128.0f : 0.0f;
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      for (int64_t gi = 0; gi < G; ++gi) {
-        const T* src = x + m * K + gi * group;
-        __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();  // the range always contains 0
-        int64_t k = 0;
-        for (; k + 16 <= group; k += 16) {
-          const __m512 v = load16(src + k);
-          vmn = _mm512_min_ps(vmn, v);
-          vmx = _mm512_max_ps(vmx, v);
+inline void range_of(const T* src, int64_t n, float& mn, float& mx) {
+  __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = load16(src + k);
+    vmn = _mm512_min_ps(vmn, v);
+    vmx = _mm512_max_ps(vmx, v);
+  }
+  mn = std::fmin(mn, _mm512_reduce_min_ps(vmn));
+  mx = std::fmax(mx, _mm512_reduce_max_ps(vmx));
+  for (; k < n; ++k) {
+    const float v = load1(src + k);
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+  }
+}
+
+// Activation codes are stored in the order the A tiles load them: for each block of 32 rows, for each K
+// step of `ks` columns, the 32 x ks bytes row-major, so that a tile (16 rows, stride ks) is 1 KB of
+// consecutive bytes and a row block's K steps follow each other.
+inline int64_t code_index(int64_t m, int64_t k, int64_t K, int64_t ks) {
+  return (((m / kRows) * (K / ks) + k / ks) * kRows + m % kRows) * ks + k % ks;
+}
+
+// code_index(m, k) for one row m as a base plus a shift and mask (ks is a power of two).
+struct RowIndex {
+  int64_t base, step_bytes, mask;
+  int shift;
+  RowIndex(int64_t m, int64_t K, int64_t ks)
+      : base(code_index(m, 0, K, ks)), step_bytes(kRows * ks), mask(ks - 1), shift(__builtin_ctzll(ks)) {}
+  int64_t operator()(int64_t k) const { return base + (k >> shift) * step_bytes + (k & mask); }
+};
+
+struct ActOut {  // per (row, K block): sa, za (with the storage offset), Asum, and za | Asum << 16
+  int64_t ks;  // the K step of the tile order of the codes
+  float* sa;
+  int32_t* za;
+  int32_t* asum;
+  int32_t* zc;
+};
+
+// One row: groups of `group` columns with scales s[G] and zero points z[G] (without the offset); the
+// codes go to row m_local of `codes` (tile order), the per-block values to row m of `o`.
+template <typename T>
+inline void quantize_row(const T* src, int64_t K, int64_t group, int64_t block, const float* s, const float* z,
+                         float offset, float lo, float hi, int64_t m, int64_t m_local, uint8_t* codes,
+                         const ActOut& o) {
+  const int64_t G = K / group, nb = K / block, ks = o.ks;
+  const RowIndex at(m_local, K, ks);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const float sg = s[gi], zg = z[gi] + offset;
+    const __m512 vs = _mm512_set1_ps(sg), vinv = _mm512_set1_ps(1.0f / sg), vz = _mm512_set1_ps(zg);
+    const __m512 vlo = _mm512_set1_ps(lo + offset), vhi = _mm512_set1_ps(hi + offset);
+    // 8-bit codes spanning [0, 255], 64 at a time: the saturating packs clamp, vpsadbw sums (K steps of
+    // at least 16 columns keep every 16 consecutive codes together in the tile order)
+    const bool full8 = lo + offset == 0.0f && hi + offset == 255.0f && block % 64 == 0 && ks >= 16;
+    const __m512i vzi = _mm512_set1_epi32(static_cast<int32_t>(zg));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (int64_t b0 = gi * group; b0 < (gi + 1) * group; b0 += block) {
+      __m512 vsum = _mm512_setzero_ps();
+      int64_t k = b0;
+      int32_t sum = 0;
+      if (full8) {
+        __m512i vsad = _mm512_setzero_si512();
+        for (; k < b0 + block; k += 64) {
+          __m512i c[4];
+          for (int i = 0; i < 4; ++i)
+            c[i] = _mm512_add_epi32(_mm512_cvtps_epi32(round_div(load16(src + k + 16 * i), vs, vinv)), vzi);
+          const __m512i w01 = _mm512_packus_epi32(c[0], c[1]), w23 = _mm512_packus_epi32(c[2], c[3]);
+          const __m512i bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(w01, w23));
+          vsad = _mm512_add_epi64(vsad, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
+          if (ks >= 64) {
+            _mm512_storeu_si512(codes + at(k), bytes);
+          } else {
+            alignas(64) uint8_t tmp[64];
+            _mm512_store_si512(tmp, bytes);
+            for (int i = 0; i < 64; i += 16)
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + at(k + i)), _mm_load_si128(reinterpret_cast<const __m128i*>(tmp + i)));
+          }
         }
-        float mn = _mm512_reduce_min_ps(vmn), mx = _mm512_reduce_max_ps(vmx);
-        for (; k < group; ++k) {
-          const float v = load1(src + k);
-          mn = v < mn ? v : mn;
-          mx = v > mx ? v : mx;
-        }
-        float s, z;  // z: the zero point without the storage offset
-        if (given_scale) {
-          s = given_scale[m * G + gi];
-          z = static_cast<float>(given_zero[m * G + gi]) - offset;
+        sum = static_cast<int32_t>(_mm512_reduce_add_epi64(vsad));
+      }
+      for (; k + 16 <= b0 + block; k += 16) {
+        __m512 q = round_div(load16(src + k), vs, vinv);
+        q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), vlo), vhi);
+        vsum = _mm512_add_ps(vsum, q);  // integers below 2^24: exact
+        const __m128i c = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+        if (ks % 16 == 0) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + at(k)), c);
         } else {
-          s = symmetric ? std::fmax(std::fabs(mn), std::fabs(mx)) / hi : (mx - mn) / hi;
-          if (!(s > 0.0f)) s = 1.0f;
-          z = symmetric ? 0.0f : std::fmin(std::fmax(std::nearbyint(-mn / s), lo), hi);
-        }
-        uint8_t* out = codes + m * K + gi * group;
-        const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(1.0f / s), vz = _mm512_set1_ps(z + offset);
-        const __m512 vlo = _mm512_set1_ps(lo + offset), vhi = _mm512_set1_ps(hi + offset);
-        k = 0;
-        for (; k + 16 <= group; k += 16) {
-          __m512 q = round_div(load16(src + k), vs, vinv);
-          q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), vlo), vhi);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
-        }
-        for (; k < group; ++k) {
-          const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / s) + z + offset, lo + offset), hi + offset);
-          out[k] = static_cast<uint8_t>(q);
-        }
-        if (scale) {
-          scale[m * G + gi] = s;
-          zero[m * G + gi] = static_cast<int32_t>(z + offset);
-        }
-        for (int64_t b0 = 0; b0 < group; b0 += block) {
-          int32_t sum = 0;
-          int64_t j = 0;
-          __m512i vsum = _mm512_setzero_si512();
-          for (; j + 64 <= block; j += 64)
-            vsum = _mm512_add_epi64(vsum, _mm512_sad_epu8(_mm512_loadu_si512(out + b0 + j), _mm512_setzero_si512()));
-          sum = static_cast<int32_t>(_mm512_reduce_add_epi64(vsum));
-          for (; j < block; ++j) sum += out[b0 + j];
-          const int64_t e = m * nb + (gi * group + b0) / block;
-          e_sa[e] = s;
-          e_sum[e] = s * static_cast<float>(sum);
-          e_sz[e] = s * (z + offset);
+          alignas(16) uint8_t tmp[16];
+          _mm_store_si128(reinterpret_cast<__m128i*>(tmp), c);
+          for (int i = 0; i < 16; ++i) codes[at(k + i)] = tmp[i];
         }
       }
+      sum += static_cast<int32_t>(_mm512_reduce_add_ps(vsum));
+      for (; k < b0 + block; ++k) {
+        const float q = std::fmin(std::fmax(std::nearbyint(load1(src + k) / sg) + zg, lo + offset), hi + offset);
+        codes[at(k)] = static_cast<uint8_t>(q);
+        sum += static_cast<int32_t>(q);
+      }
+      const int64_t e = m * nb + b0 / block;
+      o.sa[e] = sg;
+      o.za[e] = static_cast<int32_t>(zg);
+      o.asum[e] = sum;
+      o.zc[e] = static_cast<int32_t>((static_cast<uint32_t>(zg) & 0xFFFFu) | (static_cast<uint32_t>(sum) << 16));
     }
-  });
+  }
 }
+
+// Ranges -> (s, z) for G groups, 16 at a time.
+inline void qparams_groups(const float* mn, const float* mx, int64_t G, bool symmetric, float lo, float hi, float* s,
+                           float* z) {
+  for (int64_t g0 = 0; g0 < G; g0 += 16) {
+    alignas(64) float a[16], b[16], so[16], zo[16];
+    const int64_t n = std::min<int64_t>(16, G - g0);
+    for (int i = 0; i < 16; ++i) {
+      a[i] = i < n ? mn[g0 + i] : 0.0f;
+      b[i] = i < n ? mx[g0 + i] : 0.0f;
+    }
+    qparams16(_mm512_load_ps(a), _mm512_load_ps(b), symmetric, lo, hi, so, zo);
+    std::memcpy(s + g0, so, n * sizeof(float));
+    std::memcpy(z + g0, zo, n * sizeof(float));
+  }
+}
+
+// Quantizes rows of x [M, K]. Ranges: per row and group (sample_rows == 0 and no given ranges), per
+// group over each sample of `sample_rows` consecutive rows, or the given scale and zero point per row and
+// group. A sample's ranges are computed by the thread that first needs them, right before its rows are
+// quantized (so the second pass over the sample's rows reads them from L2).
+template <typename T>
+struct RowQuantizer {
+  const T* x;
+  int64_t M, K, group, block, sample_rows, G;
+  int bits;
+  bool symmetric;
+  const float* given_scale;
+  const int32_t* given_zero;
+  float lo, hi, offset;
+
+  struct Scratch {  // one per thread
+    std::vector<float> work;  // mn, mx, s, z: 4 * G
+    std::vector<float> sample_s, sample_z;
+    std::vector<char> sample_done;
+  };
+
+  RowQuantizer(const T* x_, int64_t M_, int64_t K_, int64_t group_, int64_t block_, int bits_, bool symmetric_,
+               int64_t sample_rows_, const float* given_scale_, const int32_t* given_zero_)
+      : x(x_), M(M_), K(K_), group(group_), block(block_), sample_rows(sample_rows_), G(K_ / group_), bits(bits_),
+        symmetric(symmetric_), given_scale(given_scale_), given_zero(given_zero_) {
+    hi = symmetric ? static_cast<float>((1 << (bits - 1)) - 1) : static_cast<float>((1 << bits) - 1);
+    lo = symmetric ? -static_cast<float>(1 << (bits - 1)) : 0.0f;
+    offset = symmetric ? 128.0f : 0.0f;
+  }
+
+  Scratch scratch() const {
+    Scratch sc;
+    sc.work.resize(4 * G);
+    if (sample_rows > 0) {
+      const int64_t S = M / sample_rows;
+      sc.sample_s.resize(S * G);
+      sc.sample_z.resize(S * G);
+      sc.sample_done.assign(S, 0);
+    }
+    return sc;
+  }
+
+  // Row m: codes to row m_local of `codes` (tile order).
+  void row(int64_t m, int64_t m_local, uint8_t* codes, const ActOut& o, Scratch& sc) const {
+    float *mn = sc.work.data(), *mx = mn + G, *s = mn + 2 * G, *z = mn + 3 * G;
+    const T* src = x + m * K;
+    if (sample_rows > 0) {
+      const int64_t smp = m / sample_rows;
+      float* ss = &sc.sample_s[smp * G];
+      float* sz = &sc.sample_z[smp * G];
+      if (!sc.sample_done[smp]) {  // one range per group over all of the sample's rows
+        for (int64_t gi = 0; gi < G; ++gi) mn[gi] = mx[gi] = 0.0f;
+        for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r)
+          for (int64_t gi = 0; gi < G; ++gi) range_of(x + r * K + gi * group, group, mn[gi], mx[gi]);
+        qparams_groups(mn, mx, G, symmetric, lo, hi, ss, sz);
+        sc.sample_done[smp] = 1;
+      }
+      std::memcpy(s, ss, G * sizeof(float));
+      std::memcpy(z, sz, G * sizeof(float));
+    } else if (given_scale) {
+      for (int64_t gi = 0; gi < G; ++gi) {
+        s[gi] = given_scale[m * G + gi];
+        z[gi] = static_cast<float>(given_zero[m * G + gi]) - offset;
+      }
+    } else {
+      for (int64_t gi = 0; gi < G; ++gi) {
+        mn[gi] = mx[gi] = 0.0f;
+        range_of(src + gi * group, group, mn[gi], mx[gi]);
+      }
+      qparams_groups(mn, mx, G, symmetric, lo, hi, s, z);
+    }
+    quantize_row(src, K, group, block, s, z, offset, lo, hi, m, m_local, codes, o);
+  }
+};
+
+// A 64-byte aligned scratch buffer (tile loads want aligned rows).
+struct AlignedBuffer {
+  std::vector<uint8_t> raw;
+  uint8_t* get(size_t bytes) {
+    if (raw.size() < bytes + 64) raw.resize(bytes + 64);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(raw.data());
+    return reinterpret_cast<uint8_t*>((p + 63) & ~static_cast<uintptr_t>(63));
+  }
+};
 
 // --- weight layout -------------------------------------------------------------------------------------
 
@@ -204,7 +371,7 @@ torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64
   const bool packed_in = codes.size(1) != K;
   const int64_t panels = (N + kPanel - 1) / kPanel;
   const int64_t stream = panels * kPanel * K;  // bytes of signed int8, before nibble packing
-  TORCH_CHECK(!pack4 || stream % 64 == 0, "4-bit panels need K * 32 to be a multiple of 64");
+  TORCH_CHECK(!pack4 || stream % 128 == 0, "4-bit panels need K * 32 to be a multiple of 128");
   const int64_t out_bytes = pack4 ? stream / 2 : stream;
   TORCH_CHECK(!inplace || (N % kPanel == 0 && codes.numel() == out_bytes), "in-place prepacking needs whole panels");
   auto out = inplace ? codes.view({-1}) : torch::zeros({out_bytes}, torch::kUInt8);
@@ -222,9 +389,9 @@ torch::Tensor prepack_weight(torch::Tensor codes, int64_t K, int64_t bits, int64
       });
       if (pack4) {
         uint8_t* o = dst + p * kPanel * K / 2;
-        for (int64_t c = 0; c < kPanel * K; c += 64)
-          for (int b = 0; b < 32; ++b)
-            o[c / 2 + b] = static_cast<uint8_t>((tmp[c + b] & 0xF) | ((tmp[c + b + 32] & 0xF) << 4));
+        for (int64_t c = 0; c < kPanel * K; c += 128)
+          for (int b = 0; b < 64; ++b)
+            o[c / 2 + b] = static_cast<uint8_t>((tmp[c + b] & 0xF) | ((tmp[c + b + 64] & 0xF) << 4));
       } else {
         std::memcpy(dst + p * kPanel * K, tmp.data(), kPanel * K);
       }
@@ -246,9 +413,9 @@ torch::Tensor unpack_weight(torch::Tensor stream, int64_t N, int64_t K, int64_t 
         if (n >= N) return;
         int code;
         if (pack4) {
-          const int64_t flat = p * kPanel * K + i, chunk = flat / 64, b = flat % 64;
-          const uint8_t byte = src[chunk * 32 + (b % 32)];
-          code = b < 32 ? (byte & 0xF) : (byte >> 4);
+          const int64_t flat = p * kPanel * K + i, chunk = flat / 128, b = flat % 128;
+          const uint8_t byte = src[chunk * 64 + (b % 64)];
+          code = b < 64 ? (byte & 0xF) : (byte >> 4);
         } else {
           code = static_cast<int8_t>(src[p * kPanel * K + i]) + offset;
         }
@@ -261,210 +428,479 @@ torch::Tensor unpack_weight(torch::Tensor stream, int64_t N, int64_t K, int64_t 
 
 // --- the AMX product ----------------------------------------------------------------------------------
 
-inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst,
-                                                                      int offset) {
+inline void unpack_panel4(const uint8_t* src, int64_t bytes, int8_t* dst, int offset) {
   const __m512i mask = _mm512_set1_epi8(0x0F), off = _mm512_set1_epi8(static_cast<char>(offset));
-  for (int64_t c = 0; c < bytes; c += 32) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c));
-    const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1);
-    const __m512i lohi = _mm512_mask_blend_epi64(0xF0, w, _mm512_srli_epi16(w, 4));
-    _mm512_storeu_si512(dst + 2 * c, _mm512_sub_epi8(_mm512_and_si512(lohi, mask), off));
+  for (int64_t c = 0; c < bytes; c += 64) {  // 64 bytes -> 128 codes: low nibbles, then high nibbles
+    const __m512i v = _mm512_loadu_si512(src + c);
+    _mm512_store_si512(dst + 2 * c, _mm512_sub_epi8(_mm512_and_si512(v, mask), off));
+    _mm512_store_si512(dst + 2 * c + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), off));
   }
 }
 
-template <bool kHasOffset>
-void amx_linear_impl(
-    const uint8_t* A, int64_t Mp, int64_t K, const float* act_sa, const float* act_sum, const float* act_sz,
-    const int8_t* W8, const uint8_t* W4, int bits, int64_t Np, int64_t B, int64_t ks, const float* sw,
-    const float* vd, const float* vw, const float* bias, float* Y, int64_t ldy, int64_t N) {
-  const int64_t nb = K / B, panels = Np / kPanel, steps = B / ks;
-  // Cache blocking: a job is a chunk of rows x a chunk of panels whose A and B bytes fit in about 1 MB
-  // of L2 together; jobs of one row chunk are consecutive, so its A chunk stays in L2 while the B
-  // chunks pass. Inside a job every panel is reused for all of the chunk's row blocks.
-  const int64_t chunk = std::max<int64_t>(kRows, ((1 << 20) / (2 * K)) / kRows * kRows);
-  const int64_t row_chunks = (Mp + chunk - 1) / chunk;
-  const int64_t panel_chunk = std::max<int64_t>(1, chunk / kPanel);
-  const int64_t panel_chunks = (panels + panel_chunk - 1) / panel_chunk;
-  at::parallel_for(0, row_chunks * panel_chunks, 1, [&](int64_t job_begin, int64_t job_end) {
+// 32 outputs of one row, 64-byte aligned, with non-temporal stores: the output is not read again here, so
+// it skips the cache (and the read for ownership of every line).
+inline void stream32(float* y, __m512 a0, __m512 a1) {
+  _mm512_stream_ps(y, a0);
+  _mm512_stream_ps(y + 16, a1);
+}
+inline void stream32(at::BFloat16* y, __m512 a0, __m512 a1) {
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(y), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(a1, a0)));
+}
+inline void store16(float* y, __mmask16 k, __m512 v) { _mm512_mask_storeu_ps(y, k, v); }
+inline void store16(at::BFloat16* y, __mmask16 k, __m512 v) {
+  _mm256_mask_storeu_epi16(y, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+}
+
+struct ActSide {  // per (row, block), [Mp, nb]
+  const float* sa;
+  const int32_t* za;
+  const int32_t* asum;
+  const int32_t* zc;  // za | asum << 16 (blocks of at most 128 columns)
+};
+struct WeightSide {  // per (block, output), [nb, Np]
+  const float* sw;
+  // with nws = -(Wsum + B d_w), int16 pairs: wc = (nws, d_w) for blocks of at most 128 columns; for
+  // larger ones wc1 = (d_w, 128 d_w) and wc2 = (nws mod 128, floor(nws / 128)), which the activation pairs
+  // (Asum mod 128, floor(Asum / 128)) and (za, 128 za) turn into Asum d_w and za nws
+  const int32_t* wc1;
+  const int32_t* wc2;
+  const int32_t* wc;
+};
+
+// One block's epilogue for rows [r0, r1) of a 32 x 32 output tile: the block's exact integer sums
+// P + Asum * d_w - za * Wsum' (cb: [32 rows][32 outputs] int32) times sa * sw, added to the accumulators
+// (kFirst: to the bias instead); kLast writes the output rows instead of the accumulators.
+struct EpiRows {
+  const int32_t* cb;   // [32][32]
+  const float* sa;     // act side at (m0, b), row stride nb
+  const int32_t* zc;
+  const int32_t* za;
+  const int32_t* asum;
+  int64_t nb;
+  float* acc;  // [32][32]
+};
+
+template <bool kPacked, bool kFirst, bool kLast, typename OutT>
+inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, const int32_t* wc, const int32_t* wc1,
+                          const int32_t* wc2, __m512 bias0, __m512 bias1, OutT* y, int64_t ldy, int rows_valid,
+                          __mmask16 km0, __mmask16 km1) {
+  const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
+  __m512i c0, c1, c2, c3;
+  if constexpr (kPacked) {
+    c0 = _mm512_loadu_si512(wc);
+    c1 = _mm512_loadu_si512(wc + 16);
+    c2 = c3 = c0;
+  } else {
+    c0 = _mm512_loadu_si512(wc1);
+    c1 = _mm512_loadu_si512(wc1 + 16);
+    c2 = _mm512_loadu_si512(wc2);
+    c3 = _mm512_loadu_si512(wc2 + 16);
+  }
+  const int32_t* __restrict cb = e.cb;
+  const float* __restrict sa = e.sa;
+  float* __restrict acc = e.acc;
+  const int64_t nb = e.nb;
+  const bool stream = km0 == 0xFFFF && km1 == 0xFFFF && (reinterpret_cast<uintptr_t>(y) & 63) == 0 &&
+                      ((ldy * static_cast<int64_t>(sizeof(OutT))) & 63) == 0;
+  r1 = std::min(r1, rows_valid);  // padding rows are never written: no need to scale them
+  for (int r = r0; r < r1; ++r) {
+    __m512i p0 = _mm512_load_si512(cb + r * 32), p1 = _mm512_load_si512(cb + r * 32 + 16);
+    if constexpr (kPacked) {
+      const __m512i z = _mm512_set1_epi32(e.zc[r * nb]);
+      p0 = _mm512_dpwssd_epi32(p0, z, c0);
+      p1 = _mm512_dpwssd_epi32(p1, z, c1);
+    } else {
+      const uint32_t as = static_cast<uint32_t>(e.asum[r * nb]), za = static_cast<uint32_t>(e.za[r * nb]);
+      const __m512i z1 = _mm512_set1_epi32(static_cast<int32_t>((as & 127u) | ((as >> 7) << 16)));
+      const __m512i z2 = _mm512_set1_epi32(static_cast<int32_t>(za | (za << 23)));
+      p0 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(p0, z1, c0), z2, c2);
+      p1 = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(p1, z1, c1), z2, c3);
+    }
+    const __m512 s = _mm512_set1_ps(sa[r * nb]);
+    const __m512 base0 = kFirst ? bias0 : _mm512_load_ps(acc + r * 32);
+    const __m512 base1 = kFirst ? bias1 : _mm512_load_ps(acc + r * 32 + 16);
+    const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
+    const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
+    if constexpr (kLast) {
+      if (stream) {
+        stream32(y + r * ldy, a0, a1);
+      } else {
+        store16(y + r * ldy, km0, a0);
+        store16(y + r * ldy + 16, km1, a1);
+      }
+    } else {
+      _mm512_store_ps(acc + r * 32, a0);
+      _mm512_store_ps(acc + r * 32 + 16, a1);
+    }
+  }
+}
+
+// kPacked: the zero-point corrections of a block in one VNNI instruction per 16 outputs (vpdpwssd of the
+// int16 pairs (za, Asum) x (-(Wsum + B d_w), d_w), exact while B <= 128); otherwise two (see WeightSide).
+//
+// `rows(rb_begin, rb_end, buffer)` gives the codes of row blocks [rb_begin, rb_end) (tile order, one row
+// block after the other): already quantized, or quantized then and there into the thread's buffer.
+struct Split {  // contiguous row blocks per thread when there are enough of them, else contiguous panels
+  int64_t T;
+  bool by_rows;
+  Split(int64_t row_blocks, int64_t panels) {
+    T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), row_blocks * panels));
+    by_rows = row_blocks >= 2 * T || row_blocks >= panels;
+  }
+};
+// L2 blocking: a chunk of row blocks whose A bytes (about 512 KB) stay in L2 while the panels pass;
+// each panel (in L1 / L2) serves every row block of the chunk.
+inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (5 << 18) / (kRows * K)); }
+
+template <bool kPacked, typename OutT, typename Rows>
+void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
+                     const uint8_t* W4, int bits, int64_t Np, int64_t N, int64_t B, int64_t ks, WeightSide wt,
+                     const float* bias, OutT* Y) {
+  const int64_t nb = K / B, panels = Np / kPanel, steps = B / ks, row_blocks = Mp / kRows;
+  const Split split(row_blocks, panels);
+  const int64_t T = split.T;
+  const bool by_rows = split.by_rows;
+  const int64_t chunk = row_chunk(K);
+  // The epilogue of block b - 1 runs in 4 * steps slices, one after each TDPBUSD of block b.
+  const int64_t slices = 4 * steps;
+  // blocks per K chunk: all of them while a panel fits L1 comfortably, else chunks of about 32 KB
+  int64_t kcb = nb;
+  if (nb > 1 && K * kPanel > (40 << 10)) {
+    const int64_t per = std::max<int64_t>(1, (32 << 10) / (B * kPanel)), n_chunks = (nb + per - 1) / per;
+    kcb = (nb + n_chunks - 1) / n_chunks;
+  }
+  std::vector<int> bound(slices + 1);
+  for (int64_t i = 0; i <= slices; ++i) bound[i] = static_cast<int>(i * kRows / slices);
+  at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
     configure_tiles(static_cast<int>(ks));
-    alignas(64) int32_t cbuf[2][4][16][16];  // double-buffered: block b's sums, while b + 1 runs
-    alignas(64) float acc[kRows][kPanel];
-    std::vector<int8_t> panel4(W4 ? kPanel * K : 0);
-    for (int64_t job = job_begin; job < job_end; ++job) {
-    const int64_t rc = job / panel_chunks, pc = job % panel_chunks;
-    const int64_t m_begin = rc * chunk, m_end = std::min(Mp, m_begin + chunk);
-    for (int64_t p = pc * panel_chunk; p < std::min(panels, (pc + 1) * panel_chunk); ++p) {
-      const int8_t* panel = W8 ? W8 + p * kPanel * K : panel4.data();
-      if (W4) unpack_panel4(W4 + p * kPanel * K / 2, kPanel * K / 2, panel4.data(), 1 << (bits - 1));
-      const int64_t n0 = p * kPanel;
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kRows) {
-        for (int r = 0; r < kRows; ++r) {
-          _mm512_store_ps(acc[r], _mm512_setzero_ps());
-          _mm512_store_ps(acc[r] + 16, _mm512_setzero_ps());
-        }
-        // Scale rows [r0, r1) of block b's integer sums into the float accumulators.
-        auto epilogue = [&](int64_t b, int r0, int r1) {
-          const int32_t(*cb)[16][16] = cbuf[b & 1];
-          const float* swb = sw + b * Np + n0;  // per-block vectors are [nb, Np]
-          const __m512 sw0 = _mm512_loadu_ps(swb), sw1 = _mm512_loadu_ps(swb + 16);
-          const __m512 vw0 = _mm512_loadu_ps(vw + b * Np + n0), vw1 = _mm512_loadu_ps(vw + b * Np + n0 + 16);
-          __m512 vd0 = _mm512_setzero_ps(), vd1 = _mm512_setzero_ps();
-          if constexpr (kHasOffset) {
-            vd0 = _mm512_loadu_ps(vd + b * Np + n0);
-            vd1 = _mm512_loadu_ps(vd + b * Np + n0 + 16);
-          }
-          for (int r = r0; r < r1; ++r) {
-            const int64_t row = (m0 + r) * nb + b;
-            const __m512 sa = _mm512_set1_ps(act_sa[row]);
-            const __m512 sz = _mm512_set1_ps(act_sz[row]);
-            const int ti = (r / 16) * 2, tr = r % 16;
-            __m512 a0 = _mm512_load_ps(acc[r]), a1 = _mm512_load_ps(acc[r] + 16);
-            const __m512 p0 = _mm512_cvtepi32_ps(_mm512_load_si512(cb[ti][tr]));
-            const __m512 p1 = _mm512_cvtepi32_ps(_mm512_load_si512(cb[ti + 1][tr]));
-            a0 = _mm512_fmadd_ps(p0, _mm512_mul_ps(sa, sw0), a0);
-            a1 = _mm512_fmadd_ps(p1, _mm512_mul_ps(sa, sw1), a1);
-            a0 = _mm512_fnmadd_ps(sz, vw0, a0);
-            a1 = _mm512_fnmadd_ps(sz, vw1, a1);
-            if constexpr (kHasOffset) {
-              const __m512 su = _mm512_set1_ps(act_sum[row]);
-              a0 = _mm512_fmadd_ps(su, vd0, a0);
-              a1 = _mm512_fmadd_ps(su, vd1, a1);
+    alignas(64) int32_t cbuf[2][kRows * kPanel];  // double-buffered: block b's sums, while b + 1 runs
+    AlignedBuffer panel_buf, rows_buf, acc_buf;
+    // float accumulators of every row block of a chunk: [chunk][32 rows][32 outputs]
+    float* acc_all = reinterpret_cast<float*>(acc_buf.get(chunk * kRows * kPanel * sizeof(float)));
+    int8_t* panel4 = W4 ? reinterpret_cast<int8_t*>(panel_buf.get(kPanel * K)) : nullptr;
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t units = by_rows ? row_blocks : panels;
+      const int64_t u0 = units * t / T, u1 = units * (t + 1) / T;
+      const int64_t rb_begin = by_rows ? u0 : 0, rb_end = by_rows ? u1 : row_blocks;
+      const int64_t p_begin = by_rows ? 0 : u0, p_end = by_rows ? panels : u1;
+      for (int64_t rc = rb_begin; rc < rb_end; rc += chunk) {
+        const uint8_t* A = rows(rc, std::min(rb_end, rc + chunk), rows_buf);  // row block rc
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          const int8_t* panel = W8 ? W8 + p * kPanel * K : panel4;
+          if (W4) unpack_panel4(W4 + p * kPanel * K / 2, kPanel * K / 2, panel4, 1 << (bits - 1));
+          const int64_t n0 = p * kPanel;
+          const int64_t cols = std::min<int64_t>(kPanel, N - n0);
+          const __mmask16 km0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
+          const __mmask16 km1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+          const __m512 bias0 = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
+          const __m512 bias1 = bias ? _mm512_loadu_ps(bias + n0 + 16) : _mm512_setzero_ps();
+          // K chunks of kcb blocks: each panel slice (kcb * B x 32 bytes) stays in L1 while the chunk's row
+          // blocks pass; the float accumulators carry the sums from one K chunk to the next
+          for (int64_t kc0 = 0; kc0 < nb; kc0 += kcb) {
+          const int64_t kc1 = std::min(nb, kc0 + kcb);
+          for (int64_t rb = rc; rb < std::min(rb_end, rc + chunk); ++rb) {
+            const int64_t m0 = rb * kRows;
+            float* acc = acc_all + (kcb < nb ? rb - rc : 0) * kRows * kPanel;  // one tile's unless K chunks
+            const int rows_valid = static_cast<int>(std::min<int64_t>(kRows, M - m0));
+            OutT* y = Y + m0 * N + n0;
+            auto epilogue = [&](int64_t b, int r0, int r1) {
+              const EpiRows e{cbuf[b & 1], act.sa + m0 * nb + b, act.zc + m0 * nb + b, act.za + m0 * nb + b,
+                              act.asum + m0 * nb + b, nb, acc};
+              const int64_t wi = b * Np + n0;
+              const float* sw = wt.sw + wi;
+              const int32_t *wc = wt.wc + wi, *dw = wt.wc1 + wi, *nws = wt.wc2 + wi;
+              if (nb == 1) {
+                epilogue_rows<kPacked, true, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+              } else if (b == 0) {
+                epilogue_rows<kPacked, true, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+              } else if (b == nb - 1) {
+                epilogue_rows<kPacked, false, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+              } else {
+                epilogue_rows<kPacked, false, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+              }
+            };
+            auto slice = [&](int64_t b, int64_t i) {  // slice i of block b - 1's epilogue
+              if (b > kc0 && bound[i] < bound[i + 1]) epilogue(b - 1, bound[i], bound[i + 1]);
+            };
+            // Software pipeline over the K steps: each A / B tile is reloaded for step g + 1 right after
+            // its last use in step g, so the loads overlap the remaining TDPBUSDs of step g.
+            const uint8_t* a_rows = A + (rb - rc) * kRows * K;  // this row block's codes, step after step
+            const int64_t g_begin = kc0 * steps, g_end = kc1 * steps;
+            auto a_tile = [&](int64_t g) { return a_rows + g * ks * kRows; };
+            auto b_tile = [&](int64_t g) { return panel + g * ks * 2 * 16; };
+            _tile_loadd(4, a_tile(g_begin), ks);
+            _tile_loadd(6, b_tile(g_begin), 64);
+            _tile_loadd(7, b_tile(g_begin) + ks * 16, 64);
+            // a row block with at most 16 real rows (tiny M) skips its second A tile and its products
+            const bool two = rows_valid > 16;
+            if (two) _tile_loadd(5, a_tile(g_begin) + 16 * ks, ks);
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            int64_t b = kc0, s = 0;
+            for (int64_t g = g_begin; g < g_end; ++g) {
+              const bool more = g + 1 < g_end;
+              _tile_dpbusd(0, 4, 6);
+              slice(b, 4 * s);
+              _tile_dpbusd(1, 4, 7);
+              if (more) _tile_loadd(4, a_tile(g + 1), ks);
+              slice(b, 4 * s + 1);
+              if (two) _tile_dpbusd(2, 5, 6);
+              if (more) _tile_loadd(6, b_tile(g + 1), 64);
+              slice(b, 4 * s + 2);
+              if (two) _tile_dpbusd(3, 5, 7);
+              if (more) {
+                _tile_loadd(7, b_tile(g + 1) + ks * 16, 64);
+                if (two) _tile_loadd(5, a_tile(g + 1) + 16 * ks, ks);
+              }
+              slice(b, 4 * s + 3);
+              if (++s == steps) {
+                // [32 rows][32 outputs]: row r of tiles 0 | 1 (r < 16) or 2 | 3
+                int32_t* cb = cbuf[b & 1];
+                _tile_stored(0, cb, 128);
+                _tile_stored(1, cb + 16, 128);
+                _tile_stored(2, cb + 16 * 32, 128);
+                _tile_stored(3, cb + 16 * 32 + 16, 128);
+                if (more) {
+                  _tile_zero(0);
+                  _tile_zero(1);
+                  _tile_zero(2);
+                  _tile_zero(3);
+                }
+                s = 0;
+                ++b;
+              }
             }
-            _mm512_store_ps(acc[r], a0);
-            _mm512_store_ps(acc[r] + 16, a1);
+            epilogue(kc1 - 1, 0, kRows);
           }
-        };
-        // Software pipeline: while the tiles compute block b, the vector units scale block b - 1, a
-        // slice of rows after each K step, so that neither unit waits for the other.
-        for (int64_t b = 0; b < nb; ++b) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (int64_t s = 0; s < steps; ++s) {
-            const int64_t k0 = b * B + s * ks;
-            const int8_t* bt = panel + (k0 / ks) * 2 * ks * 16;
-            _tile_loadd(4, A + m0 * K + k0, K);
-            _tile_loadd(5, A + (m0 + 16) * K + k0, K);
-            _tile_loadd(6, bt, 64);
-            _tile_loadd(7, bt + ks * 16, 64);
-            _tile_dpbusd(0, 4, 6);
-            _tile_dpbusd(1, 4, 7);
-            _tile_dpbusd(2, 5, 6);
-            _tile_dpbusd(3, 5, 7);
-            if (b > 0) {
-              epilogue(b - 1, static_cast<int>(s * kRows / steps), static_cast<int>((s + 1) * kRows / steps));
-            }
           }
-          int32_t(*cb)[16][16] = cbuf[b & 1];
-          _tile_stored(0, cb[0], 64);
-          _tile_stored(1, cb[1], 64);
-          _tile_stored(2, cb[2], 64);
-          _tile_stored(3, cb[3], 64);
-        }
-        epilogue(nb - 1, 0, kRows);
-        const __m512 b0 = bias ? _mm512_loadu_ps(bias + n0) : _mm512_setzero_ps();
-        const __m512 b1 = bias ? _mm512_loadu_ps(bias + n0 + 16) : _mm512_setzero_ps();
-        const int64_t cols = std::min<int64_t>(kPanel, N - n0);
-        const __mmask16 k0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-        const __mmask16 k1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
-        for (int r = 0; r < kRows; ++r) {
-          float* y = Y + (m0 + r) * ldy + n0;
-          _mm512_mask_storeu_ps(y, k0, _mm512_add_ps(_mm512_load_ps(acc[r]), b0));
-          _mm512_mask_storeu_ps(y + 16, k1, _mm512_add_ps(_mm512_load_ps(acc[r] + 16), b1));
         }
       }
     }
-    }
+    _mm_sfence();  // the non-temporal output stores are visible before the threads join
     _tile_release();
   });
 }
 
 // --- Python-facing functions ------------------------------------------------------------------------
 
-// x [M, K] float32 or bfloat16 -> codes uint8 [Mp, K] (Mp: M rounded up to `row_multiple`, padding
-// rows zero), scale / zero [M, G] (only when computed here), and the epilogue inputs [Mp, K / block].
-// With `given_scale` / `given_zero` ([M, G]) the ranges are not computed (sample and static granularity).
-std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t bits, bool symmetric, int64_t block,
-                                        int64_t row_multiple, c10::optional<torch::Tensor> given_scale,
-                                        c10::optional<torch::Tensor> given_zero) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
-  TORCH_CHECK(bits >= 2 && bits <= 8, "bits in 2..8");
-  const int64_t M = x.size(0), K = x.size(1);
-  if (group == 0) group = K;
-  TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
-  const int64_t Mp = (M + row_multiple - 1) / row_multiple * row_multiple, G = K / group, nb = K / block;
-  auto codes = torch::empty({Mp, K}, torch::kUInt8);
-  auto e_sa = torch::empty({Mp, nb}, torch::kFloat32);
-  auto e_sum = torch::empty({Mp, nb}, torch::kFloat32);
-  auto e_sz = torch::empty({Mp, nb}, torch::kFloat32);
-  if (Mp > M) {
-    codes.narrow(0, M, Mp - M).zero_();
-    e_sa.narrow(0, M, Mp - M).zero_();
-    e_sum.narrow(0, M, Mp - M).zero_();
-    e_sz.narrow(0, M, Mp - M).zero_();
+struct QuantArgs {  // the activation quantizer's settings, checked
+  int64_t M, K, group, block, ks, sample_rows, Mp, G, nb;
+  int bits;
+  bool symmetric;
+  torch::Tensor gs, gz;  // given ranges [M, G] (static granularity), else undefined
+
+  QuantArgs(const torch::Tensor& x, int64_t group_, int64_t bits_, bool symmetric_, int64_t block_, int64_t ks_,
+            int64_t sample_rows_, const c10::optional<torch::Tensor>& given_scale,
+            const c10::optional<torch::Tensor>& given_zero) {
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
+                "x must be float32 or bfloat16");
+    TORCH_CHECK(bits_ >= 2 && bits_ <= 8, "bits in 2..8");
+    M = x.size(0);
+    K = x.size(1);
+    group = group_ == 0 ? K : group_;
+    block = block_;
+    ks = ks_;
+    bits = static_cast<int>(bits_);
+    symmetric = symmetric_;
+    TORCH_CHECK(K % group == 0 && block > 0 && group % block == 0, "block must divide group, group must divide K");
+    TORCH_CHECK(ks > 0 && (ks & (ks - 1)) == 0 && block % ks == 0 && ks <= 64,
+                "the K step must be a power of two dividing the block, at most 64");
+    Mp = (M + kRows - 1) / kRows * kRows;
+    G = K / group;
+    nb = K / block;
+    const bool given = given_scale.has_value() && given_scale->defined();
+    sample_rows = given ? 0 : sample_rows_;
+    TORCH_CHECK(sample_rows >= 0 && (sample_rows == 0 || M % sample_rows == 0), "sample_rows must divide the rows");
+    if (given) {
+      gs = given_scale->to(torch::kFloat32).contiguous();
+      gz = given_zero->to(torch::kInt32).contiguous();
+      TORCH_CHECK(gs.size(0) == M && gs.size(1) == G && gz.sizes() == gs.sizes(), "given scale / zero: [M, G]");
+    }
   }
-  const bool given = given_scale.has_value() && given_scale->defined();
-  torch::Tensor scale, zero, gs, gz;
-  if (given) {
-    gs = given_scale->to(torch::kFloat32).contiguous();
-    gz = given_zero->to(torch::kInt32).contiguous();
-    TORCH_CHECK(gs.size(0) == M && gs.size(1) == G && gz.sizes() == gs.sizes(), "given scale / zero: [M, G]");
-  } else {
-    scale = torch::empty({M, G}, torch::kFloat32);
-    zero = torch::empty({M, G}, torch::kInt32);
+  // the per (row, block) tensors sa, za, asum, zc [Mp, nb], padding rows zero
+  std::vector<torch::Tensor> per_block() const {
+    auto sa = torch::empty({Mp, nb}, torch::kFloat32);
+    auto za = torch::empty({Mp, nb}, torch::kInt32);
+    auto asum = torch::empty({Mp, nb}, torch::kInt32);
+    auto zc = torch::empty({Mp, nb}, torch::kInt32);
+    if (Mp > M) {
+      for (auto* t : {&sa, &za, &asum, &zc}) t->narrow(0, M, Mp - M).zero_();
+    }
+    return {sa, za, asum, zc};
   }
-  auto go = [&](auto* ptr) {
-    quantize_rows(ptr, M, K, group, block, static_cast<int>(bits), symmetric, given ? gs.data_ptr<float>() : nullptr,
-                  given ? gz.data_ptr<int32_t>() : nullptr, codes.data_ptr<uint8_t>(),
-                  given ? nullptr : scale.data_ptr<float>(), given ? nullptr : zero.data_ptr<int32_t>(),
-                  e_sa.data_ptr<float>(), e_sum.data_ptr<float>(), e_sz.data_ptr<float>());
-  };
-  if (x.scalar_type() == torch::kBFloat16) {
-    go(x.data_ptr<at::BFloat16>());
-  } else {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32, "x must be float32 or bfloat16");
-    go(x.data_ptr<float>());
+  ActOut out(const std::vector<torch::Tensor>& e) const {
+    return ActOut{ks, e[0].data_ptr<float>(), e[1].data_ptr<int32_t>(), e[2].data_ptr<int32_t>(),
+                  e[3].data_ptr<int32_t>()};
   }
-  if (given) return {codes, e_sa, e_sum, e_sz};
-  return {codes, e_sa, e_sum, e_sz, scale, zero};
+  template <typename T>
+  RowQuantizer<T> quantizer(const T* x) const {
+    return RowQuantizer<T>(x, M, K, group, block, bits, symmetric, sample_rows,
+                           gs.defined() ? gs.data_ptr<float>() : nullptr,
+                           gz.defined() ? gz.data_ptr<int32_t>() : nullptr);
+  }
+};
+
+// Every row of x into `codes` (tile order, [Mp * K], the padding rows' codes zeroed here).
+template <typename T>
+void quantize_all(const RowQuantizer<T>& rq, const QuantArgs& a, const ActOut& o, uint8_t* codes) {
+  if (a.Mp > a.M) std::memset(codes + (a.Mp - kRows) * a.K, 0, kRows * a.K);  // the last row block
+  at::parallel_for(0, a.M, 8, [&](int64_t begin, int64_t end) {
+    auto sc = rq.scratch();
+    for (int64_t m = begin; m < end; ++m) rq.row(m, m, codes, o, sc);
+  });
 }
 
-// codes: uint8 [Mp, K] with Mp % 32 == 0; act_*: float32 [Mp, K/B]; weight: the panel-major stream;
-// sw/vd/vw: float32 [K/B, Np]; returns float32 [Mp, N].
-torch::Tensor amx_linear(torch::Tensor codes, torch::Tensor act_sa, torch::Tensor act_sum, torch::Tensor act_sz,
-                         torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
-                         torch::Tensor sw, torch::Tensor vd, torch::Tensor vw, c10::optional<torch::Tensor> bias,
-                         bool has_offset) {
-  TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
-  const int64_t Mp = codes.size(0), K = codes.size(1);
-  TORCH_CHECK(Mp % kRows == 0, "rows must be padded to a multiple of 32");
-  TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
-  const int64_t Np = sw.size(1);
-  TORCH_CHECK(Np % kPanel == 0 && Np >= N, "weights must be padded to panels of 32 rows");
-  auto y = torch::empty({Mp, N}, torch::kFloat32);
-  const float* bptr = nullptr;
-  torch::Tensor bpad;
-  if (bias.has_value() && bias->defined()) {
-    bpad = torch::zeros({Np}, torch::kFloat32);
-    bpad.narrow(0, 0, N).copy_(*bias);
-    bptr = bpad.data_ptr<float>();
+// x [M, K] float32 or bfloat16 -> codes uint8 [Mp * K] in tile order for K steps of `ks` (Mp: M rounded
+// up to 32, padding rows zero) and the per (row, K block) epilogue inputs [Mp, K / block]: sa float32, za,
+// Asum and za | Asum << 16 int32. Ranges: dynamic per row and group; with `sample_rows` > 0 per group over
+// each sample of that many consecutive rows; or the given scale / zero point ([M, G], static granularity).
+std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t bits, bool symmetric, int64_t block,
+                                        int64_t ks, int64_t sample_rows,
+                                        c10::optional<torch::Tensor> given_scale,
+                                        c10::optional<torch::Tensor> given_zero) {
+  const QuantArgs a(x, group, bits, symmetric, block, ks, sample_rows, given_scale, given_zero);
+  auto codes = torch::empty({a.Mp * a.K}, torch::kUInt8);
+  auto e = a.per_block();
+  const ActOut o = a.out(e);
+  if (x.scalar_type() == torch::kBFloat16) {
+    quantize_all(a.quantizer(x.data_ptr<at::BFloat16>()), a, o, codes.data_ptr<uint8_t>());
+  } else {
+    quantize_all(a.quantizer(x.data_ptr<float>()), a, o, codes.data_ptr<uint8_t>());
   }
-  const int8_t* w8 = pack4 ? nullptr : reinterpret_cast<const int8_t*>(weight.data_ptr<uint8_t>());
-  const uint8_t* w4 = pack4 ? weight.data_ptr<uint8_t>() : nullptr;
-  auto run = has_offset ? amx_linear_impl<true> : amx_linear_impl<false>;
-  run(codes.data_ptr<uint8_t>(), Mp, K, act_sa.data_ptr<float>(), act_sum.data_ptr<float>(), act_sz.data_ptr<float>(),
-      w8, w4, static_cast<int>(bits), Np, B, ks, sw.data_ptr<float>(), has_offset ? vd.data_ptr<float>() : nullptr,
-      vw.data_ptr<float>(), bptr, y.data_ptr<float>(), N, N);
+  return {codes, e[0], e[1], e[2], e[3]};
+}
+
+struct WeightArgs {
+  const int8_t* w8;
+  const uint8_t* w4;
+  int bits;
+  int64_t N, Np, B, ks;
+  WeightSide ws;
+  torch::Tensor bpad;
+  const float* bias = nullptr;
+  WeightArgs(const torch::Tensor& weight, int64_t bits_, bool pack4, int64_t N_, int64_t K, int64_t B_, int64_t ks_,
+             const torch::Tensor& sw, const torch::Tensor& wc1, const torch::Tensor& wc2, const torch::Tensor& wc,
+             const c10::optional<torch::Tensor>& b) {
+    TORCH_CHECK(amx_available(), "AMX-INT8 is not available on this CPU");
+    N = N_;
+    B = B_;
+    ks = ks_;
+    bits = static_cast<int>(bits_);
+    TORCH_CHECK(K % B == 0 && B % ks == 0 && ks % 4 == 0 && ks <= 64, "bad block / K step");
+    TORCH_CHECK(B <= kMaxBlock, "blocks of at most 16383 columns (the int16 pairs of the corrections)");
+    Np = sw.size(1);
+    TORCH_CHECK(Np % kPanel == 0 && Np >= N && sw.size(0) == K / B, "weights must be padded to panels of 32 rows");
+    TORCH_CHECK(weight.numel() == (pack4 ? Np * K / 2 : Np * K), "the weight stream does not match K and N");
+    w8 = pack4 ? nullptr : reinterpret_cast<const int8_t*>(weight.data_ptr<uint8_t>());
+    w4 = pack4 ? weight.data_ptr<uint8_t>() : nullptr;
+    ws = WeightSide{sw.data_ptr<float>(), wc1.data_ptr<int32_t>(), wc2.data_ptr<int32_t>(), wc.data_ptr<int32_t>()};
+    if (b.has_value() && b->defined()) {
+      bpad = torch::zeros({Np}, torch::kFloat32);
+      bpad.narrow(0, 0, N).copy_(*b);
+      bias = bpad.data_ptr<float>();
+    }
+  }
+};
+
+template <typename Rows>
+torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, const ActSide& as, const WeightArgs& w,
+                          at::ScalarType out_dtype) {
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
+  auto y = torch::empty({M, w.N}, torch::TensorOptions().dtype(out_dtype));
+  // 4-bit weights: a thread unpacks a panel for each chunk of its rows; with several chunks, unpacking
+  // the whole weight once (in parallel) costs less vector work than that
+  const int8_t* w8 = w.w8;
+  const uint8_t* w4 = w.w4;
+  AlignedBuffer unpacked;
+  const Split split(Mp / kRows, w.Np / kPanel);
+  if (w4 && split.by_rows && Mp / kRows > split.T * row_chunk(K)) {
+    int8_t* dst = reinterpret_cast<int8_t*>(unpacked.get(w.Np * K));
+    at::parallel_for(0, w.Np / kPanel, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p)
+        unpack_panel4(w4 + p * kPanel * K / 2, kPanel * K / 2, dst + p * kPanel * K, 1 << (w.bits - 1));
+    });
+    w8 = dst;
+    w4 = nullptr;
+  }
+  auto call = [&](auto* yp) {
+    using OutT = std::remove_pointer_t<decltype(yp)>;
+    auto run = w.B <= 128 ? amx_linear_impl<true, OutT, Rows> : amx_linear_impl<false, OutT, Rows>;
+    run(rows, M, Mp, K, as, w8, w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp);
+  };
+  if (out_dtype == at::kBFloat16) {
+    call(y.data_ptr<at::BFloat16>());
+  } else {
+    call(y.data_ptr<float>());
+  }
   return y;
+}
+
+inline ActSide act_side(const std::vector<torch::Tensor>& e) {
+  return ActSide{e[0].data_ptr<float>(), e[1].data_ptr<int32_t>(), e[2].data_ptr<int32_t>(), e[3].data_ptr<int32_t>()};
+}
+
+// codes: uint8 [Mp * K] in tile order and act: the outputs of quantize_act (codes, sa, za, asum, zc), of
+// which the first M rows are real; weight: the panel-major stream; sw float32 and wc1 / wc2 / wc int32
+// [K / B, Np]; bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
+torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
+                         int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2,
+                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+  TORCH_CHECK(act.size() == 5, "act: codes, sa, za, asum, zc");
+  const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
+  TORCH_CHECK(Mp % kRows == 0 && M <= Mp && act[0].numel() == Mp * K, "rows must be padded to a multiple of 32");
+  const WeightArgs w(weight, bits, pack4, N, K, B, ks, sw, wc1, wc2, wc, bias);
+  const uint8_t* codes = act[0].data_ptr<uint8_t>();
+  auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
+  return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype);
+}
+
+// quantize_act and amx_linear in one: when the threads split the rows, each quantizes its own chunks of
+// rows into an L2-sized buffer right before their products, so the codes never travel through memory.
+torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool symmetric, int64_t sample_rows,
+                           c10::optional<torch::Tensor> given_scale, c10::optional<torch::Tensor> given_zero,
+                           torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
+                           torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2, torch::Tensor wc,
+                           c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+  const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero);
+  const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, wc1, wc2, wc, bias);
+  auto e = a.per_block();
+  const ActOut o = a.out(e);
+  const int64_t K = a.K, M = a.M;
+  auto go = [&](auto* xp) {
+    const auto rq = a.quantizer(xp);
+    if (Split(a.Mp / kRows, w.Np / kPanel).by_rows) {
+      std::vector<typename std::remove_const_t<decltype(rq)>::Scratch> scratch(at::get_num_threads());
+      for (auto& sc : scratch) sc = rq.scratch();
+      auto rows = [&](int64_t rb_begin, int64_t rb_end, AlignedBuffer& buf) {
+        uint8_t* codes = buf.get((rb_end - rb_begin) * kRows * K);
+        const int64_t m0 = rb_begin * kRows, m1 = std::min(M, rb_end * kRows);
+        if (rb_end * kRows > M) std::memset(codes + (rb_end - 1 - rb_begin) * kRows * K, 0, kRows * K);
+        auto& sc = scratch[at::get_thread_num()];
+        for (int64_t m = m0; m < m1; ++m) rq.row(m, m - m0, codes, o, sc);
+        return const_cast<const uint8_t*>(codes);
+      };
+      return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+    }
+    auto all = torch::empty({a.Mp * K}, torch::kUInt8);
+    quantize_all(rq, a, o, all.data_ptr<uint8_t>());
+    const uint8_t* codes = all.data_ptr<uint8_t>();
+    auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
+    return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+  };
+  if (x.scalar_type() == torch::kBFloat16) return go(x.data_ptr<at::BFloat16>());
+  return go(x.data_ptr<float>());
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("amx_available", &amx_available, "AMX-INT8 present and granted by the kernel");
-  m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (dynamic per token group, or given ranges)");
+  m.def("amx_available", &amx_available, "AMX-INT8 (with AVX-512 VNNI and BF16) present and granted by the kernel");
+  m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)");
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
-  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles");
+  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs");
+  m.def("amx_linear_x", &amx_linear_x, "activation quantization fused with the AMX product (x float32 / bfloat16)");
 }
