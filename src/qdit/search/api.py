@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ def search_groups(
     cheap: CheapConfig | None = None,
     choices: Sequence[int] | None = None,
     rule: CandidateRule | None = None,
+    layer_choices: Mapping[str, Sequence[int]] | None = None,
     separate_act: bool = False,
     bits_choices: Sequence[int] = (),
     act_granularity: str = "token",
@@ -70,7 +71,9 @@ def search_groups(
 
     ``model`` is not changed (a copy is quantized). ``method``: ``"cheap"`` (the default; see
     :mod:`qdit.search.cheap`) or ``"full"`` (the paper's evolutionary search). The fitness is the
-    Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says.
+    Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says. Group
+    choices per layer: ``layer_choices[name]``, else the divisors of its width among ``choices``
+    (default: the paper's ``{32, 64, 128, 192, 288}``), or ``rule``'s width-derived candidates.
     """
     if method not in METHODS:
         raise QditError(f"unknown search method {method!r}; use {' or '.join(METHODS)}")
@@ -84,7 +87,7 @@ def search_groups(
     layers = searchable_layers(model, base)
     if not layers:
         raise QditError("the model has no layer to search over")
-    space = build_space(layers, w_bits, a_bits, choices, rule, separate_act, bits_choices)
+    space = build_space(layers, w_bits, a_bits, choices, rule, separate_act, bits_choices, layer_choices)
     cost = CostModel(symmetric=symmetric)
     budget = budget or default_budget(space, cost)
     check_feasible(space, cost, budget)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +25,15 @@ from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.cost import Budget, CostModel
 from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation
-from qdit.search.space import CandidateRule, Genome, LayerInfo, SearchSpace, candidate_groups
+from qdit.search.space import (
+    PAPER_GROUPS,
+    CandidateRule,
+    Genome,
+    LayerInfo,
+    SearchSpace,
+    candidate_groups,
+    divisor_groups,
+)
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] -> float [N, D]
 
@@ -164,18 +172,30 @@ def build_space(
     rule: CandidateRule | None = None,
     separate_act: bool = False,
     bits_choices: Sequence[int] = (),
+    layer_choices: Mapping[str, Sequence[int]] | None = None,
 ) -> SearchSpace:
-    """The search space over ``layers``: ``choices`` (the divisors among them) or the rule's candidates."""
+    """The search space over ``layers``: per layer, ``layer_choices[name]`` if given, else the
+    divisors of its width among ``choices`` (default: the paper's ``{32, 64, 128, 192, 288}``), or
+    the width-derived candidates of ``rule`` when a rule is given instead of choices."""
+    if choices and rule is not None:
+        raise QditError("give either group-size choices or a candidate rule, not both")
+    layer_choices = dict(layer_choices or {})
+    unknown = sorted(set(layer_choices) - {layer.name for layer in layers})
+    if unknown:
+        raise QditError(f"per-layer group choices name a layer that is not searched: {unknown[0]}")
     group_choices = {}
     for layer in layers:
-        if choices:
-            legal = tuple(sorted(g for g in set(choices) if layer.in_features % g == 0))
-            if not legal:
+        if layer.name in layer_choices:
+            legal = divisor_groups(layer.in_features, layer_choices[layer.name], layer.name)
+            bad = sorted(set(layer_choices[layer.name]) - set(legal))
+            if bad:
                 raise QditError(
-                    f"none of the group sizes {sorted(set(choices))} divides the width {layer.in_features} of {layer.name}"
+                    f"group sizes {bad} do not divide the input width {layer.in_features} of {layer.name}"
                 )
-        else:
+        elif rule is not None:
             legal = candidate_groups(layer.in_features, rule)
+        else:
+            legal = divisor_groups(layer.in_features, choices or PAPER_GROUPS, layer.name)
         group_choices[layer.name] = legal
     if not 2 <= w_bits <= 8 or not 2 <= a_bits <= 8 or any(not 2 <= b <= 8 for b in bits_choices):
         raise QditError("bits must be in 2..8")
