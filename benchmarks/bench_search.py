@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     full, cheap = results["full"][0], results["cheap"][0]
     rows = []
-    for name, res in (("full (paper: 50 x 10 generations)", full), ("cheap (default)", cheap)):
+    for name, res in (("full (the authors' evolution: 50 + 10 x 50)", full), ("cheap (default)", cheap)):
         key = "full" if name.startswith("full") else "cheap"
         h, hf = held[key], held_fp[key]
         rows.append(

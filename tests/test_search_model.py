@@ -207,6 +207,9 @@ def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, mo
         (["--candidates", "0"], "--candidates"),
         (["--screen"], "--strategy bayes"),
         (["--strategy", "bayes", "--cheap-budget", "20"], "gradient strategy"),
+        (["--crossovers", "15"], "--method full"),
+        (["--method", "full", "--crossovers", "40"], "exceed the population"),
+        (["--cfg-channels", "2"], "--cfg-channels is 2, but the model predicts noise for 1 channels"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, message):
@@ -374,3 +377,30 @@ def test_cli_gradient_search_killed_midway_resumes_without_redoing_anything(tiny
     assert main(argv2) == 0
     rep2 = json.loads((tmp_path / "rep2.json").read_text())
     assert rep2["best_genome"] == rep["best_genome"] and rep2["history"] == rep["history"]
+
+
+@pytest.mark.parametrize("w_sym, a_sym", [(True, False), (False, True)])
+def test_symmetric_quantizers_as_a_search_option(tiny_dit, tmp_path, w_sym, a_sym):
+    """The authors' search script's --w_sym / --a_sym: each quantizer symmetric on its own."""
+    from qdit.nn.swap import quant_layers
+
+    out = search_groups(
+        tiny_dit, toy_features(), method="full", num_samples=2, fitness=FIT,
+        evolution=EvolutionConfig(population=3, top_k=2, generations=1), w_symmetric=w_sym, a_symmetric=a_sym,
+        state_path=tmp_path / "s.json", model_name="tiny",
+    )  # fmt: skip
+    spec = out.recipe.default
+    assert (spec.w_symmetric, spec.a_symmetric) == (w_sym, a_sym)
+    layer = next(iter(quant_layers(out.objective.model).values()))
+    assert (layer.spec.w_symmetric, layer.spec.a_symmetric) == (w_sym, a_sym)
+    g = out.report["baseline_group_size"]
+    zero_bits = 0 if w_sym else 4  # symmetric weights store no zero points
+    assert out.report["cost"]["baseline"]["bpw"] == pytest.approx(4 + (16 + zero_bits) / g)
+    assert (out.report["w_symmetric"], out.report["a_symmetric"]) == (w_sym, a_sym)
+    # the setting is part of the search's identity: a state of the asymmetric search is refused
+    with pytest.raises(QditError, match="differ"):
+        search_groups(
+            tiny_dit, toy_features(), method="full", num_samples=2, fitness=FIT,
+            evolution=EvolutionConfig(population=3, top_k=2, generations=1), state_path=tmp_path / "s.json",
+            resume=True, model_name="tiny",
+        )  # fmt: skip

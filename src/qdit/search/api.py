@@ -59,6 +59,8 @@ def search_groups(
     act_granularity: str = "token",
     weight_method: str = "rtn",
     symmetric: bool = False,
+    w_symmetric: bool | None = None,
+    a_symmetric: bool | None = None,
     seed: int = 0,
     state_path: str | Path | None = None,
     resume: bool = False,
@@ -74,7 +76,11 @@ def search_groups(
     Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says. Group
     choices per layer: ``layer_choices[name]``, else the divisors of its width among ``choices``
     (default: the paper's ``{32, 64, 128, 192, 288}``), or ``rule``'s width-derived candidates.
+    ``symmetric`` sets both quantizers; ``w_symmetric`` / ``a_symmetric`` each one alone (the
+    authors' search script's ``--w_sym`` / ``--a_sym``).
     """
+    w_sym = symmetric if w_symmetric is None else w_symmetric
+    a_sym = symmetric if a_symmetric is None else a_symmetric
     if method not in METHODS:
         raise QditError(f"unknown search method {method!r}; use {' or '.join(METHODS)}")
     if num_samples < 2:
@@ -82,13 +88,13 @@ def search_groups(
     fitness = fitness or FitnessConfig(seed=seed)
     base = QuantSpec(
         w_bits=w_bits, a_bits=a_bits, w_group=0, a_group=0, act_granularity=act_granularity,
-        weight_method=weight_method, w_symmetric=symmetric, a_symmetric=symmetric,
+        weight_method=weight_method, w_symmetric=w_sym, a_symmetric=a_sym,
     )  # fmt: skip
     layers = searchable_layers(model, base)
     if not layers:
         raise QditError("the model has no layer to search over")
     space = build_space(layers, w_bits, a_bits, choices, rule, separate_act, bits_choices, layer_choices)
-    cost = CostModel(symmetric=symmetric)
+    cost = CostModel(symmetric=w_sym)  # symmetric weights store no zero points
     budget = budget or default_budget(space, cost)
     check_feasible(space, cost, budget)
     g0 = baseline_group(space, cost, budget)
@@ -117,6 +123,9 @@ def search_groups(
         else f"{features.name} to the float model",
         steps=fitness.steps,
         cfg_scale=fitness.cfg_scale,
+        cfg_channels=fitness.cfg_channels,
+        w_symmetric=w_sym,
+        a_symmetric=a_sym,
         seed=seed,
         recipe=recipe.to_dict(),
     )

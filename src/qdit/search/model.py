@@ -124,9 +124,10 @@ class FitnessConfig:
     proxy_steps: int = 10
     proxy_seed: int = 10_000
     reference: str = "data"  # "data": against the reference set; "fp": against the float model's samples
+    cfg_channels: int | None = None  # guided channels (None: all; 3: official DiT's forward_with_cfg)
 
     def __post_init__(self) -> None:
-        SamplerConfig(self.steps, self.method, self.cfg_scale)  # validates
+        SamplerConfig(self.steps, self.method, self.cfg_scale, cfg_channels=self.cfg_channels)  # validates
         if self.reference not in REFERENCES:
             raise QditError(
                 f"the fitness reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
@@ -136,7 +137,9 @@ class FitnessConfig:
 
     @property
     def sampler(self) -> SamplerConfig:
-        return SamplerConfig(steps=self.steps, method=self.method, cfg_scale=self.cfg_scale)
+        return SamplerConfig(
+            steps=self.steps, method=self.method, cfg_scale=self.cfg_scale, cfg_channels=self.cfg_channels
+        )
 
     @property
     def forwards_per_image(self) -> int:
@@ -295,6 +298,7 @@ class ModelObjective:
             raise QditError(f"layer {missing[0]} of the search space is not quantized in the model")
         self.forwards_per_image = config.forwards_per_image
         self.weights_digest = ""
+        self.quant_settings: dict = {}  # the base quantizer's non-default settings (for the fingerprint)
         self._active: Genome | None = None
         # what preparing the proxy cost: its full-precision trajectories and reference forward
         self.setup_cost: Evaluation | None = None
@@ -350,6 +354,12 @@ class ModelObjective:
             p.requires_grad_(False)
         obj = cls(model, space, features, config, proxy, model_name, device, fp_model=fp_model)
         obj.weights_digest = digest
+        defaults = QuantSpec(w_bits=base.w_bits, a_bits=base.a_bits)
+        obj.quant_settings = {
+            k: getattr(base, k)
+            for k in ("w_symmetric", "a_symmetric", "weight_method", "act_granularity")
+            if getattr(base, k) != getattr(defaults, k)
+        }
         return obj
 
     @staticmethod
@@ -545,7 +555,9 @@ class ModelObjective:
 
         spaced = GaussianDiffusion.linear().respaced(self.config.steps)
         sampler = self.config.sampler
-        guided_fn = guided(self.model, sampler.cfg_scale, self.num_classes, self.image_shape[0])
+        guided_fn = guided(
+            self.model, sampler.cfg_scale, self.num_classes, self.image_shape[0], sampler.cfg_channels
+        )
 
         def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # the graph starts at the noise (no weight needs a gradient)
@@ -605,4 +617,8 @@ class ModelObjective:
             "proxy_samples": c.proxy_samples,
             "proxy_steps": c.proxy_steps,
             "proxy_seed": c.proxy_seed,
+            # settings added later: only when they differ from the defaults, so that the fingerprints
+            # of states written before them still match
+            **({"cfg_channels": c.cfg_channels} if c.cfg_channels is not None else {}),
+            **self.quant_settings,
         }
