@@ -564,3 +564,17 @@ def test_additive_surrogate_predicts_the_embedded_models_later_measurements():
     s = AdditiveSurrogate(space, space.uniform(128)).fit(genomes[:300], y[:300])
     rmse = float(np.sqrt(np.mean((s.predict(genomes[300:]) - y[300:]) ** 2)))
     assert len(genomes) == 498 and rmse < 1.2 and y[300:].std() > 4 * rmse
+
+
+def test_only_candidate_detects_a_space_with_nothing_to_search():
+    from qdit.search.cost import only_candidate
+
+    cost = CostModel()
+    paper = embedded_like(rule=None)  # the paper's sizes on widths 256 / 1024: {32, 64, 128}
+    assert paper.all_groups() == (32, 64, 128)
+    assert only_candidate(paper, cost, Budget("mean_group", 128))
+    assert not only_candidate(paper, cost, Budget("mean_group", 120))
+    assert not only_candidate(embedded_like(), cost, Budget("mean_group", 128))  # the width rule: up to 256
+    bits = embedded_like(rule=None, bits_choices=(4, 8))
+    assert only_candidate(bits, cost, Budget("bpw", cost.bpw(bits, bits.uniform(128))))
+    assert not only_candidate(bits, cost, Budget("bpw", 4.5))

@@ -210,6 +210,9 @@ def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, mo
         (["--crossovers", "15"], "--method full"),
         (["--method", "full", "--crossovers", "40"], "exceed the population"),
         (["--cfg-channels", "2"], "--cfg-channels is 2, but the model predicts noise for 1 channels"),
+        # the paper's sizes on the embedded model's widths (256, 1024) are {32, 64, 128}: under its
+        # budget "mean group >= 128" only uniform 128 is legal
+        ([], "uniform group 128 is the only candidate: nothing to search"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, message):

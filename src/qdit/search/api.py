@@ -13,7 +13,7 @@ from torch import nn
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig, run_cheap
-from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible
+from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, only_candidate
 from qdit.search.distributed import Dist
 from qdit.search.evolution import EvolutionConfig
 from qdit.search.model import (
@@ -98,6 +98,13 @@ def search_groups(
     budget = budget or default_budget(space, cost)
     check_feasible(space, cost, budget)
     g0 = baseline_group(space, cost, budget)
+    if only_candidate(space, cost, budget):
+        sizes = sorted(space.all_groups())
+        raise QditError(
+            f"with the group sizes {sizes} and the budget {budget.describe()}, uniform group {g0} is the only "
+            "candidate: nothing to search; give more sizes (--choices width derives them from each layer's "
+            "width) or a looser budget"
+        )
     base = QuantSpec(**{**base.to_dict(), "w_group": g0, "a_group": g0})
     objective = ModelObjective.build(
         model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap" and (cheap or CheapConfig()).screen,
