@@ -15,9 +15,9 @@ from qdit.search.cheap import CheapConfig, run_cheap
 from qdit.search.cost import Budget, CostModel
 from qdit.search.distributed import Dist
 from qdit.search.evolution import EvolutionConfig
-from qdit.search.objective import SyntheticObjective
 from qdit.search.runner import run_full
 from qdit.search.space import CandidateRule, LayerInfo, SearchSpace, genome_key
+from search_doubles import SyntheticObjective
 
 EVO = EvolutionConfig(population=8, top_k=3, generations=3)
 CHEAP = CheapConfig(
