@@ -194,6 +194,33 @@ def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, mo
     assert rep2["history"] == rep["history"] and rep2["best_genome"] == rep["best_genome"]
 
 
+def test_cli_full_search_with_its_options(tiny_dit, tmp_path, monkeypatch):
+    """--method full with the authors' options: populations of 4 + 1 epoch = 8 evaluations."""
+    import qdit.commands.search as cmd
+    from qdit.cli import main
+
+    monkeypatch.setattr(cmd, "_features", lambda args, model, device: toy_features())
+    ckpt, arch = _tiny_checkpoint(tiny_dit, tmp_path)
+    layers = tmp_path / "layers.json"
+    layers.write_text(json.dumps({"blocks.1.mlp.fc2": [64, 256]}))
+    argv = [
+        "search", "--model", ckpt, "--arch", arch, "--method", "full", "--population", "4", "--top-k", "2",
+        "--generations", "1", "--crossovers", "1", "--mutations", "2", "--choices", "width",
+        "--layer-choices", str(layers), "--cfg-channels", "1", "--a-symmetric", "--num-samples", "2",
+        "--steps", "2", "--out", str(tmp_path / "r.json"), "--json", str(tmp_path / "rep.json"),
+        "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["evaluations"] == 8 and [h["stage"] for h in rep["history"]].count("generation 1") == 4
+    assert [p["seeds"] + p["mutation"] + p["crossover"] + p["random"] for p in rep["populations"]] == [4, 4]
+    assert rep["populations"][1]["mutation"] <= 2 and rep["populations"][1]["crossover"] <= 1
+    assert rep["cfg_channels"] == 1 and (rep["w_symmetric"], rep["a_symmetric"]) == (False, True)
+    fc2 = rep["best_layers"]["blocks.1.mlp.fc2"]["w_group"]
+    assert fc2 in (64, 256)
+    assert Recipe.load(tmp_path / "r.json").default.a_symmetric
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -213,6 +240,7 @@ def test_cli_search_writes_recipe_report_plot_and_resumes(tiny_dit, tmp_path, mo
         # the paper's sizes on the embedded model's widths (256, 1024) are {32, 64, 128}: under its
         # budget "mean group >= 128" only uniform 128 is legal
         ([], "uniform group 128 is the only candidate: nothing to search"),
+        (["--layer-choices", "/nonexistent.json"], "--layer-choices: cannot read"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, message):

@@ -79,6 +79,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "those that divide the layer's input width), width (derived from each layer's width, e.g. "
         "128..1152 for DiT-XL/2's fc2), or a list such as 32,64,128,256 (the divisors among them)",
     )
+    p.add_argument(
+        "--layer-choices",
+        default=None,
+        help='per-layer group sizes: a JSON file {"blocks.0.mlp.fc2": [128, 256, 512], ...}; the layers it '
+        "names take exactly these (each must divide the layer's width), the others --choices",
+    )
     p.add_argument("--separate-act", action="store_true", help="search the activation group as its own gene")
     p.add_argument("--bits-choices", default=None, help="mixed precision: weight bits as a gene, e.g. 4,6,8")
     p.add_argument("--act-granularity", default="token", help="token | sample | static (default token)")
@@ -277,7 +283,25 @@ def _check(args: argparse.Namespace) -> dict:
         raise QditError("--crossovers and --mutations are options of the full search (--method full)")
     if args.cfg_channels is not None and args.cfg_channels < 1:
         raise QditError(f"--cfg-channels must be >= 1, got {args.cfg_channels}")
+    layer_choices = None
+    if args.layer_choices is not None:
+        import json
+
+        try:
+            layer_choices = json.loads(Path(args.layer_choices).read_text())
+        except OSError as exc:
+            raise QditError(f"--layer-choices: cannot read {args.layer_choices}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise QditError(f"--layer-choices: {args.layer_choices} is not JSON ({exc.msg})") from None
+        if not isinstance(layer_choices, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(g, int) and g >= 1 for g in v)
+            for v in layer_choices.values()
+        ):
+            raise QditError(
+                "--layer-choices must hold a JSON object of layer names to lists of positive group sizes"
+            )
     out = {
+        "layer_choices": layer_choices,
         "choices": None if args.choices in ("paper", "width") else parse_int_list(args.choices, "--choices"),
         "rule": CandidateRule() if args.choices == "width" else None,
         "bits_choices": parse_int_list(args.bits_choices, "--bits-choices") if args.bits_choices else (),
@@ -400,6 +424,7 @@ def run(args: argparse.Namespace) -> int:
         model, features,  # type: ignore[arg-type]
         w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,
         fitness=fitness, evolution=evolution, cheap=cheap, choices=parsed["choices"], rule=parsed["rule"],
+        layer_choices=parsed["layer_choices"],
         separate_act=args.separate_act, bits_choices=parsed["bits_choices"], act_granularity=args.act_granularity,
         weight_method=args.weight_method, symmetric=args.symmetric,
         w_symmetric=args.symmetric or args.w_symmetric, a_symmetric=args.symmetric or args.a_symmetric, seed=args.seed, state_path=state,
