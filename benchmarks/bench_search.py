@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for method in ("cheap", "full"):
-        state = out / f"search_{method}{'_quick' if args.quick else ''}.state.json"
+        # the full search's committed states (search_full.state.json) come from its earlier variant
+        # (children repaired or dropped, 10 populations in all), which --resume refuses: a new file
+        tag = "full_authors" if method == "full" else method
+        state = out / f"search_{tag}{'_quick' if args.quick else ''}.state.json"
         t0 = time.time()
         if method == "full":
             res = run_full(
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     full, cheap = results["full"][0], results["cheap"][0]
     rows = []
-    for name, res in (("full (paper: 50 x 10 generations)", full), ("cheap (default)", cheap)):
+    for name, res in (("full (the authors' evolution: 50 + 10 x 50)", full), ("cheap (default)", cheap)):
         key = "full" if name.startswith("full") else "cheap"
         h, hf = held[key], held_fp[key]
         rows.append(

@@ -98,3 +98,55 @@ def test_sampler_config_validation():
         SamplerConfig(method="euler")
     with pytest.raises(ValueError, match="cfg scale"):
         SamplerConfig(cfg_scale=0.5)
+
+
+def _official_dit_cfg(out: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """facebookresearch/DiT's ``forward_with_cfg`` on a [cond; uncond] model output, rewritten here:
+    the first 3 channels are guided, the rest (the 4th latent channel, the learned variance) are kept;
+    the sampler keeps the conditional half."""
+    eps, rest = out[:, :3], out[:, 3:]
+    cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+    half = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+    return torch.cat([torch.cat([half, half]), rest], dim=1)[: len(out) // 2]
+
+
+def test_guidance_of_the_first_channels_is_official_dits_forward_with_cfg():
+    from qdit.diffusion.sampler import guided
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4)  # a toy "model": 4 latent channels in, 4 noise + 4 variance channels out
+
+    def model(x, t, y):
+        return torch.einsum("oc,bchw->bohw", weight, x) + (y.float() + t.float() / 1000)[:, None, None, None]
+
+    x, t, y = torch.randn(3, 4, 2, 2), torch.tensor([10, 500, 999]), torch.tensor([0, 1, 2])
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 5)]))
+    official = _official_dit_cfg(out, 4.0)
+    three = guided(model, 4.0, 5, 4, cfg_channels=3)(x, t, y)
+    assert torch.allclose(three, official, atol=1e-6)
+    every = guided(model, 4.0, 5, 4)(x, t, y)  # the default guides all 4 noise channels
+    cond, uncond = out.chunk(2)
+    assert torch.allclose(every[:, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]), atol=1e-6)
+    assert torch.allclose(every[:, 4:], cond[:, 4:]) and not torch.allclose(every[:, 3], three[:, 3])
+    assert torch.equal(every, guided(model, 4.0, 5, 4, cfg_channels=4)(x, t, y))
+    with pytest.raises(ValueError, match="4 channels"):
+        guided(model, 4.0, 5, 4, cfg_channels=5)
+    with pytest.raises(ValueError, match="positive"):
+        SamplerConfig(cfg_channels=0)
+
+
+def test_sampler_passes_cfg_channels_through(tiny_dit):
+    from qdit.diffusion.sampler import guided
+
+    seen = []
+
+    def spy(x, t, y):
+        seen.append(len(x))
+        return tiny_dit(x, t, y)
+
+    cfg = SamplerConfig(steps=2, cfg_scale=3.0, cfg_channels=1)
+    a = generate(tiny_dit, (1, 8, 8), 3, [0, 1], 0, cfg)
+    b = generate(guided(spy, 3.0, 3, 1), (1, 8, 8), 3, [0, 1], 0, SamplerConfig(steps=2, cfg_scale=1.0))
+    assert torch.equal(a, b) and seen == [4, 4]
+    with pytest.raises(ValueError, match="1 channels"):
+        generate(tiny_dit, (1, 8, 8), 3, [0], 0, SamplerConfig(steps=2, cfg_channels=2))

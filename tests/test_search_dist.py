@@ -15,9 +15,9 @@ from qdit.search.cheap import CheapConfig, run_cheap
 from qdit.search.cost import Budget, CostModel
 from qdit.search.distributed import Dist
 from qdit.search.evolution import EvolutionConfig
-from qdit.search.objective import SyntheticObjective
 from qdit.search.runner import run_full
-from qdit.search.space import LayerInfo, SearchSpace, genome_key
+from qdit.search.space import CandidateRule, LayerInfo, SearchSpace, genome_key
+from search_doubles import SyntheticObjective
 
 EVO = EvolutionConfig(population=8, top_k=3, generations=3)
 CHEAP = CheapConfig(
@@ -32,7 +32,7 @@ CHEAP = CheapConfig(
 
 
 def _space() -> SearchSpace:
-    return SearchSpace(tuple(LayerInfo(f"l{i}", 256, 64) for i in range(6)))
+    return SearchSpace(tuple(LayerInfo(f"l{i}", 256, 64) for i in range(6)), rule=CandidateRule())
 
 
 def _search(method: str, state: str | None, d: Dist, obj: SyntheticObjective):

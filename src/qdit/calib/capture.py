@@ -26,6 +26,7 @@ class CalibConfig:
     num_samples: int = 16
     steps: int = 25
     cfg_scale: float = 1.5
+    cfg_channels: int | None = None  # guided channels (None: all; see qdit.diffusion.sampler.guided)
     seed: int = 1
     batch_size: int = 32
     max_rows: int = 2048
@@ -121,5 +122,5 @@ def calibration_run(
     ad = adapter if isinstance(adapter, ModelAdapter) else get_adapter(model)
     return ad.calibration_runner(
         model, num_samples=config.num_samples, steps=config.steps, cfg_scale=config.cfg_scale,
-        seed=config.seed, batch_size=config.batch_size, progress=config.progress,
+        **({"cfg_channels": config.cfg_channels} if config.cfg_channels is not None else {}), seed=config.seed, batch_size=config.batch_size, progress=config.progress,
     )  # fmt: skip

@@ -12,6 +12,8 @@ import argparse
 import time
 from typing import Any
 
+from qdit.commands.common import add_cfg_channels, check_cfg_channels
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model (weights and activations) into a model folder")
@@ -55,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--calib-steps", type=int, default=25, help="DDIM steps per calibration trajectory")
     p.add_argument("--calib-seed", type=int, default=1)
     p.add_argument("--calib-cfg", type=float, default=1.5, help="guidance scale during calibration")
+    add_cfg_channels(p, "--calib-cfg-channels", "calibration guidance")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--out", required=True, help="output folder (model.safetensors + qdit.json)")
     p.add_argument("--json", default=None, help="also write the summary as JSON here")
@@ -151,11 +154,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized")
+    if args.calib_cfg_channels is not None:
+        in_channels = getattr(getattr(model, "config", None), "in_channels", None)
+        check_cfg_channels(args.calib_cfg_channels, in_channels, "--calib-cfg-channels")
     specs = resolve_specs(model, recipe)  # fails fast on recipes that do not fit the model
     size_before = _state_bytes(model)
     calib = CalibConfig(
         num_samples=args.calib_samples, steps=args.calib_steps, seed=args.calib_seed, cfg_scale=args.calib_cfg,
-        progress=True,
+        cfg_channels=args.calib_cfg_channels, progress=True,
     )  # fmt: skip
     with torch.no_grad():
         quantize(model, recipe, calib, progress=True)

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from qdit.commands.common import add_cfg_channels, check_cfg_channels
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample images from a model or a quantized model folder")
@@ -31,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="sampling steps (respaced)")
     p.add_argument("--method", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
+    add_cfg_channels(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--classes",
@@ -93,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.out).endswith(".npz"):
         raise QditError(f"--out must end with .npz, got {args.out}")
     check_cfg_scale(args.cfg, "--cfg")
-    sampler = SamplerConfig(steps=args.steps, method=args.method, cfg_scale=args.cfg, clip_denoised=True)
+    sampler = SamplerConfig(
+        steps=args.steps, method=args.method, cfg_scale=args.cfg, clip_denoised=True, cfg_channels=args.cfg_channels,
+    )  # fmt: skip
     check_outputs(
         {"--out": args.out, "--grid": args.grid, "--json": args.json},
         {"--model": None if args.model == "embedded" else args.model},
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.model} denoises {cfg.in_channels}-channel latents; decoding them to images needs a VAE, "
                 "which qdit sample does not support yet"
             )
+        check_cfg_channels(args.cfg_channels, cfg.in_channels)
         labels = parse_classes(args.classes, args.num, cfg.num_classes)
         t0 = time.time()
         with torch.inference_mode(), precision_context(args.precision, ctx.device):
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                 image_grid(images[: args.grid_num], nrow=10, scale=2).save(tmp, format="PNG")
         summary = {
             "model": args.model, "num": args.num, "steps": args.steps, "method": args.method,
-            "cfg": args.cfg, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
+            "cfg": args.cfg, "cfg_channels": args.cfg_channels, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
             "out": str(args.out), "kernels": kernels,
         }  # fmt: skip
         print(

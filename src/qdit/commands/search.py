@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qdit.commands.common import add_cfg_channels
+
 DEFAULT_SAMPLES = 64
 DEFAULT_STEPS = 20
 
@@ -72,14 +74,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--choices",
+        default="paper",
+        help="group sizes a layer may take: paper (default: the paper's and the authors' 32,64,128,192,288, "
+        "those that divide the layer's input width), width (derived from each layer's width, e.g. "
+        "128..1152 for DiT-XL/2's fc2), or a list such as 32,64,128,256 (the divisors among them)",
+    )
+    p.add_argument(
+        "--layer-choices",
         default=None,
-        help="candidate group sizes for every layer, e.g. 32,64,128,256 (default: derived from each layer's width)",
+        help='per-layer group sizes: a JSON file {"blocks.0.mlp.fc2": [128, 256, 512], ...}; the layers it '
+        "names take exactly these (each must divide the layer's width), the others --choices",
     )
     p.add_argument("--separate-act", action="store_true", help="search the activation group as its own gene")
     p.add_argument("--bits-choices", default=None, help="mixed precision: weight bits as a gene, e.g. 4,6,8")
     p.add_argument("--act-granularity", default="token", help="token | sample | static (default token)")
     p.add_argument("--weight-method", default="rtn", help="rtn (default, as the paper) | mse")
-    p.add_argument("--symmetric", action="store_true", help="symmetric quantizers")
+    p.add_argument("--symmetric", action="store_true", help="symmetric weight and activation quantizers")
+    p.add_argument("--w-symmetric", action="store_true", help="symmetric weight quantizers (as --w_sym)")
+    p.add_argument("--a-symmetric", action="store_true", help="symmetric activation quantizers (as --a_sym)")
     p.add_argument(
         "--num-samples",
         type=int,
@@ -90,10 +102,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps per sample (default {DEFAULT_STEPS})"
     )
     p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    add_cfg_channels(p, what="guidance of the fitness samples")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--population", type=int, default=50, help="full search: population (default 50)")
     p.add_argument("--top-k", type=int, default=10, help="full search: parents kept (default 10)")
-    p.add_argument("--generations", type=int, default=10, help="full search: generations (default 10)")
+    p.add_argument(
+        "--generations",
+        type=int,
+        default=10,
+        help="full search: epochs after the initial population (default 10: 50 + 10 x 50 = 550 evaluations)",
+    )
+    p.add_argument(
+        "--crossovers",
+        type=int,
+        default=None,
+        help="full search: crossover children per epoch (default half the population; the authors' script: 15)",
+    )
+    p.add_argument(
+        "--mutations",
+        type=int,
+        default=None,
+        help="full search: mutation children per epoch (default the other half; the authors' script: 25); "
+        "the rest of a population is random",
+    )
     p.add_argument(
         "--lofi-batch",
         type=int,
@@ -186,7 +217,7 @@ def _check(args: argparse.Namespace) -> dict:
     """Validate every option before any heavy work; returns parsed values."""
     from qdit.errors import QditError
     from qdit.search.api import METHODS
-    from qdit.search.space import parse_int_list
+    from qdit.search.space import CandidateRule, parse_int_list
 
     if args.method not in METHODS:
         raise QditError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
@@ -244,8 +275,35 @@ def _check(args: argparse.Namespace) -> dict:
         )
     if args.strategy == "bayes" and (args.candidates is not None or args.cheap_budget is not None):
         raise QditError("--candidates and --cheap-budget are options of the cheap search's gradient strategy")
+    for name in ("crossovers", "mutations"):
+        v = getattr(args, name)
+        if v is not None and v < 0:
+            raise QditError(f"--{name} must be >= 0, got {v}")
+    if args.method != "full" and (args.crossovers is not None or args.mutations is not None):
+        raise QditError("--crossovers and --mutations are options of the full search (--method full)")
+    if args.cfg_channels is not None and args.cfg_channels < 1:
+        raise QditError(f"--cfg-channels must be >= 1, got {args.cfg_channels}")
+    layer_choices = None
+    if args.layer_choices is not None:
+        import json
+
+        try:
+            layer_choices = json.loads(Path(args.layer_choices).read_text())
+        except OSError as exc:
+            raise QditError(f"--layer-choices: cannot read {args.layer_choices}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise QditError(f"--layer-choices: {args.layer_choices} is not JSON ({exc.msg})") from None
+        if not isinstance(layer_choices, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(g, int) and g >= 1 for g in v)
+            for v in layer_choices.values()
+        ):
+            raise QditError(
+                "--layer-choices must hold a JSON object of layer names to lists of positive group sizes"
+            )
     out = {
-        "choices": parse_int_list(args.choices, "--choices") if args.choices else None,
+        "layer_choices": layer_choices,
+        "choices": None if args.choices in ("paper", "width") else parse_int_list(args.choices, "--choices"),
+        "rule": CandidateRule() if args.choices == "width" else None,
         "bits_choices": parse_int_list(args.bits_choices, "--bits-choices") if args.bits_choices else (),
         "heldout": parse_int_list(args.heldout_seeds, "--heldout-seeds") if args.heldout_seeds else (),
     }
@@ -300,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from qdit.commands.common import resolve_device
+    from qdit.commands.common import check_cfg_channels, resolve_device
     from qdit.errors import QditError
     from qdit.io.atomic import write_json
     from qdit.models.registry import load_model
@@ -322,7 +380,10 @@ def run(args: argparse.Namespace) -> int:
         budget = Budget("mean_group", args.budget_group)
     elif args.budget_bpw is not None:
         budget = Budget("bpw", args.budget_bpw)
-    evolution = EvolutionConfig(population=args.population, top_k=args.top_k, generations=args.generations)
+    evolution = EvolutionConfig(
+        population=args.population, top_k=args.top_k, generations=args.generations, crossovers=args.crossovers,
+        mutations=args.mutations,
+    )  # fmt: skip
     cheap_fields = {
         k: v
         for k, v in (
@@ -347,6 +408,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         reference="fp" if args.fitness == "fd-fp" else "data",
+        cfg_channels=args.cfg_channels,
     )
     dist = Dist.from_env("nccl" if device.startswith("cuda") else "gloo")
     if dist.world > 1 and device.startswith("cuda"):
@@ -355,14 +417,17 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized; search on the float model")
+    check_cfg_channels(args.cfg_channels, getattr(getattr(model, "config", None), "in_channels", None))
     features = _features(args, model, device)
     state = args.state or f"{args.out}.state.json"
     outcome = search_groups(
         model, features,  # type: ignore[arg-type]
         w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,
-        fitness=fitness, evolution=evolution, cheap=cheap, choices=parsed["choices"],
+        fitness=fitness, evolution=evolution, cheap=cheap, choices=parsed["choices"], rule=parsed["rule"],
+        layer_choices=parsed["layer_choices"],
         separate_act=args.separate_act, bits_choices=parsed["bits_choices"], act_granularity=args.act_granularity,
-        weight_method=args.weight_method, symmetric=args.symmetric, seed=args.seed, state_path=state,
+        weight_method=args.weight_method, symmetric=args.symmetric,
+        w_symmetric=args.symmetric or args.w_symmetric, a_symmetric=args.symmetric or args.a_symmetric, seed=args.seed, state_path=state,
         resume=args.resume, dist=dist, progress=not args.no_progress and dist.is_main, model_name=args.model,
         device=device,
     )  # fmt: skip

@@ -74,6 +74,7 @@ class ModelAdapter:
         seed: int,
         batch_size: int,
         progress: bool = False,
+        cfg_channels: int | None = None,
     ) -> Callable[[], object]:
         """A callable that drives ``model`` over a few sampling trajectories (for calibration hooks)."""
         raise QditError(
@@ -129,13 +130,14 @@ class DiTAdapter(ModelAdapter):
         seed: int,
         batch_size: int,
         progress: bool = False,
+        cfg_channels: int | None = None,
     ) -> Callable[[], object]:
         from qdit.diffusion.sampler import SamplerConfig, default_labels, generate
 
         cfg = model.config  # type: ignore[union-attr]
         shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
         labels = default_labels(num_samples, cfg.num_classes)
-        sampler = SamplerConfig(steps=steps, method="ddim", cfg_scale=cfg_scale)
+        sampler = SamplerConfig(steps=steps, method="ddim", cfg_scale=cfg_scale, cfg_channels=cfg_channels)
         device = next(model.parameters()).device
 
         def run() -> torch.Tensor:

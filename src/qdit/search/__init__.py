@@ -32,7 +32,6 @@ _EXPORTS = {
     "EvolutionSearch": "qdit.search.evolution",
     "Evaluation": "qdit.search.objective",
     "Objective": "qdit.search.objective",
-    "SyntheticObjective": "qdit.search.objective",
     "Sensitivity": "qdit.search.gradient",
     "SearchResult": "qdit.search.runner",
     "run_full": "qdit.search.runner",

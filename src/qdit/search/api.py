@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from torch import nn
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig, run_cheap
-from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible
+from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, only_candidate
 from qdit.search.distributed import Dist
 from qdit.search.evolution import EvolutionConfig
 from qdit.search.model import (
@@ -53,11 +53,14 @@ def search_groups(
     cheap: CheapConfig | None = None,
     choices: Sequence[int] | None = None,
     rule: CandidateRule | None = None,
+    layer_choices: Mapping[str, Sequence[int]] | None = None,
     separate_act: bool = False,
     bits_choices: Sequence[int] = (),
     act_granularity: str = "token",
     weight_method: str = "rtn",
     symmetric: bool = False,
+    w_symmetric: bool | None = None,
+    a_symmetric: bool | None = None,
     seed: int = 0,
     state_path: str | Path | None = None,
     resume: bool = False,
@@ -70,8 +73,14 @@ def search_groups(
 
     ``model`` is not changed (a copy is quantized). ``method``: ``"cheap"`` (the default; see
     :mod:`qdit.search.cheap`) or ``"full"`` (the paper's evolutionary search). The fitness is the
-    Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says.
+    Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says. Group
+    choices per layer: ``layer_choices[name]``, else the divisors of its width among ``choices``
+    (default: the paper's ``{32, 64, 128, 192, 288}``), or ``rule``'s width-derived candidates.
+    ``symmetric`` sets both quantizers; ``w_symmetric`` / ``a_symmetric`` each one alone (the
+    authors' search script's ``--w_sym`` / ``--a_sym``).
     """
+    w_sym = symmetric if w_symmetric is None else w_symmetric
+    a_sym = symmetric if a_symmetric is None else a_symmetric
     if method not in METHODS:
         raise QditError(f"unknown search method {method!r}; use {' or '.join(METHODS)}")
     if num_samples < 2:
@@ -79,16 +88,23 @@ def search_groups(
     fitness = fitness or FitnessConfig(seed=seed)
     base = QuantSpec(
         w_bits=w_bits, a_bits=a_bits, w_group=0, a_group=0, act_granularity=act_granularity,
-        weight_method=weight_method, w_symmetric=symmetric, a_symmetric=symmetric,
+        weight_method=weight_method, w_symmetric=w_sym, a_symmetric=a_sym,
     )  # fmt: skip
     layers = searchable_layers(model, base)
     if not layers:
         raise QditError("the model has no layer to search over")
-    space = build_space(layers, w_bits, a_bits, choices, rule, separate_act, bits_choices)
-    cost = CostModel(symmetric=symmetric)
+    space = build_space(layers, w_bits, a_bits, choices, rule, separate_act, bits_choices, layer_choices)
+    cost = CostModel(symmetric=w_sym)  # symmetric weights store no zero points
     budget = budget or default_budget(space, cost)
     check_feasible(space, cost, budget)
     g0 = baseline_group(space, cost, budget)
+    if only_candidate(space, cost, budget):
+        sizes = sorted(space.all_groups())
+        raise QditError(
+            f"with the group sizes {sizes} and the budget {budget.describe()}, uniform group {g0} is the only "
+            "candidate: nothing to search; give more sizes (--choices width derives them from each layer's "
+            "width) or a looser budget"
+        )
     base = QuantSpec(**{**base.to_dict(), "w_group": g0, "a_group": g0})
     objective = ModelObjective.build(
         model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap" and (cheap or CheapConfig()).screen,
@@ -114,6 +130,9 @@ def search_groups(
         else f"{features.name} to the float model",
         steps=fitness.steps,
         cfg_scale=fitness.cfg_scale,
+        cfg_channels=fitness.cfg_channels,
+        w_symmetric=w_sym,
+        a_symmetric=a_sym,
         seed=seed,
         recipe=recipe.to_dict(),
     )

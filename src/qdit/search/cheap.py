@@ -67,7 +67,7 @@ import numpy as np
 from qdit.errors import QditError
 from qdit.search.cost import Budget, CostModel, baseline_group, repair
 from qdit.search.distributed import Dist, evaluate_in_rounds
-from qdit.search.evolution import EvolutionConfig, EvolutionSearch
+from qdit.search.evolution import EvolutionConfig, RepairingEvolution
 from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation, Objective
 from qdit.search.runner import (
@@ -420,7 +420,7 @@ def run_cheap(
             def top_measured(k: int) -> list[Genome]:
                 return [key_genome(x) for x in sorted(measured_lo, key=lambda x: (measured_lo[x], x))[:k]]
 
-            def best_unmeasured(evo: EvolutionSearch, taken: set[str], k: int) -> list[Genome]:
+            def best_unmeasured(evo: RepairingEvolution, taken: set[str], k: int) -> list[Genome]:
                 ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
                 return [key_genome(x) for x in ranked if x not in taken][:k]
 
@@ -521,9 +521,9 @@ def _free_evolution(
     seed: int,
     seeds: list[Genome],
     score: Callable[[list[Genome]], Sequence[float]],
-) -> EvolutionSearch:
-    """The paper's evolution on a function that costs nothing to evaluate (scored a generation at a time)."""
-    evo = EvolutionSearch(
+) -> RepairingEvolution:
+    """The (repairing) evolution on a function that costs nothing to evaluate (scored a generation at a time)."""
+    evo = RepairingEvolution(
         space, cost, budget,
         EvolutionConfig(population=config.proxy_population, top_k=max(2, config.proxy_population // 5), generations=config.proxy_generations, max_tries=5),
         seed=seed,

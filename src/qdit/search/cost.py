@@ -128,6 +128,21 @@ def check_feasible(space: SearchSpace, cost: CostModel, budget: Budget) -> None:
         )
 
 
+def only_candidate(space: SearchSpace, cost: CostModel, budget: Budget) -> bool:
+    """Whether the cheapest genome is the only one that meets ``budget`` (nothing to search): every
+    cost is monotone in each gene, so it is when no single gene one step finer still meets it."""
+    low = cheapest(space)
+    for i, gene in enumerate(space.genes):
+        idx = gene.choices.index(low[i])
+        finer = idx + 1 if gene.kind == "w_bits" else idx - 1
+        if 0 <= finer < len(gene.choices):
+            g = list(low)
+            g[i] = gene.choices[finer]
+            if budget.meets(cost, space, g):
+                return False
+    return True
+
+
 def repair(
     space: SearchSpace, cost: CostModel, budget: Budget, genome: Sequence[int], rng: np.random.Generator
 ) -> Genome:

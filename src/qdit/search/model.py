@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +25,15 @@ from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.cost import Budget, CostModel
 from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation
-from qdit.search.space import CandidateRule, Genome, LayerInfo, SearchSpace, candidate_groups
+from qdit.search.space import (
+    PAPER_GROUPS,
+    CandidateRule,
+    Genome,
+    LayerInfo,
+    SearchSpace,
+    candidate_groups,
+    divisor_groups,
+)
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] -> float [N, D]
 
@@ -116,9 +124,10 @@ class FitnessConfig:
     proxy_steps: int = 10
     proxy_seed: int = 10_000
     reference: str = "data"  # "data": against the reference set; "fp": against the float model's samples
+    cfg_channels: int | None = None  # guided channels (None: all; 3: official DiT's forward_with_cfg)
 
     def __post_init__(self) -> None:
-        SamplerConfig(self.steps, self.method, self.cfg_scale)  # validates
+        SamplerConfig(self.steps, self.method, self.cfg_scale, cfg_channels=self.cfg_channels)  # validates
         if self.reference not in REFERENCES:
             raise QditError(
                 f"the fitness reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
@@ -128,7 +137,9 @@ class FitnessConfig:
 
     @property
     def sampler(self) -> SamplerConfig:
-        return SamplerConfig(steps=self.steps, method=self.method, cfg_scale=self.cfg_scale)
+        return SamplerConfig(
+            steps=self.steps, method=self.method, cfg_scale=self.cfg_scale, cfg_channels=self.cfg_channels
+        )
 
     @property
     def forwards_per_image(self) -> int:
@@ -164,18 +175,30 @@ def build_space(
     rule: CandidateRule | None = None,
     separate_act: bool = False,
     bits_choices: Sequence[int] = (),
+    layer_choices: Mapping[str, Sequence[int]] | None = None,
 ) -> SearchSpace:
-    """The search space over ``layers``: ``choices`` (the divisors among them) or the rule's candidates."""
+    """The search space over ``layers``: per layer, ``layer_choices[name]`` if given, else the
+    divisors of its width among ``choices`` (default: the paper's ``{32, 64, 128, 192, 288}``), or
+    the width-derived candidates of ``rule`` when a rule is given instead of choices."""
+    if choices and rule is not None:
+        raise QditError("give either group-size choices or a candidate rule, not both")
+    layer_choices = dict(layer_choices or {})
+    unknown = sorted(set(layer_choices) - {layer.name for layer in layers})
+    if unknown:
+        raise QditError(f"per-layer group choices name a layer that is not searched: {unknown[0]}")
     group_choices = {}
     for layer in layers:
-        if choices:
-            legal = tuple(sorted(g for g in set(choices) if layer.in_features % g == 0))
-            if not legal:
+        if layer.name in layer_choices:
+            legal = divisor_groups(layer.in_features, layer_choices[layer.name], layer.name)
+            bad = sorted(set(layer_choices[layer.name]) - set(legal))
+            if bad:
                 raise QditError(
-                    f"none of the group sizes {sorted(set(choices))} divides the width {layer.in_features} of {layer.name}"
+                    f"group sizes {bad} do not divide the input width {layer.in_features} of {layer.name}"
                 )
-        else:
+        elif rule is not None:
             legal = candidate_groups(layer.in_features, rule)
+        else:
+            legal = divisor_groups(layer.in_features, choices or PAPER_GROUPS, layer.name)
         group_choices[layer.name] = legal
     if not 2 <= w_bits <= 8 or not 2 <= a_bits <= 8 or any(not 2 <= b <= 8 for b in bits_choices):
         raise QditError("bits must be in 2..8")
@@ -275,6 +298,7 @@ class ModelObjective:
             raise QditError(f"layer {missing[0]} of the search space is not quantized in the model")
         self.forwards_per_image = config.forwards_per_image
         self.weights_digest = ""
+        self.quant_settings: dict = {}  # the base quantizer's non-default settings (for the fingerprint)
         self._active: Genome | None = None
         # what preparing the proxy cost: its full-precision trajectories and reference forward
         self.setup_cost: Evaluation | None = None
@@ -330,6 +354,12 @@ class ModelObjective:
             p.requires_grad_(False)
         obj = cls(model, space, features, config, proxy, model_name, device, fp_model=fp_model)
         obj.weights_digest = digest
+        defaults = QuantSpec(w_bits=base.w_bits, a_bits=base.a_bits)
+        obj.quant_settings = {
+            k: getattr(base, k)
+            for k in ("w_symmetric", "a_symmetric", "weight_method", "act_granularity")
+            if getattr(base, k) != getattr(defaults, k)
+        }
         return obj
 
     @staticmethod
@@ -525,7 +555,9 @@ class ModelObjective:
 
         spaced = GaussianDiffusion.linear().respaced(self.config.steps)
         sampler = self.config.sampler
-        guided_fn = guided(self.model, sampler.cfg_scale, self.num_classes, self.image_shape[0])
+        guided_fn = guided(
+            self.model, sampler.cfg_scale, self.num_classes, self.image_shape[0], sampler.cfg_channels
+        )
 
         def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # the graph starts at the noise (no weight needs a gradient)
@@ -585,4 +617,8 @@ class ModelObjective:
             "proxy_samples": c.proxy_samples,
             "proxy_steps": c.proxy_steps,
             "proxy_seed": c.proxy_seed,
+            # settings added later: only when they differ from the defaults, so that the fingerprints
+            # of states written before them still match
+            **({"cfg_channels": c.cfg_channels} if c.cfg_channels is not None else {}),
+            **self.quant_settings,
         }

@@ -25,7 +25,7 @@ from qdit.errors import QditError
 from qdit.io.atomic import atomic_path, write_json
 from qdit.search.cost import Budget, CostModel, baseline_group
 from qdit.search.distributed import Dist, evaluate_in_rounds
-from qdit.search.evolution import EvolutionConfig, EvolutionSearch
+from qdit.search.evolution import ALGORITHM, EvolutionConfig, EvolutionSearch
 from qdit.search.objective import Evaluation, Objective
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
 
@@ -352,7 +352,8 @@ def run_full(
     progress: bool = False,
     on_evaluation: Callable[[SearchLog], None] | None = None,
 ) -> SearchResult:
-    """The paper's search: evolution with the sample-based fitness of ``num_samples`` images."""
+    """The paper's search: the authors' evolution (:class:`EvolutionSearch`: 50 + 10 x 50 = 550
+    evaluations at the defaults) with the sample-based fitness of ``num_samples`` images."""
     config = config or EvolutionConfig()
     dist = dist or Dist.current()
     if num_samples < 1:
@@ -374,6 +375,12 @@ def run_full(
     store = FeatureStore()  # only the objective's reference features: candidates keep none
     saved = state_file.read(resume)
     if saved is not None:
+        evo_state = (saved.get("extra") or {}).get("evolution") or {}
+        if saved.get("method") == "full" and evo_state.get("algorithm") != ALGORITHM:
+            raise QditError(
+                f"the search state {state_path} was written by an earlier version of the full search (before it "
+                "followed the authors' algorithm); start afresh without --resume"
+            )
         log.load_dict(saved)
         search.load_state_dict(saved["extra"]["evolution"])
         state_file.read_features(store, resume)
@@ -381,7 +388,7 @@ def run_full(
     else:
         state_file.clear_features()
     started = time.perf_counter() - log.seconds
-    bar = Progress(progress and dist.is_main, config.population * config.generations, "search (full)")
+    bar = Progress(progress and dist.is_main, config.evaluations, "search (full)")
     bar.update(len(search.results), best=search.best[1] if search.best else None)
 
     def save() -> None:
@@ -430,4 +437,5 @@ def run_full(
         seconds=log.seconds,
         history=log.history,
         num_samples=num_samples,
+        extra={"algorithm": ALGORITHM, "populations": [dict(s) for s in search.stats]},
     )

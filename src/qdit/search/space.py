@@ -1,5 +1,10 @@
 """The search space: which group sizes (and bit-widths) each quantized linear may take.
 
+By default every layer may take the paper's (and the authors' search script's) group sizes
+:data:`PAPER_GROUPS` ``{32, 64, 128, 192, 288}``, those of them that divide its input width. A
+:class:`CandidateRule` derives the choices from each layer's width instead (e.g. ``{128, 256, 512,
+768, 1152}`` for DiT-XL/2's fc2, width 4608), and explicit per-layer choices override both.
+
 A *genome* is a tuple of ints, one value per :class:`Gene` of a :class:`SearchSpace`. By default a
 layer has one gene (``"group"``) that sets both its weight group and its input-activation group, as
 in Q-DiT; optionally the activation group is a separate gene (``"a_group"``, the weight group then
@@ -18,6 +23,7 @@ from qdit.errors import QditError
 Genome = tuple[int, ...]
 
 GENE_KINDS = ("group", "w_group", "a_group", "w_bits")
+PAPER_GROUPS = (32, 64, 128, 192, 288)  # Q-DiT's search space, the same for every layer
 
 
 def _is_pow2(n: int) -> bool:
@@ -80,6 +86,16 @@ def candidate_groups(width: int, rule: CandidateRule | None = None) -> tuple[int
     return tuple(sorted(picked))
 
 
+def divisor_groups(width: int, groups: Iterable[int] = PAPER_GROUPS, layer: str = "") -> tuple[int, ...]:
+    """The sizes among ``groups`` that divide ``width`` (ascending); a :class:`QditError` if none does."""
+    groups = sorted({int(g) for g in groups})
+    legal = tuple(g for g in groups if g >= 1 and width % g == 0)
+    if not legal:
+        where = f" of {layer}" if layer else ""
+        raise QditError(f"none of the group sizes {groups} divides the input width {width}{where}")
+    return legal
+
+
 def parse_int_list(text: str, what: str = "values") -> tuple[int, ...]:
     """``"32,64,128"`` -> ``(32, 64, 128)``; a one-line :class:`QditError` on bad input."""
     try:
@@ -130,7 +146,11 @@ class LayerSetting:
 
 @dataclass
 class SearchSpace:
-    """The genes of a search over ``layers``: group sizes, optionally separate act groups and bits."""
+    """The genes of a search over ``layers``: group sizes, optionally separate act groups and bits.
+
+    A layer's group choices: ``group_choices[name]`` if given, else ``rule``'s width-derived
+    candidates if a rule is given, else the paper's :data:`PAPER_GROUPS` that divide its width.
+    """
 
     layers: tuple[LayerInfo, ...]
     w_bits: int = 4
@@ -138,6 +158,7 @@ class SearchSpace:
     group_choices: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     separate_act: bool = False
     bits_choices: tuple[int, ...] = ()
+    rule: CandidateRule | None = None
     genes: tuple[Gene, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +172,14 @@ class SearchSpace:
             raise QditError(f"bits must be in [2, 16], got W{self.w_bits}A{self.a_bits}")
         genes: list[Gene] = []
         for layer in self.layers:
-            choices = tuple(self.group_choices.get(layer.name) or candidate_groups(layer.in_features))
+            choices = tuple(
+                self.group_choices.get(layer.name)
+                or (
+                    candidate_groups(layer.in_features, self.rule)
+                    if self.rule is not None
+                    else divisor_groups(layer.in_features, PAPER_GROUPS, layer.name)
+                )
+            )
             bad = [g for g in choices if layer.in_features % g]
             if bad:
                 raise QditError(
