@@ -31,7 +31,7 @@ def inputs(cfg, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def check_integer_matches_fake(model: torch.nn.Module, spec: QuantSpec, tmp: Path, batch: int) -> None:
-    qdit.quantize(model, Recipe(default=spec, include=["adaln"]))
+    qdit.quantize(model, Recipe(default=spec, include=["adaln"]), kernel="fake")
     qdit.save(model, tmp)
     fake = qdit.load(tmp, kernel="fake")
     fast = qdit.load(tmp, kernel="int")

@@ -148,6 +148,7 @@ def test_integer_kernel_matches_fake_quantization(path: str, spec: QuantSpec) ->
     layer = QuantLinear.from_linear(linear(), spec, stats)
     want = layer(x)
     codes = layer.qweight.codes.clone()
+    stored = layer.weight_codes.clone()
     layer.set_kernel(path)
     assert layer.kernel == path and f"kernel={path}" in repr(layer)
     got = layer(x)
@@ -157,15 +158,29 @@ def test_integer_kernel_matches_fake_quantization(path: str, spec: QuantSpec) ->
     if path == "amx":
         assert layer.weight_codes is None
     assert torch.equal(layer.qweight.codes, codes)
-    assert torch.equal(layer.state_dict()["weight_codes"], layer.int_weight().data)
+    assert torch.equal(layer.state_dict()["weight_codes"], stored)
     # a gradient-carrying input takes the fake path (straight-through estimator), the same values
     xg = x.clone().requires_grad_(True)
     torch.testing.assert_close(layer(xg), want, rtol=0, atol=0)
-    # a dtype change keeps the kernel; back to fake gives the reference again
-    layer.to(torch.float32)
-    assert layer.kernel == path
+    # loading a state dict (strict or by assignment) rebuilds the kernel's layout from the new tensors
+    other = QuantLinear.from_linear(linear(seed=1), spec, stats)
+    other_want = other(x)
+    for assign in (False, True):
+        layer.load_state_dict(other.state_dict(), strict=True, assign=assign)
+        assert layer.kernel == path
+        assert (layer(x) - other_want).abs().max() <= 1e-5 * other_want.abs().max()
+        layer.load_state_dict(QuantLinear.from_linear(linear(), spec, stats).state_dict(), assign=assign)
+        assert (layer(x) - want).abs().max() <= 1e-5 * want.abs().max()
+    # a dtype change keeps the kernel and the format; bf16 in, bf16 out, quantized from the same values
+    layer.to(torch.bfloat16)
+    assert layer.kernel == path and layer.weight_scale.dtype == torch.float16
+    ref = QuantLinear.from_linear(linear(), spec, stats).to(torch.bfloat16)
+    xb = x.bfloat16()
+    got_b, want_b = layer(xb).float(), ref(xb).float()
+    assert layer(xb).dtype == torch.bfloat16
+    assert (got_b - want_b).abs().max() <= 2e-2 * want_b.abs().max()  # bf16 outputs: 8-bit mantissas
     layer.set_kernel("fake")
-    assert torch.equal(layer(x), want)
+    assert torch.equal(layer(xb), ref(xb))
 
 
 def test_integer_kernel_refused_with_reason() -> None:

@@ -54,3 +54,30 @@ def test_group_bank_switching_equals_direct_quantization() -> None:
     assert layer.dequantized_weight() is w
 
 
+
+
+def test_freeze_leaves_banked_layers_on_fake_quantization() -> None:
+    import qdit
+    from qdit.nn import freeze, kernel_summary
+    from qdit.search.bank import bank_factory
+    from quant_helpers import tiny_dit
+
+    model = qdit.quantize(tiny_dit(), QuantSpec(4, 8, 32, 32), layer_factory=bank_factory([16, 32]))
+    assert set(freeze(model, "auto").values()) == {"fake"}
+    assert "weight bank" in kernel_summary(model)
+    with pytest.raises(QditError, match="cannot run an integer kernel: a search layer with a weight bank"):
+        freeze(model, "int")
+
+
+def test_bank_cache_follows_a_new_weight_and_keeps_scales_exact() -> None:
+    lin, x = linear(), batch()
+    layer = BankedQuantLinear.build(lin, QuantSpec(4, 8, 32, 32), None, "layer", groups=[16, 32])
+    layer.precompute()
+    other = QuantLinear.from_linear(linear(seed=1), QuantSpec(4, 8, 32, 32))
+    with torch.no_grad():
+        other.bias.copy_(layer.bias)
+    layer.set_qweight(other.qweight)  # same (bits, group) as a banked variant, different values
+    torch.testing.assert_close(layer(x), other(x), rtol=0, atol=0)
+    scales = {k: q.scale.clone() for k, q in layer.bank.items()}
+    layer.to(torch.bfloat16)
+    assert all(torch.equal(layer.bank[k].scale, v) for k, v in scales.items())

@@ -76,7 +76,7 @@ def test_switching_groups_matches_quantizing_directly(objective, tiny_dit):
         direct = genome_recipe(space, g, BASE)
         from qdit.api import quantize
 
-        ref = quantize(__import__("copy").deepcopy(tiny_dit), direct)
+        ref = quantize(__import__("copy").deepcopy(tiny_dit), direct, kernel="fake")
         x = torch.randn(3, 1, 8, 8)
         t = torch.tensor([1, 500, 999])
         y = torch.tensor([0, 1, 2])
@@ -140,7 +140,7 @@ def test_search_groups_end_to_end(tiny_dit, tmp_path, method):
     recipe = Recipe.from_json(out.recipe.to_json())
     from qdit.api import quantize
 
-    q = quantize(__import__("copy").deepcopy(tiny_dit), recipe)
+    q = quantize(__import__("copy").deepcopy(tiny_dit), recipe, kernel="fake")
     out.objective.apply(out.result.best_genome)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
     with torch.no_grad():
@@ -330,7 +330,7 @@ def test_mixed_precision_and_separate_activation_genes(tiny_dit):
     g = repair(space, CostModel(), budget, space.random(rng), rng)
     obj.apply(g)
     recipe = genome_recipe(space, g, BASE)
-    ref = quantize(__import__("copy").deepcopy(tiny_dit), Recipe.from_dict(recipe.to_dict()))
+    ref = quantize(__import__("copy").deepcopy(tiny_dit), Recipe.from_dict(recipe.to_dict()), kernel="fake")
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
     with torch.no_grad():
         assert torch.equal(ref(x, t, y), obj.model(x, t, y))

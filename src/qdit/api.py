@@ -27,6 +27,7 @@ def quantize(
     calib: Calibration | CalibConfig | None = None,
     *,
     layer_factory: LayerFactory | None = None,
+    kernel: str = "auto",
     progress: bool = False,
 ) -> nn.Module:
     """Quantize ``model`` in place by ``recipe`` and return it.
@@ -36,9 +37,14 @@ def quantize(
     static activations, smoothing) -- a :class:`Calibration` captured earlier, or a :class:`CalibConfig`
     (or ``None`` for the default one) to capture it now by sampling from the model.
     ``layer_factory(linear, spec, stats, name)`` builds each quantized layer (default
-    :meth:`qdit.nn.QuantLinear.from_linear`). The layers run fake quantization (the reference) until
-    :func:`qdit.nn.freeze` chooses their kernels; :func:`qdit.load` does that by default.
+    :meth:`qdit.nn.QuantLinear.from_linear`). ``kernel``: how the quantized layers then run
+    (:func:`qdit.nn.freeze`): ``auto`` integer kernels where the recipe allows, ``int`` everywhere,
+    ``fake`` the fake-quantization reference. Calibration always runs on fake quantization.
     """
+    from qdit.nn.swap import KERNELS, freeze
+
+    if kernel not in KERNELS:
+        raise QditError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
     if quant_layers(model):
         raise QditError("the model is already quantized")
     if recipe is None:
@@ -52,7 +58,6 @@ def quantize(
         raise QditError("the recipe selects no layer to quantize")
     need = [n for n, s in specs.items() if s.needs_calibration]
     hess = [n for n, s in specs.items() if s.needs_hessian]
-    swap_kw = dict(factory=layer_factory)
     if need and (calib is None or isinstance(calib, CalibConfig)):
         config = calib if isinstance(calib, CalibConfig) else CalibConfig(progress=progress)
         adapter = get_adapter(model)
@@ -63,12 +68,14 @@ def quantize(
             def swap(
                 module: nn.Module, local: Mapping[str, QuantSpec], stats: Mapping | None, prefix: str
             ) -> None:
-                swap_layers(module, local, stats, prefix=prefix, **swap_kw)  # type: ignore[arg-type]
+                swap_layers(module, local, stats, prefix=prefix, factory=layer_factory)
 
             quantize_sequential(
                 model, specs, blocks, run, swap, max_rows=config.max_rows, seed=config.seed, progress=progress
             )
             model.qdit_recipe = recipe
+            if layer_factory is None:
+                freeze(model, kernel)
             return model
         calib = calibrate(model, need, config, hessian_layers=hess, adapter=adapter)
     stats: Calibration | None = None
@@ -82,6 +89,8 @@ def quantize(
         if no_h:
             raise QditError(f"the calibration data has no Hessian for {no_h[0]!r} (needed by GPTQ)")
         stats = calib
-    swap_layers(model, specs, stats, progress=progress, **swap_kw)  # type: ignore[arg-type]
+    swap_layers(model, specs, stats, progress=progress, factory=layer_factory)
     model.qdit_recipe = recipe
+    if layer_factory is None:  # a custom factory's layers (the search's banks) choose for themselves
+        freeze(model, kernel)
     return model

@@ -207,7 +207,7 @@ def bench_blocks(depth: int, batch: int, repeats: int, progress: bool = True) ->
         "batch": batch,
         "tokens_per_image": base.config.num_patches,
         "forward_ms": {n: s * 1e3 for n, s in times.items()},
-        "images_per_s": {n: batch / s for n, s in times.items()},
+        "image_steps_per_s": {n: batch / s for n, s in times.items()},  # one denoiser forward per image and step
         "per_layer_ms": per_layer,
         "int_vs_fake_max_rel_diff": agreement,
         "integer_paths": paths,
@@ -272,7 +272,10 @@ def _probe(kind: str, path: Path, batch: int, threads: int) -> dict[str, int]:
     env = dict(os.environ, QDIT_BENCH_THREADS=str(threads))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"the memory probe ({kind}) failed: {out.stderr.strip().splitlines()[-1:]}")
+        from qdit.errors import QditError
+
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        raise QditError(f"the memory probe ({kind}) failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -384,10 +387,10 @@ def run(args: argparse.Namespace) -> int:
         "w8a8_fake_vs_bf16_speedup": _ratio(fwd, "W8A8 g128 fake"),
     }
     print(f"DiT-XL/2, {depth} blocks, {args.batch} images x {blocks['tokens_per_image']} tokens; best of {repeats}; {machine}")
-    print("| configuration | forward ms | images/s | vs bf16 |")
+    print("| configuration | forward ms | image-steps/s | vs bf16 |")
     print("|---|---|---|---|")
     for n, ms in fwd.items():
-        print(f"| {n} | {ms:.1f} | {blocks['images_per_s'][n]:.1f} | {_ratio(fwd, n):.2f}x |")
+        print(f"| {n} | {ms:.1f} | {blocks['image_steps_per_s'][n]:.1f} | {_ratio(fwd, n):.2f}x |")
     print("per layer (block 0), ms:")
     print("| layer | " + " | ".join(CONFIGS) + " |")
     print("|---" * (len(CONFIGS) + 1) + "|")

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from qdit.io.atomic import output_mode
 from qdit.io.integrity import META_FILE, digests, meta_text
 from qdit.io.integrity import verify as verify_integrity
 from qdit.quant.finite import check_finite, check_finite_tensors
+
+if TYPE_CHECKING:
+    from qdit.io.safetensors_reader import SafetensorsReader
 
 FORMAT = "qdit"
 FORMAT_VERSION = 2  # 2: sha256 digests in qdit.json (qdit.io.integrity); 1 (no digests) is still read
@@ -248,7 +251,7 @@ def load(
         return _load(root, meta, reader, device, kernel)
 
 
-def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | str, kernel: str) -> nn.Module:
+def _load(root: Path, meta: dict[str, Any], reader: SafetensorsReader, device: torch.device | str, kernel: str) -> nn.Module:
     from qdit.kernels.formats import IntWeight, code_columns
     from qdit.models.adapter import adapter_for_description
     from qdit.nn.quant_linear import QuantLinear
@@ -293,6 +296,8 @@ def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | 
         bits = spec.w_bits
         try:
             packed = take(f"{name}.weight_packed")
+            if packed.dtype != torch.uint8:
+                raise QditError(f"{weights}: {name}.weight_packed is {_dtype_name(packed.dtype)}, expected uint8")
             columns = code_columns(width, bits)
             if columns * 8 == width * bits and packed.numel() == out * columns:
                 data = packed.reshape(out, columns)  # 4-bit (even widths) and 8-bit: the file's packing is ours
@@ -301,6 +306,11 @@ def _load(root: Path, meta: dict[str, Any], reader: Any, device: torch.device | 
                 data = IntWeight.from_codes(codes, torch.empty(0), None, bits).data
                 del codes
             scale = take(f"{name}.weight_scale")
+            if scale.dtype != scale_dtype:
+                raise QditError(
+                    f"{weights}: {name}.weight_scale is {_dtype_name(scale.dtype)}, {META_FILE} says "
+                    f"{_dtype_name(scale_dtype)}"
+                )
             zero = None
             if not spec.w_symmetric:
                 groups = num_groups(width, spec.w_group)

@@ -26,6 +26,10 @@ _DTYPES = {
 _MAX_HEADER = 100 * 2**20
 
 
+def _whole(v: object) -> bool:
+    return type(v) is int and v >= 0
+
+
 class SafetensorsReader:
     """``keys()`` and ``get(name)`` of a safetensors file; a malformed file raises :class:`QditError`."""
 
@@ -47,18 +51,21 @@ class SafetensorsReader:
             self._base = 8 + n
             self._entries: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
             for name, e in header.items():
-                dtype = _DTYPES.get(e.get("dtype")) if isinstance(e, dict) else None
+                code = e.get("dtype") if isinstance(e, dict) else None
+                dtype = _DTYPES.get(code) if isinstance(code, str) else None
                 shape, offsets = (e.get("shape"), e.get("data_offsets")) if isinstance(e, dict) else (None, None)
                 if dtype is None or not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
                     raise ValueError(f"bad entry for {name!r}")
-                begin, end = (int(v) for v in offsets)
+                if not all(_whole(v) for v in [*shape, *offsets]):
+                    raise ValueError(f"bad shape or offsets for {name!r}")
+                begin, end = offsets
                 numel = 1
                 for d in shape:
-                    numel *= int(d)
+                    numel *= d
                 itemsize = torch.empty(0, dtype=dtype).element_size()
                 if not 0 <= begin <= end or self._base + end > size or end - begin != numel * itemsize:
                     raise ValueError(f"the data of {name!r} does not fit the file")
-                self._entries[name] = (dtype, [int(d) for d in shape], begin, end)
+                self._entries[name] = (dtype, list(shape), begin, end)
         except (ValueError, UnicodeDecodeError, json.JSONDecodeError, struct.error) as exc:
             self._file.close()
             raise QditError(f"{self.path} is corrupt or unreadable: {exc}") from None

@@ -142,7 +142,7 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str, consume: bool =
         raise ValueError(f"unknown kernel path {path!r}; use one of {', '.join(PATHS)}")
     ext = cpu_extension()
     ks = _kstep(blk)
-    if ext is None or ks == 0 or blk > _MAX_BLOCK or weight.data.device.type != "cpu":
+    if ext is None or not supports("amx", blk, weight.data.device):
         raise ValueError(f"the amx path cannot run a {n}x{k} weight with block {blk} here")
     pack4 = weight.bits == 4 and (k * _PANEL) % 128 == 0
     data = weight.data.contiguous()

@@ -29,7 +29,7 @@ from torch import nn
 from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
-from qdit.kernels.linear import ActQuant, KernelWeight, int_linear, prepare_weight, supports
+from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
 from qdit.quant.activation import activation_range
 from qdit.quant.finite import check_finite
 from qdit.quant.gptq import gptq_quantize
@@ -375,8 +375,8 @@ class QuantLinear(nn.Module):
         if a_bits is not None:
             self.act_quant.bits = a_bits
         self.spec = replace(self.spec, a_group=self.act_quant.group, a_bits=self.act_quant.bits)
-        if kernel != FAKE and self.integer_blocker() is None:
-            self.set_kernel(kernel)
+        if kernel != FAKE:
+            self._restore_kernel(kernel)
 
     def set_act_group(self, group: int) -> None:
         self.configure(a_group=group)
@@ -386,7 +386,7 @@ class QuantLinear(nn.Module):
         dtype = x.dtype
         grad = x.requires_grad and torch.is_grad_enabled()
         if self._kw is not None and not grad:
-            xs = x if self.smooth is None else (x.float() / self.smooth).to(dtype)
+            xs = x if self.smooth is None else x.float() / self.smooth  # quantized from float32, as fake does
             act = self.act_spec()
             assert act is not None and self.act_quant is not None
             return int_linear(
@@ -402,6 +402,19 @@ class QuantLinear(nn.Module):
         bias = self.bias.to(dtype) if self.bias is not None else None
         return F.linear(x, self.dequantized_weight(dtype), bias)
 
+    def _restore_kernel(self, kernel: str) -> None:
+        """Back on an integer path after a change (device, groups, weights): ``kernel`` where it still
+        runs this layer, else the best path that does, else fake quantization."""
+        if self.integer_blocker() is not None:
+            return
+        assert self.act_quant is not None
+        device = self.weight_scale.device
+        if not supports(kernel, block_size(self.in_features, self.act_quant.group, self.spec.w_group), device):
+            act = self.act_spec()
+            assert act is not None
+            kernel = best_path(self.int_weight(), act, device)
+        self.set_kernel(kernel)
+
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantLinear:  # type: ignore[override]
         kernel = self.kernel
         device = self.weight_scale.device
@@ -412,15 +425,22 @@ class QuantLinear(nn.Module):
             super()._apply(fn, recurse)
         self.weight_dtype = fn(torch.empty(0, dtype=self.weight_dtype)).dtype  # follows .half(), .to(dtype)
         if kernel != FAKE and moved:
-            assert self.act_quant is not None
-            blk = block_size(self.in_features, self.act_quant.group, self.spec.w_group)
-            if supports(kernel, blk, self.weight_scale.device):
-                self.set_kernel(kernel)
+            self._restore_kernel(kernel)
         elif self._kw is not None and self._kw.weight is not None:  # its tensors are the buffers: follow them
             self._kw = prepare_weight(self.int_weight(), self.act_quant.group if self.act_quant else 0, kernel)
         return self
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        # loading replaces the plain buffers: go back to them first, and rebuild the kernel's layout after
+        kernel = self.kernel
+        self.set_kernel(FAKE)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if kernel != FAKE:
+            self._restore_kernel(kernel)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:  # type: ignore[override]
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.weight_codes is None:  # held in a kernel layout: the state dict still has the plain codes
             weight = self.int_weight()

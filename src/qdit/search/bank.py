@@ -59,6 +59,16 @@ class BankedQuantLinear(QuantLinear):
             layer.bank[layer.weight_key] = own
         return layer
 
+    def integer_blocker(self) -> str | None:
+        return "a search layer with a weight bank (fake quantization only)"
+
+    def set_qweight(self, qw: QWeight) -> None:
+        key = (qw.bits, qw.group_size)
+        if self.bank.get(key) is not qw:  # not the banked variant: its cached dequantized weight is stale
+            for k in [k for k in getattr(self, "_deq", {}) if k[0] == key]:
+                del self._deq[k]
+        super().set_qweight(qw)
+
     def set_kernel(self, path: str, consume: bool = False) -> None:
         if path != FAKE:
             raise QditError(f"{self.name or 'layer'}: a search layer with a weight bank runs fake quantization only")
@@ -109,7 +119,9 @@ class BankedQuantLinear(QuantLinear):
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> BankedQuantLinear:  # type: ignore[override]
         super()._apply(fn, recurse)
-        self.bank = {k: q.apply(fn) for k, q in self.bank.items()}
+        # like the active weight's scales, the banked ones follow device moves but keep their dtype
+        device = fn(torch.empty(0, device=self.weight_scale.device)).device
+        self.bank = {k: q.apply(lambda t: t.to(device)) for k, q in self.bank.items()}
         self._deq.clear()
         return self
 
