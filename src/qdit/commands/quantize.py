@@ -16,7 +16,7 @@ from typing import Any
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model (weights and activations) into a model folder")
     p.add_argument(
-        "--model", default="embedded", help="'embedded', a DiT checkpoint file (with --arch) or a qdit folder"
+        "--model", default="embedded", help="'embedded', a DiT checkpoint file (with --arch), a diffusers pipeline/transformer folder or a qdit folder"
     )
     p.add_argument(
         "--arch", default=None, help="architecture of a checkpoint: DiT-XL/2, or JSON of DiTConfig fields"

@@ -11,7 +11,7 @@ import numpy as np
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample images from a model or a quantized model folder")
     p.add_argument(
-        "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch) or a quantized folder"
+        "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch), a diffusers folder or a quantized folder"
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
     p.add_argument(
@@ -106,13 +106,17 @@ def run(args: argparse.Namespace) -> int:
         kernels = kernel_paths(model)
         if kernels and ctx.is_main:
             print(kernel_summary(model))
-        cfg = model.config
-        if cfg.in_channels not in (1, 3):
+        from qdit.models.adapter import get_adapter
+
+        adapter = get_adapter(model)
+        (channels, _, _), num_classes = adapter.sampling_geometry(model)
+        if channels not in (1, 3):
             raise QditError(
-                f"{args.model} denoises {cfg.in_channels}-channel latents; decoding them to images needs a VAE, "
+                f"{args.model} denoises {channels}-channel latents; decoding them to images needs a VAE, "
                 "which qdit sample does not support yet"
             )
-        labels = parse_classes(args.classes, args.num, cfg.num_classes)
+        adapter.check_cfg_scale(model, args.cfg)
+        labels = parse_classes(args.classes, args.num, num_classes)
         t0 = time.time()
         with torch.inference_mode(), precision_context(args.precision, ctx.device):
             result = sample_images(
