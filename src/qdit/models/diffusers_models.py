@@ -316,7 +316,7 @@ def load_diffusers(path: str | Path) -> nn.Module:
     diffusers = import_diffusers()
     cls = getattr(diffusers, name)
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True)
+        model = cls.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()
         raise QditError(
