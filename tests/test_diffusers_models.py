@@ -284,3 +284,61 @@ def test_pixart_calibrates_with_given_captions() -> None:
     )
     inputs = pixart_inputs()
     assert sqnr(pixart_out(fp, inputs), pixart_out(q, inputs)) > 10.0
+
+
+# --- sampling through a VAE ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipe_with_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_pipeline(tmp_path_factory.mktemp("dit_pipe_vae"), tiny_dit())
+    tiny_vae().save_pretrained(root / "vae")
+    index = json.loads((root / "model_index.json").read_text())
+    (root / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "AutoencoderKL"]}))
+    return root
+
+
+def test_sample_decodes_a_pipeline_through_its_vae(tmp_path: Path, pipe_with_vae: Path) -> None:
+    from qdit.eval.npz import load_samples
+
+    q = tmp_path / "q"
+    res = run_cli(
+        "quantize", "--model", str(pipe_with_vae), "--group-size", "32", "--device", "cpu", "--out", str(q)
+    )
+    assert res.returncode == 0, res.stderr
+    assert qdit.load(q).qdit_vae == str((pipe_with_vae / "vae").resolve())  # the VAE travels with the model
+    for model in (pipe_with_vae, q):
+        out = tmp_path / f"{model.name}.npz"
+        res = run_cli(
+            "sample", "--model", str(model), "-n", "3", "--steps", "2", "--cfg", "1.5", "--classes", "0,4",
+            "--out", str(out),
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        samples = load_samples(out)
+        assert samples.images.shape == (3, 16, 16, 3) and samples.labels.tolist() == [
+            0,
+            4,
+            0,
+        ]  # decoded RGB, 2x the latent
+
+
+def test_official_layout_checkpoint_with_vae(tmp_path: Path, pipe_with_vae: Path) -> None:
+    from conftest import randomize
+    from qdit.eval.npz import load_samples
+    from qdit.models.dit import DiT, DiTConfig
+
+    cfg = DiTConfig(
+        input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=2, num_classes=3
+    )
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(randomize(DiT(cfg)).state_dict(), ckpt)
+    q, out = tmp_path / "q", tmp_path / "s.npz"
+    vae = str(pipe_with_vae / "vae")
+    res = run_cli(
+        "quantize", "--model", str(ckpt), "--arch", json.dumps(cfg.to_dict()), "--vae", vae, "--group-size", "32",
+        "--device", "cpu", "--out", str(q),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    res = run_cli("sample", "--model", str(q), "-n", "2", "--steps", "2", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert load_samples(out).images.shape == (2, 16, 16, 3)
+    res = run_cli("sample", "--model", str(q), "-n", "2", "--vae", str(tmp_path), "--out", str(out))
+    assert res.returncode == 2 and "not a diffusers AutoencoderKL folder" in res.stderr

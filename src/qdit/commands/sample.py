@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -14,6 +15,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch), a diffusers folder or a quantized folder"
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
+    p.add_argument(
+        "--vae",
+        default=None,
+        help="a diffusers AutoencoderKL folder decoding a latent model's samples to RGB (default: the one "
+        "recorded with the model or in its pipeline folder)",
+    )
     p.add_argument(
         "--kernel",
         choices=("auto", "int", "fake"),
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, check_outputs, write_json
     from qdit.models.registry import load_model
+    from qdit.models.vae import attach_vae, check_vae_dir
     from qdit.viz import image_grid
 
     if args.num < 1:
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         {"--out": args.out, "--grid": args.grid, "--json": args.json},
         {"--model": None if args.model == "embedded" else args.model},
     )
+    vae = check_vae_dir(args.vae) if args.vae else None
     ctx = init_distributed()
     try:
         model = load_model(args.model, args.arch, device=ctx.device, kernel=args.kernel, verify=not args.no_verify)
@@ -108,19 +117,25 @@ def run(args: argparse.Namespace) -> int:
             print(kernel_summary(model))
         from qdit.models.adapter import get_adapter
 
+        if vae:
+            attach_vae(model, vae)
         adapter = get_adapter(model)
         (channels, _, _), num_classes = adapter.sampling_geometry(model)
-        if channels not in (1, 3):
+        decode = adapter.decoder(model)
+        if decode is None and channels not in (1, 3):
             raise QditError(
-                f"{args.model} denoises {channels}-channel latents; decoding them to images needs a VAE, "
-                "which qdit sample does not support yet"
+                f"{args.model} denoises {channels}-channel latents; decoding them to images needs a VAE: "
+                "pass --vae FOLDER (a diffusers AutoencoderKL folder)"
             )
+        if decode is not None:  # latents are not clipped to [-1, 1] (as in DiT's own sampling)
+            sampler = dataclasses.replace(sampler, clip_denoised=False)
         adapter.check_cfg_scale(model, args.cfg)
         labels = parse_classes(args.classes, args.num, num_classes)
         t0 = time.time()
         with torch.inference_mode(), precision_context(args.precision, ctx.device):
             result = sample_images(
-                model, args.num, args.seed, sampler, labels, args.batch_size, progress=True, ctx=ctx
+                model, args.num, args.seed, sampler, labels, args.batch_size, progress=True, ctx=ctx,
+                decode=decode,
             )
         seconds = time.time() - t0
         if result is None:  # not the main rank

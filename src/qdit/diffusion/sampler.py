@@ -257,8 +257,12 @@ def sample_images(
     batch_size: int = 64,
     progress: bool = False,
     ctx: object | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Sample ``num`` images, sharded over ``torch.distributed`` ranks when ``ctx`` is active.
+
+    ``decode`` maps the model's samples (latents) to images in [-1, 1] (a VAE, see the model adapter's
+    ``decoder``); without it the samples are the images.
 
     Returns uint8 ``[N, H, W, C]`` and int64 labels on the main rank (``None`` on the others); the
     result is identical whatever the number of ranks or the batch size. A non-finite latent raises
@@ -289,10 +293,13 @@ def sample_images(
         batch_size=batch_size, device=ctx.device, diffusion=diffusion, progress=progress and ctx.is_main,
         check_finite=True,
     )  # fmt: skip
+    if decode is not None:
+        x = decode(x) if len(x) else x
     parts = gather_to_main((mine, to_uint8_nhwc(x)), ctx)
     if parts is None:
         return None
-    images = np.zeros((num, shape[1], shape[2], shape[0]), dtype=np.uint8)
+    hwc = next((arr.shape[1:] for _, arr in parts if len(arr)), (shape[1], shape[2], shape[0]))  # type: ignore[misc]
+    images = np.zeros((num, *hwc), dtype=np.uint8)
     for idx, arr in parts:  # type: ignore[misc]
         images[idx] = arr
     return images, all_labels

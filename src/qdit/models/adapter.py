@@ -89,6 +89,16 @@ class ModelAdapter:
         ``beta_schedule``, ``beta_start``, ``beta_end``); ``None`` for qdit's default linear 1000 steps."""
         return None
 
+    def decoder(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``decode(samples) -> images in [-1, 1]`` for a latent model (its VAE, when one was given or its
+        pipeline folder has one); ``None`` when the samples are images already or no VAE is known."""
+        path = getattr(model, "qdit_vae", None)
+        if path is None:
+            return None
+        from qdit.models.vae import vae_decoder
+
+        return vae_decoder(path)
+
     def sampling_geometry(self, model: nn.Module) -> tuple[tuple[int, int, int], int]:
         """``(image_shape, num_classes)``, or a one-line error naming what the adapter does not know."""
         shape, classes = self.image_shape(model), self.num_classes(model)
@@ -157,9 +167,10 @@ class DiTAdapter(ModelAdapter):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         desc: dict[str, Any] = {"arch": self.arch, "config": model.config.to_dict()}  # type: ignore[union-attr]
-        source = getattr(model, "qdit_source", None)
-        if source is not None:
-            desc["source"] = str(source)
+        for key in ("source", "vae"):
+            value = getattr(model, f"qdit_{key}", None)
+            if value is not None:
+                desc[key] = str(value)
         return desc
 
     def build(self, description: dict[str, Any]) -> nn.Module:
@@ -173,8 +184,9 @@ class DiTAdapter(ModelAdapter):
         except TypeError as exc:
             raise QditError(f"bad DiT config in model description: {exc}") from None
         model = DiT(cfg)
-        if "source" in description:
-            model.qdit_source = description["source"]
+        for key in ("source", "vae"):
+            if key in description:
+                object.__setattr__(model, f"qdit_{key}", description[key])
         return model
 
     def image_shape(self, model: nn.Module) -> tuple[int, int, int]:

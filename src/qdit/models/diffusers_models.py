@@ -25,18 +25,9 @@ from torch import nn
 
 from qdit.errors import QditError
 from qdit.models.adapter import ModelAdapter
-
-INSTALL_HINT = "diffusers is not installed; install it with: pip install 'qdit[diffusers]'"
+from qdit.models.optional import import_diffusers
 
 _BLOCK = "transformer_blocks.*."
-
-
-def import_diffusers() -> Any:
-    try:
-        import diffusers
-    except ImportError:
-        raise QditError(INSTALL_HINT) from None
-    return diffusers
 
 
 def _jsonable_config(config: Any) -> dict[str, Any]:
