@@ -9,12 +9,24 @@ import json
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.skipif(
+    find_spec("diffusers") is None, reason="diffusers is not installed (pip install 'qdit[diffusers]')"
+)
+
+
+def hf() -> Any:
+    """``diffusers``, imported when a test runs, not when pytest collects this file: importing its models
+    imports triton, which tests/test_kernels_triton.py must import first (in interpreter mode). (Not a
+    module-level proxy object either: pytest probes every module attribute while collecting.)"""
+    return pytest.importorskip("diffusers")
+
 
 import qdit  # noqa: E402
 from qdit.errors import QditError  # noqa: E402
@@ -58,7 +70,7 @@ def trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def tiny_dit(seed: int = 0) -> torch.nn.Module:
-    model = diffusers.DiTTransformer2DModel(
+    model = hf().DiTTransformer2DModel(
         num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=8, num_layers=2,
         sample_size=8, patch_size=2, num_embeds_ada_norm=NUM_CLASSES, norm_num_groups=32,
     )  # fmt: skip
@@ -66,7 +78,7 @@ def tiny_dit(seed: int = 0) -> torch.nn.Module:
 
 
 def tiny_pixart(seed: int = 0) -> torch.nn.Module:
-    model = diffusers.PixArtTransformer2DModel(
+    model = hf().PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=8, num_layers=2,
         sample_size=8, patch_size=2, cross_attention_dim=64, caption_channels=48,
     )  # fmt: skip
@@ -90,7 +102,7 @@ def dit_out(model: torch.nn.Module, inputs: tuple) -> torch.Tensor:
 def write_pipeline(root: Path, transformer: torch.nn.Module) -> Path:
     """A DiTPipeline-style folder: model_index.json, transformer/, scheduler/ (no VAE)."""
     transformer.save_pretrained(root / "transformer")
-    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    scheduler = hf().DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     scheduler.save_pretrained(root / "scheduler")
     index = {
         "_class_name": "DiTPipeline",
@@ -207,8 +219,8 @@ def test_quantized_transformer_drops_into_a_pipeline(tmp_path: Path) -> None:
     qdit.save(
         qdit.quantize(copy.deepcopy(fp), QuantSpec(w_bits=8, a_bits=8, w_group=32, a_group=32)), tmp_path
     )
-    pipe = diffusers.DiTPipeline(
-        transformer=fp, vae=tiny_vae(), scheduler=diffusers.DDIMScheduler(), id2label={0: "a"}
+    pipe = hf().DiTPipeline(
+        transformer=fp, vae=tiny_vae(), scheduler=hf().DDIMScheduler(), id2label={0: "a"}
     )  # fmt: skip
     pipe.transformer = qdit.load(tmp_path)
     pipe.set_progress_bar_config(disable=True)
@@ -218,7 +230,7 @@ def test_quantized_transformer_drops_into_a_pipeline(tmp_path: Path) -> None:
 
 def tiny_vae() -> torch.nn.Module:
     torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
+    return hf().AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32, sample_size=16,
