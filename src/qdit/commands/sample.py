@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "model": args.model, "num": args.num, "steps": args.steps, "method": args.method,
             "cfg": args.cfg, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
-            "out": str(args.out), "kernels": kernels,
+            "out": str(args.out), "kernels": kernels, "vae": getattr(model, "qdit_vae", None),
         }  # fmt: skip
         print(
             f"sampled {args.num} images ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}, "
