@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,diffusers]'
+	@# diffusers and its dependencies bring no torch: the CPU torch pinned above must still be the one
+	$(PY) -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), f'torch changed to {v}'"
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist package, when the files are missing and apt is usable

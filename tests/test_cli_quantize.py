@@ -104,7 +104,7 @@ def test_load_model_specs(tmp_path: Path, checkpoint: Path) -> None:
         load_model(str(checkpoint), '{"hiden_size": 64}')
     with pytest.raises(QditError, match="model not found"):
         load_model(str(tmp_path / "nope.pt"))
-    with pytest.raises(QditError, match="not a quantized qdit model folder"):
+    with pytest.raises(QditError, match="neither a quantized qdit model folder .* nor a diffusers"):
         load_model(str(tmp_path))
     with pytest.raises(ValueError, match="missing key|unexpected key|shape"):
         load_model(str(checkpoint), "DiT-S/2")

@@ -18,10 +18,15 @@ from qdit.commands.common import add_cfg_channels, check_cfg_channels
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model (weights and activations) into a model folder")
     p.add_argument(
-        "--model", default="embedded", help="'embedded', a DiT checkpoint file (with --arch) or a qdit folder"
+        "--model", default="embedded", help="'embedded', a DiT checkpoint file (with --arch), a diffusers pipeline/transformer folder or a qdit folder"
     )
     p.add_argument(
         "--arch", default=None, help="architecture of a checkpoint: DiT-XL/2, or JSON of DiTConfig fields"
+    )
+    p.add_argument(
+        "--vae",
+        default=None,
+        help="a diffusers AutoencoderKL folder for a latent model, recorded in the output (qdit sample decodes with it)",
     )
     p.add_argument("--w-bits", default=None, help="weight bits, 2..8 (default 4)")
     p.add_argument(
@@ -141,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.io.atomic import check_outputs, write_json
     from qdit.io.checkpoint import check_save_target, save
     from qdit.models.registry import load_model
+    from qdit.models.vae import attach_vae, check_vae_dir
 
     check_cfg_scale(args.calib_cfg, "--calib-cfg")
     check_outputs(
@@ -149,9 +155,12 @@ def run(args: argparse.Namespace) -> int:
         folders=("--out",),
     )
     check_save_target(args.out)  # before the work: a typo must not cost the whole run
+    vae = check_vae_dir(args.vae) if args.vae else None
     device = resolve_device(args.device)
     t0 = time.time()
     model = load_model(args.model, args.arch, device=device)
+    if vae:
+        attach_vae(model, vae)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized")
     if args.calib_cfg_channels is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -13,9 +14,15 @@ from qdit.commands.common import add_cfg_channels, check_cfg_channels
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample images from a model or a quantized model folder")
     p.add_argument(
-        "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch) or a quantized folder"
+        "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch), a diffusers folder or a quantized folder"
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
+    p.add_argument(
+        "--vae",
+        default=None,
+        help="a diffusers AutoencoderKL folder decoding a latent model's samples to RGB (default: the one "
+        "recorded with the model or in its pipeline folder)",
+    )
     p.add_argument(
         "--kernel",
         choices=("auto", "int", "fake"),
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, check_outputs, write_json
     from qdit.models.registry import load_model
+    from qdit.models.vae import attach_vae, check_vae_dir
     from qdit.viz import image_grid
 
     if args.num < 1:
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         {"--out": args.out, "--grid": args.grid, "--json": args.json},
         {"--model": None if args.model == "embedded" else args.model},
     )
+    vae = check_vae_dir(args.vae) if args.vae else None
     ctx = init_distributed()
     try:
         model = load_model(args.model, args.arch, device=ctx.device, kernel=args.kernel, verify=not args.no_verify)
@@ -111,18 +120,28 @@ def run(args: argparse.Namespace) -> int:
         kernels = kernel_paths(model)
         if kernels and ctx.is_main:
             print(kernel_summary(model))
-        cfg = model.config
-        if cfg.in_channels not in (1, 3):
+        from qdit.models.adapter import get_adapter
+
+        if vae:
+            attach_vae(model, vae)
+        adapter = get_adapter(model)
+        (channels, _, _), num_classes = adapter.sampling_geometry(model)
+        decode = adapter.decoder(model)
+        if decode is None and channels not in (1, 3):
             raise QditError(
-                f"{args.model} denoises {cfg.in_channels}-channel latents; decoding them to images needs a VAE, "
-                "which qdit sample does not support yet"
+                f"{args.model} denoises {channels}-channel latents; decoding them to images needs a VAE: "
+                "pass --vae FOLDER (a diffusers AutoencoderKL folder)"
             )
-        check_cfg_channels(args.cfg_channels, cfg.in_channels)
-        labels = parse_classes(args.classes, args.num, cfg.num_classes)
+        if decode is not None:  # latents are not clipped to [-1, 1] (as in DiT's own sampling)
+            sampler = dataclasses.replace(sampler, clip_denoised=False)
+        adapter.check_cfg_scale(model, args.cfg)
+        check_cfg_channels(args.cfg_channels, channels)
+        labels = parse_classes(args.classes, args.num, num_classes)
         t0 = time.time()
         with torch.inference_mode(), precision_context(args.precision, ctx.device):
             result = sample_images(
-                model, args.num, args.seed, sampler, labels, args.batch_size, progress=True, ctx=ctx
+                model, args.num, args.seed, sampler, labels, args.batch_size, progress=True, ctx=ctx,
+                decode=decode,
             )
         seconds = time.time() - t0
         if result is None:  # not the main rank
@@ -135,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "model": args.model, "num": args.num, "steps": args.steps, "method": args.method,
             "cfg": args.cfg, "cfg_channels": args.cfg_channels, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
-            "out": str(args.out), "kernels": kernels,
+            "out": str(args.out), "kernels": kernels, "vae": getattr(model, "qdit_vae", None),
         }  # fmt: skip
         print(
             f"sampled {args.num} images ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}, "

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qdit.diffusion.schedule import GaussianDiffusion
+from qdit.errors import QditError
 from qdit.quant.finite import NonFiniteError, check_finite_number
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -262,13 +263,15 @@ def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
 
 
 def model_image_shape(model: nn.Module) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the images/latents a DiT-like model denoises (from its ``config``)."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(cfg, "input_size"):
+    """``(C, H, W)`` of the images/latents a model denoises (from its adapter)."""
+    from qdit.models.adapter import get_adapter
+
+    shape = get_adapter(model).image_shape(model)
+    if shape is None:
         raise ValueError(
-            "model has no DiT-like config (input_size, in_channels); pass image_shape explicitly"
+            f"qdit's model adapters do not know the image shape of a {type(model).__name__}; pass image_shape explicitly"
         )
-    return (cfg.in_channels, cfg.input_size, cfg.input_size)
+    return shape
 
 
 def sample_images(
@@ -280,19 +283,31 @@ def sample_images(
     batch_size: int = 64,
     progress: bool = False,
     ctx: object | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Sample ``num`` images, sharded over ``torch.distributed`` ranks when ``ctx`` is active.
+
+    ``decode`` maps the model's samples (latents) to images in [-1, 1] (a VAE, see the model adapter's
+    ``decoder``); without it the samples are the images.
 
     Returns uint8 ``[N, H, W, C]`` and int64 labels on the main rank (``None`` on the others); the
     result is identical whatever the number of ranks or the batch size. A non-finite latent raises
     :class:`NonFiniteSampleError` (images are never made from NaN).
     """
     from qdit.diffusion.distributed import DistContext, gather_to_main, shard
+    from qdit.models.adapter import get_adapter
 
     ctx = ctx if isinstance(ctx, DistContext) else DistContext()
     config = config or SamplerConfig()
-    shape = model_image_shape(model)
-    num_classes = int(model.config.num_classes)  # type: ignore[union-attr]
+    adapter = get_adapter(model)
+    try:
+        shape, num_classes = adapter.sampling_geometry(model)
+    except QditError as exc:
+        raise ValueError(str(exc)) from None
+    if config.cfg_scale != 1.0 and not adapter.has_null_class(model):
+        raise ValueError(f"this {type(model).__name__} has no null class label; sample with a cfg scale of 1")
+    schedule = adapter.noise_schedule(model)
+    diffusion = GaussianDiffusion.from_scheduler_config(schedule) if schedule else None
     all_labels = default_labels(num, num_classes) if labels is None else np.asarray(labels, dtype=np.int64)
     if len(all_labels) != num:
         raise ValueError(f"got {len(all_labels)} labels for {num} samples")
@@ -300,13 +315,17 @@ def sample_images(
         raise ValueError(f"labels must be in [0, {num_classes - 1}]")
     mine = shard(list(range(num)), ctx.rank, ctx.world_size)
     x = generate(
-        model, shape, num_classes, all_labels[mine], seed, config, indices=mine,
-        batch_size=batch_size, device=ctx.device, progress=progress and ctx.is_main, check_finite=True,
+        adapter.model_fn(model), shape, num_classes, all_labels[mine], seed, config, indices=mine,
+        batch_size=batch_size, device=ctx.device, diffusion=diffusion, progress=progress and ctx.is_main,
+        check_finite=True,
     )  # fmt: skip
+    if decode is not None:
+        x = decode(x) if len(x) else x
     parts = gather_to_main((mine, to_uint8_nhwc(x)), ctx)
     if parts is None:
         return None
-    images = np.zeros((num, shape[1], shape[2], shape[0]), dtype=np.uint8)
+    hwc = next((arr.shape[1:] for _, arr in parts if len(arr)), (shape[1], shape[2], shape[0]))  # type: ignore[misc]
+    images = np.zeros((num, *hwc), dtype=np.uint8)
     for idx, arr in parts:  # type: ignore[misc]
         images[idx] = arr
     return images, all_labels

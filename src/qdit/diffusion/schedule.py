@@ -65,6 +65,30 @@ class GaussianDiffusion:
     def linear(cls, num_timesteps: int = 1000) -> GaussianDiffusion:
         return cls(linear_betas(num_timesteps))
 
+    @classmethod
+    def from_scheduler_config(cls, config: dict) -> GaussianDiffusion:
+        """The training process of a diffusers scheduler config (``scheduler_config.json``): its
+        ``num_train_timesteps`` and betas (``linear``, ``scaled_linear``, ``squaredcos_cap_v2`` or
+        ``trained_betas``). Only epsilon-prediction models are supported (what qdit's sampler expects)."""
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ValueError(f"scheduler prediction_type {prediction!r} is not supported (only 'epsilon')")
+        n = int(config.get("num_train_timesteps", 1000))
+        start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+        kind = config.get("beta_schedule", "linear")
+        if config.get("trained_betas") is not None:
+            betas = np.asarray(config["trained_betas"], dtype=np.float64)
+        elif kind == "linear":
+            betas = np.linspace(start, end, n, dtype=np.float64)
+        elif kind == "scaled_linear":
+            betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
+        elif kind == "squaredcos_cap_v2":
+            f = [math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2 for t in np.arange(n + 1) / n]
+            betas = np.array([min(1 - f[i + 1] / f[i], 0.999) for i in range(n)], dtype=np.float64)
+        else:
+            raise ValueError(f"scheduler beta_schedule {kind!r} is not supported")
+        return cls(betas)
+
     def respaced(self, steps: int) -> GaussianDiffusion:
         """The process restricted to ``steps`` of the original timesteps (new betas, same marginals)."""
         use = spaced_timesteps(self.num_timesteps, steps)

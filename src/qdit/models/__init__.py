@@ -1,0 +1,20 @@
+"""Architecture knowledge: model adapters (our DiT, diffusers DiT and PixArt, any module by name
+patterns), the embedded model and the loaders."""
+
+from qdit.models.adapter import (
+    ModelAdapter,
+    PatternAdapter,
+    attach_adapter,
+    get_adapter,
+    register_adapter,
+    register_factory,
+)
+from qdit.models.diffusers_models import DiffusersDiTAdapter, PixArtAdapter, set_captions
+
+register_adapter(DiffusersDiTAdapter())
+register_adapter(PixArtAdapter())
+
+__all__ = [
+    "ModelAdapter", "PatternAdapter", "attach_adapter", "get_adapter", "register_adapter", "register_factory",
+    "set_captions",
+]  # fmt: skip

@@ -64,6 +64,59 @@ class ModelAdapter:
         """The model of ``description`` (with uninitialized weights; called on the meta device by loaders)."""
         raise QditError(f"qdit cannot rebuild a model of kind {description.get('arch')!r}")
 
+    # --- sampling: how qdit's sampler drives the model -------------------------------------------
+    def image_shape(self, model: nn.Module) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` of the images or latents the model denoises; ``None`` if unknown."""
+        return None
+
+    def num_classes(self, model: nn.Module) -> int | None:
+        """The number of class labels (``0..n-1``) the sampler may ask for; ``None`` if unknown."""
+        return None
+
+    def has_null_class(self, model: nn.Module) -> bool:
+        """Whether label ``num_classes`` means "no class" (the unconditional half of guidance)."""
+        return False
+
+    def model_fn(
+        self, model: nn.Module
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``fn(x, t, y) -> output`` (noise prediction first, then any variance channels) over ``model``'s
+        own forward signature; ``y == num_classes`` asks for the unconditional output."""
+        return model
+
+    def noise_schedule(self, model: nn.Module) -> dict[str, Any] | None:
+        """The training noise schedule as a diffusers-style scheduler config (``num_train_timesteps``,
+        ``beta_schedule``, ``beta_start``, ``beta_end``); ``None`` for qdit's default linear 1000 steps."""
+        return None
+
+    def decoder(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``decode(samples) -> images in [-1, 1]`` for a latent model (its VAE, when one was given or its
+        pipeline folder has one); ``None`` when the samples are images already or no VAE is known."""
+        path = getattr(model, "qdit_vae", None)
+        if path is None:
+            return None
+        from qdit.models.vae import vae_decoder
+
+        return vae_decoder(path)
+
+    def sampling_geometry(self, model: nn.Module) -> tuple[tuple[int, int, int], int]:
+        """``(image_shape, num_classes)``, or a one-line error naming what the adapter does not know."""
+        shape, classes = self.image_shape(model), self.num_classes(model)
+        if shape is None or classes is None:
+            raise QditError(
+                f"qdit does not know how to sample from a {type(model).__name__}; capture calibration data "
+                "with qdit.calib.capture(model, layers, run) and your own run function, or use "
+                "qdit.models.adapter.PatternAdapter with a calibration callable"
+            )
+        return shape, classes
+
+    def check_cfg_scale(self, model: nn.Module, cfg_scale: float) -> None:
+        if cfg_scale != 1.0 and not self.has_null_class(model):
+            raise QditError(
+                f"this {type(model).__name__} has no null class label, so classifier-free guidance is "
+                "impossible; use a guidance scale of 1"
+            )
+
     def calibration_runner(
         self,
         model: nn.Module,
@@ -77,10 +130,25 @@ class ModelAdapter:
         cfg_channels: int | None = None,
     ) -> Callable[[], object]:
         """A callable that drives ``model`` over a few sampling trajectories (for calibration hooks)."""
-        raise QditError(
-            f"qdit does not know how to sample from a {type(model).__name__}; capture calibration data "
-            "with qdit.calib.capture(model, layers, run) and your own run function"
-        )
+        from qdit.diffusion.sampler import SamplerConfig, default_labels, generate
+        from qdit.diffusion.schedule import GaussianDiffusion
+
+        shape, classes = self.sampling_geometry(model)
+        self.check_cfg_scale(model, cfg_scale)
+        labels = default_labels(num_samples, classes)
+        sampler = SamplerConfig(steps=steps, method="ddim", cfg_scale=cfg_scale, cfg_channels=cfg_channels)
+        schedule = self.noise_schedule(model)
+        diffusion = GaussianDiffusion.from_scheduler_config(schedule) if schedule else None
+        device = next(model.parameters()).device
+        fn = self.model_fn(model)
+
+        def run() -> torch.Tensor:
+            return generate(
+                fn, shape, classes, labels, seed, sampler, batch_size=batch_size, device=device,
+                diffusion=diffusion, progress=progress, progress_desc="calibration",
+            )  # fmt: skip
+
+        return run
 
 
 class DiTAdapter(ModelAdapter):
@@ -100,9 +168,10 @@ class DiTAdapter(ModelAdapter):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         desc: dict[str, Any] = {"arch": self.arch, "config": model.config.to_dict()}  # type: ignore[union-attr]
-        source = getattr(model, "qdit_source", None)
-        if source is not None:
-            desc["source"] = str(source)
+        for key in ("source", "vae"):
+            value = getattr(model, f"qdit_{key}", None)
+            if value is not None:
+                desc[key] = str(value)
         return desc
 
     def build(self, description: dict[str, Any]) -> nn.Module:
@@ -116,40 +185,110 @@ class DiTAdapter(ModelAdapter):
         except TypeError as exc:
             raise QditError(f"bad DiT config in model description: {exc}") from None
         model = DiT(cfg)
-        if "source" in description:
-            model.qdit_source = description["source"]
+        for key in ("source", "vae"):
+            if key in description:
+                object.__setattr__(model, f"qdit_{key}", description[key])
         return model
 
-    def calibration_runner(
-        self,
-        model: nn.Module,
-        *,
-        num_samples: int,
-        steps: int,
-        cfg_scale: float,
-        seed: int,
-        batch_size: int,
-        progress: bool = False,
-        cfg_channels: int | None = None,
-    ) -> Callable[[], object]:
-        from qdit.diffusion.sampler import SamplerConfig, default_labels, generate
-
+    def image_shape(self, model: nn.Module) -> tuple[int, int, int]:
         cfg = model.config  # type: ignore[union-attr]
-        shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-        labels = default_labels(num_samples, cfg.num_classes)
-        sampler = SamplerConfig(steps=steps, method="ddim", cfg_scale=cfg_scale, cfg_channels=cfg_channels)
-        device = next(model.parameters()).device
+        return (int(cfg.in_channels), int(cfg.input_size), int(cfg.input_size))
 
-        def run() -> torch.Tensor:
-            return generate(
-                model, shape, cfg.num_classes, labels, seed, sampler, batch_size=batch_size, device=device,
-                progress=progress, progress_desc="calibration",
-            )  # fmt: skip
+    def num_classes(self, model: nn.Module) -> int:
+        return int(model.config.num_classes)  # type: ignore[union-attr]
 
-        return run
+    def has_null_class(self, model: nn.Module) -> bool:
+        # with label dropout the table has num_classes + 1 rows (official DiT); the last one is "no class"
+        return float(model.config.class_dropout_prob) > 0  # type: ignore[union-attr]
 
 
-_ADAPTERS: list[ModelAdapter] = [DiTAdapter()]
+class PatternAdapter(ModelAdapter):
+    """Any ``nn.Module``: its linears chosen by name patterns, driven by a calibration callable.
+
+    ``patterns``: ``fnmatch`` patterns of the qualified names quantized by default (``"*"``: every
+    ``nn.Linear``); ``optional_groups``: named extra sets a recipe can ``include``; ``calibrate(model)``:
+    runs the model on representative inputs (needed only by specs that calibrate: GPTQ, static scales,
+    smoothing); ``blocks``: qualified names of blocks called in sequence as ``block(x, *rest, **kw) -> x``
+    (enables block-by-block calibration); ``factory``: the name of a model factory registered with
+    :func:`register_factory` and ``factory_kwargs`` its JSON-able arguments, so that :func:`qdit.save` /
+    :func:`qdit.load` can rebuild the model (nothing is imported by name from a checkpoint).
+
+    Attach it to a model with :func:`attach_adapter`; :func:`get_adapter` then returns it for that model.
+    """
+
+    arch = "pattern"
+
+    def __init__(
+        self,
+        patterns: tuple[str, ...] | list[str] = ("*",),
+        *,
+        calibrate: Callable[[nn.Module], object] | None = None,
+        optional_groups: dict[str, tuple[str, ...] | list[str]] | None = None,
+        blocks: list[str] | None = None,
+        factory: str | None = None,
+        factory_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(patterns, str):
+            patterns = (patterns,)
+        self.default_patterns = tuple(patterns)
+        self.optional_groups = {k: tuple(v) for k, v in (optional_groups or {}).items()}
+        self.calibrate = calibrate
+        self.blocks = list(blocks) if blocks is not None else None
+        self.factory = factory
+        self.factory_kwargs = dict(factory_kwargs or {})
+
+    def handles(self, model: nn.Module) -> bool:
+        return False  # only for the models it is attached to
+
+    def block_names(self, model: nn.Module) -> list[str] | None:
+        return self.blocks
+
+    def describe(self, model: nn.Module) -> dict[str, Any] | None:
+        if self.factory is None:
+            return None
+        return {
+            "arch": self.arch, "factory": self.factory, "kwargs": self.factory_kwargs,
+            "patterns": list(self.default_patterns),
+            "optional_groups": {k: list(v) for k, v in self.optional_groups.items()}, "blocks": self.blocks,
+        }  # fmt: skip
+
+    def build(self, description: dict[str, Any]) -> nn.Module:
+        name = description.get("factory")
+        if name not in _FACTORIES:
+            raise QditError(
+                f"no model factory {name!r} is registered; call qdit.models.register_factory({name!r}, fn) "
+                "before loading this checkpoint"
+            )
+        kwargs = description.get("kwargs") or {}
+        model = _FACTORIES[name](**kwargs)
+        adapter = PatternAdapter(
+            description.get("patterns") or ("*",), optional_groups=description.get("optional_groups") or {},
+            blocks=description.get("blocks"), factory=name, factory_kwargs=kwargs,
+        )  # fmt: skip
+        return attach_adapter(model, adapter)
+
+    def calibration_runner(self, model: nn.Module, **kwargs: Any) -> Callable[[], object]:
+        if self.calibrate is None:
+            return super().calibration_runner(model, **kwargs)
+        calibrate = self.calibrate
+        return lambda: calibrate(model)
+
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_factory(name: str, fn: Callable[..., nn.Module]) -> None:
+    """Register ``fn(**kwargs) -> nn.Module`` under ``name`` for rebuilding models of a :class:`PatternAdapter`."""
+    _FACTORIES[name] = fn
+
+
+def attach_adapter(model: nn.Module, adapter: ModelAdapter) -> nn.Module:
+    """Make ``adapter`` the adapter of ``model`` (kept with the module; returns ``model``)."""
+    object.__setattr__(model, "qdit_adapter", adapter)
+    return model
+
+
+_ADAPTERS: list[ModelAdapter] = [DiTAdapter(), PatternAdapter()]
 _GENERIC = ModelAdapter()
 
 
@@ -159,7 +298,11 @@ def register_adapter(adapter: ModelAdapter) -> None:
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The adapter for ``model``: the first registered one that handles it, else the generic one."""
+    """The adapter for ``model``: the one attached to it (:func:`attach_adapter`), else the first
+    registered one that handles it, else the generic one."""
+    attached = getattr(model, "qdit_adapter", None)
+    if isinstance(attached, ModelAdapter):
+        return attached
     for adapter in _ADAPTERS:
         if adapter.handles(model):
             return adapter

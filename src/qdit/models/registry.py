@@ -1,4 +1,5 @@
-"""Loading a model from a command-line spec: ``embedded``, a DiT checkpoint file, or a quantized folder.
+"""Loading a model from a command-line spec: ``embedded``, a DiT checkpoint file, a diffusers folder, or a
+quantized folder.
 
 ``arch`` for a checkpoint file is an official name (``DiT-XL/2``), a JSON object of
 :class:`~qdit.models.dit.DiTConfig` fields (inline, e.g. ``'{"hidden_size": 64, "depth": 2, ...}'``, or a
@@ -110,7 +111,8 @@ def load_model(
     kernel: str = "auto",
     verify: bool = True,
 ) -> nn.Module:
-    """``embedded``, a DiT checkpoint file (with ``arch``), or a quantized folder written by ``qdit.save``
+    """``embedded``, a DiT checkpoint file (with ``arch``), a diffusers pipeline or transformer folder
+    (``save_pretrained`` layout; needs ``qdit[diffusers]``), or a quantized folder written by ``qdit.save``
     (checked against its digests unless ``verify`` is off; its layers on the kernel paths ``kernel``
     picks, see :func:`qdit.nn.choose_kernel`)."""
     from qdit.io.checkpoint import is_qdit_dir, load
@@ -125,9 +127,16 @@ def load_model(
     if path.is_dir():
         if is_qdit_dir(path):
             return load(path, device=device, kernel=kernel, verify=verify)
-        raise QditError(f"{path} is a folder but not a quantized qdit model folder (no qdit.json)")
+        from qdit.models.diffusers_models import is_diffusers_dir, load_diffusers
+
+        if is_diffusers_dir(path):
+            return load_diffusers(path).to(device)
+        raise QditError(
+            f"{path} is a folder but neither a quantized qdit model folder (no qdit.json) nor a diffusers "
+            "pipeline or transformer folder (no model_index.json or config.json)"
+        )
     if path.is_file():
         return load_dit_checkpoint(path, arch).to(device)
     raise QditError(
-        f"model not found: {spec!r} (use 'embedded', a DiT checkpoint file, or a qdit model folder)"
+        f"model not found: {spec!r} (use 'embedded', a DiT checkpoint file, a diffusers folder or a qdit model folder)"
     )
