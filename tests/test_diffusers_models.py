@@ -139,7 +139,7 @@ def test_dit_quantize_save_load_same_outputs(tmp_path: Path) -> None:
         (QuantSpec(w_bits=8, a_bits=8, w_group=32, a_group=32), 30.0),
         (QuantSpec(w_bits=4, a_bits=8, w_group=32, a_group=32), 10.0),
     ):
-        q = qdit.quantize(copy.deepcopy(fp), spec)
+        q = qdit.quantize(copy.deepcopy(fp), spec, kernel="fake")
         out = dit_out(q, inputs)
         assert sqnr(ref, out) > floor
         qdit.save(q, tmp_path / spec.label().replace(" ", "_"))
@@ -193,7 +193,7 @@ def test_cli_quantizes_a_pipeline_folder(tmp_path: Path, dit_folder: Path, bits:
     back = qdit.load(out, kernel="fake")
     # the same RTN recipe in this process gives the same model: the CLI's saved model is what it quantized
     here = qdit.quantize(
-        load_model(str(dit_folder)), QuantSpec(w_bits=int(bits), a_bits=8, w_group=32, a_group=32)
+        load_model(str(dit_folder)), QuantSpec(w_bits=int(bits), a_bits=8, w_group=32, a_group=32), kernel="fake"
     )
     inputs = dit_inputs()
     assert torch.equal(dit_out(back, inputs), dit_out(here, inputs))
@@ -271,7 +271,7 @@ def test_pixart_w8a8_and_w4a8(tmp_path: Path) -> None:
     set_captions(fp, torch.randn(3, 6, 48, generator=torch.Generator().manual_seed(3)))  # for static RTN
     inputs = pixart_inputs()
     ref = pixart_out(fp, inputs)
-    w8 = qdit.quantize(copy.deepcopy(fp), QuantSpec(w_bits=8, a_bits=8, w_group=32, a_group=32))
+    w8 = qdit.quantize(copy.deepcopy(fp), QuantSpec(w_bits=8, a_bits=8, w_group=32, a_group=32), kernel="fake")
     out8 = pixart_out(w8, inputs)
     assert sqnr(ref, out8) >= 30.0
     w4 = qdit.quantize(copy.deepcopy(fp), QuantSpec(w_bits=4, a_bits=8, w_group=32, a_group=32))
