@@ -552,6 +552,16 @@ struct Split {  // contiguous row blocks per thread when there are enough of the
 // each panel (in L1 / L2) serves every row block of the chunk.
 inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (5 << 18) / (kRows * K)); }
 
+// Where the time goes at group size 128 (1 thread, thread CPU clock, proj 2048 x 1152 x 1152 W8A8, measured
+// by building variants and timing them in alternating processes): about 4.9 ms in all, of which 0.84 ms
+// quantizes the activations; with the per-block epilogues skipped (all but the last) 3.7 ms, as much as
+// per-channel weights. The epilogue's cost is its vector arithmetic (vpdpwssd, vcvtdq2ps, vmulps, vfmadd
+// per 16 outputs and block; dropping two of the four saves about 0.65 ms), not the tile stores nor its
+// placement. Tried and slower or no better: 16-row halves (1 x 2 tiles) with the accumulator tiles
+// double-buffered across blocks (20-40% slower: 50% more tile loads); storing each accumulator tile right
+// before its next block's first TDPBUSD instead of all four at the block boundary; running block b - 2's
+// epilogue during block b (the stores long retired); one epilogue pass per two blocks (half the float
+// accumulator traffic). Any gain at this group size has to cut the vector operations per output and block.
 template <bool kPacked, typename OutT, typename Rows>
 void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
                      const uint8_t* W4, int bits, int64_t Np, int64_t N, int64_t B, int64_t ks, WeightSide wt,
