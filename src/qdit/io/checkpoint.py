@@ -247,7 +247,9 @@ def load(
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise QditError(f"{root} is not a complete quantized model folder: {WEIGHTS_FILE} is missing")
-    with SafetensorsReader(weights) as reader:
+    from qdit.io.memory import compact_allocations
+
+    with compact_allocations(), SafetensorsReader(weights) as reader:
         return _load(root, meta, reader, device, kernel)
 
 
