@@ -173,8 +173,12 @@ def run(args: argparse.Namespace) -> int:
         cfg_channels=args.calib_cfg_channels, progress=True,
     )  # fmt: skip
     with torch.no_grad():
-        quantize(model, recipe, calib, progress=True)
+        # saved as integer codes; the kernel path is chosen when the folder is loaded (qdit.load)
+        quantize(model, recipe, calib, progress=True, kernel="fake")
     report = save(model, args.out)
+    from qdit.nn import choose_kernel, quant_layers
+
+    kernels = {name: choose_kernel(layer, "auto") for name, layer in quant_layers(model).items()}
     seconds = time.time() - t0
     labels = sorted({s.label() for s in specs.values()})
     summary = {
@@ -188,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         "quantized_layers_mb_packed": round(report["quantized_weight_bytes"] / 1e6, 4),
         "seconds": round(seconds, 2),
         "recipe": recipe.to_dict(),
+        "kernels_here": kernels,
     }
     spec_text = labels[0] if len(labels) == 1 else f"{len(labels)} different specs"
     print(
@@ -196,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
         f"(quantized layers {summary['quantized_layers_mb_bf16']:.2f} MB bf16 -> "
         f"{summary['quantized_layers_mb_packed']:.2f} MB) in {seconds:.1f} s"
     )
+    counts = {p: sum(1 for v in kernels.values() if v == p) for p in sorted(set(kernels.values()))}
+    print("loaded here it runs: " + ", ".join(f"{n} layers {p}" for p, n in counts.items()))
     if args.json:
         write_json(args.json, summary)
     return 0
