@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
@@ -34,6 +33,7 @@ from qdit.quant.activation import activation_range
 from qdit.quant.finite import check_finite
 from qdit.quant.gptq import gptq_quantize
 from qdit.quant.primitives import check_bits, fake_quantize_range, num_groups
+from qdit.quant.stats import LayerStats
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight, quantize_weight
 from qdit.recipe import ACT_GRANULARITIES, QuantSpec
 

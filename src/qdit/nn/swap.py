@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
 from qdit.nn.quant_linear import FAKE, QuantLinear
+from qdit.quant.stats import LayerStats
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE
 from qdit.recipe import QuantSpec
 

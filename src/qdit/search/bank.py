@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from qdit.calib.stats import LayerStats
 from qdit.errors import QditError
 from qdit.nn.quant_linear import FAKE, FloatWeight, QuantLinear, WeightKey
 from qdit.nn.swap import LayerFactory, quant_layers
+from qdit.quant.stats import LayerStats
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight
 from qdit.recipe import QuantSpec
 
