@@ -17,7 +17,7 @@ class SearchSetup:
 
 
 def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool = False) -> SearchSetup:
-    from qdit.models.registry import load_model
+    from qdit.api import load_model
     from qdit.recipe import QuantSpec
     from qdit.search.cost import CostModel, baseline_group
     from qdit.search.model import (

@@ -40,7 +40,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("the command started its work before checking its options")
 
-    monkeypatch.setattr("qdit.models.registry.load_model", boom)
+    monkeypatch.setattr("qdit.api.load_model", boom)
 
 
 @pytest.fixture

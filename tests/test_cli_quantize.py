@@ -11,8 +11,8 @@ import torch
 
 import qdit
 from conftest import TINY
+from qdit.api import load_model
 from qdit.errors import QditError
-from qdit.models.registry import load_model
 from qdit.recipe import QuantSpec, Recipe
 from quant_helpers import dit_inputs, one_thread, tiny_dit  # noqa: F401  (one_thread: autouse fixture)
 

@@ -29,6 +29,7 @@ def hf() -> Any:
 
 
 import qdit  # noqa: E402
+from qdit.api import load_model  # noqa: E402
 from qdit.errors import QditError  # noqa: E402
 from qdit.models.adapter import get_adapter  # noqa: E402
 from qdit.models.diffusers_models import (  # noqa: E402
@@ -38,7 +39,6 @@ from qdit.models.diffusers_models import (  # noqa: E402
     load_diffusers,
     set_captions,
 )
-from qdit.models.registry import load_model  # noqa: E402
 from qdit.recipe import QuantSpec, Recipe  # noqa: E402
 from quant_helpers import one_thread  # noqa: E402, F401  (autouse fixture)
 

@@ -31,7 +31,6 @@ RANKS = [
 ]  # fmt: skip
 
 KNOWN = {  # importer -> imported: upward imports still to be undone (issue 14)
-    ("qdit.models.registry", "qdit.io.checkpoint"),  # loading a quantized folder from --model
     ("qdit.models.adapter", "qdit.diffusion.sampler"),  # the adapters' calibration runner
     ("qdit.models.adapter", "qdit.diffusion.schedule"),
     ("qdit.search.model", "qdit.api"),  # the search quantizes through the facade

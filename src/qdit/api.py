@@ -1,9 +1,11 @@
-"""The public entry point: ``qdit.quantize(model, recipe, calib)``."""
+"""The public entry points: ``qdit.quantize(model, recipe, calib)`` and :func:`load_model` (every kind
+of model the CLI's ``--model`` takes)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from qdit.calib import CalibConfig, Calibration, calibrate
@@ -94,3 +96,23 @@ def quantize(
     if layer_factory is None:  # a custom factory's layers (the search's banks) choose for themselves
         freeze(model, kernel)
     return model
+
+
+def load_model(
+    spec: str,
+    arch: str | None = None,
+    device: torch.device | str = "cpu",
+    kernel: str = "auto",
+    verify: bool = True,
+) -> nn.Module:
+    """``embedded``, a DiT checkpoint file (with ``arch``), a diffusers pipeline or transformer folder, or
+    a quantized folder written by ``qdit.save`` (checked against its digests unless ``verify`` is off;
+    its layers on the kernel paths ``kernel`` picks, see :func:`qdit.nn.choose_kernel`)."""
+    from pathlib import Path
+
+    from qdit.io.checkpoint import is_qdit_dir, load
+    from qdit.models.registry import load_base_model
+
+    if spec != "embedded" and is_qdit_dir(Path(spec)):
+        return load(spec, device=device, kernel=kernel, verify=verify)
+    return load_base_model(spec, arch, device)

@@ -326,7 +326,7 @@ def bench_memory(depth: int, batch: int, threads: int, progress: bool = True) ->
 def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) -> dict[str, Any]:
     import torch
 
-    from qdit.models.registry import load_model
+    from qdit.api import load_model
 
     base = load_model(model_name, arch)
     cfg = base.config

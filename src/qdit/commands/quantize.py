@@ -139,13 +139,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from qdit.api import quantize, resolve_specs
+    from qdit.api import load_model, quantize, resolve_specs
     from qdit.calib import CalibConfig
     from qdit.commands.common import resolve_device
     from qdit.diffusion.sampler import check_cfg_scale
     from qdit.io.atomic import check_outputs, write_json
     from qdit.io.checkpoint import check_save_target, save
-    from qdit.models.registry import load_model
     from qdit.models.vae import attach_vae, check_vae_dir
 
     check_cfg_scale(args.calib_cfg, "--calib-cfg")

@@ -86,12 +86,12 @@ def parse_classes(text: str | None, num: int, num_classes: int) -> np.ndarray | 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from qdit.api import load_model
     from qdit.diffusion.distributed import finalize, init_distributed
     from qdit.diffusion.sampler import SamplerConfig, check_cfg_scale, precision_context, sample_images
     from qdit.errors import QditError
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, check_outputs, write_json
-    from qdit.models.registry import load_model
     from qdit.models.vae import attach_vae, check_vae_dir
     from qdit.viz import image_grid
 

@@ -358,10 +358,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from qdit.api import load_model
     from qdit.commands.common import check_cfg_channels, resolve_device
     from qdit.errors import QditError
     from qdit.io.atomic import write_json
-    from qdit.models.registry import load_model
     from qdit.search.api import heldout_fitness, search_groups
     from qdit.search.cheap import CheapConfig
     from qdit.search.cost import Budget

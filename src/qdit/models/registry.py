@@ -104,18 +104,11 @@ def load_dit_checkpoint(path: str | Path, arch: str | None = None) -> DiT:
     return model.eval()
 
 
-def load_model(
-    spec: str,
-    arch: str | None = None,
-    device: torch.device | str = "cpu",
-    kernel: str = "auto",
-    verify: bool = True,
-) -> nn.Module:
-    """``embedded``, a DiT checkpoint file (with ``arch``), a diffusers pipeline or transformer folder
-    (``save_pretrained`` layout; needs ``qdit[diffusers]``), or a quantized folder written by ``qdit.save``
-    (checked against its digests unless ``verify`` is off; its layers on the kernel paths ``kernel``
-    picks, see :func:`qdit.nn.choose_kernel`)."""
-    from qdit.io.checkpoint import is_qdit_dir, load
+def load_base_model(spec: str, arch: str | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """A float model: ``embedded``, a DiT checkpoint file (with ``arch``), or a diffusers pipeline or
+    transformer folder (``save_pretrained`` layout; needs ``qdit[diffusers]``). Quantized folders are
+    loaded by :func:`qdit.load` (and :func:`qdit.api.load_model`, which takes every kind)."""
+    from qdit.io.integrity import META_FILE
 
     if spec == "embedded":
         from qdit.models.embedded import load_embedded
@@ -125,8 +118,8 @@ def load_model(
         return model.to(device)
     path = Path(spec)
     if path.is_dir():
-        if is_qdit_dir(path):
-            return load(path, device=device, kernel=kernel, verify=verify)
+        if (path / META_FILE).is_file():
+            raise QditError(f"{path} is a quantized qdit folder: load it with qdit.load or qdit.api.load_model")
         from qdit.models.diffusers_models import is_diffusers_dir, load_diffusers
 
         if is_diffusers_dir(path):
