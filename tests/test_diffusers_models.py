@@ -374,3 +374,89 @@ def test_official_layout_checkpoint_with_vae(tmp_path: Path, pipe_with_vae: Path
     assert load_samples(out).images.shape == (2, 16, 16, 3)
     res = run_cli("sample", "--model", str(q), "-n", "2", "--vae", str(tmp_path), "--out", str(out))
     assert res.returncode == 2 and "not a diffusers AutoencoderKL folder" in res.stderr
+
+
+def toy_latent_features(dim: int = 6) -> Any:
+    """Differentiable toy features of the tiny DiT's 4x8x8 latents (a fixed random projection), with
+    reference statistics: the search's default gradient strategy needs them (Inception needs weights)."""
+    import numpy as np
+
+    from qdit.search.model import FeatureSpace
+
+    proj = np.random.default_rng(0).standard_normal((4 * 8 * 8, dim)).astype(np.float32)
+    ref = np.random.default_rng(1).standard_normal((200, dim))
+    proj_t = torch.from_numpy(proj)
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        return (images.reshape(len(images), -1).astype(np.float32) / 127.5 - 1) @ proj
+
+    def differentiable(x: torch.Tensor) -> torch.Tensor:  # the same, from model-space NCHW latents
+        return x.float().clamp(-1, 1).permute(0, 2, 3, 1).reshape(len(x), -1) @ proj_t
+
+    return FeatureSpace("toy_fd", extract, ref.mean(0), np.cov(ref, rowvar=False), differentiable)
+
+
+def test_cli_search_on_a_pipeline_folder_and_quantize_by_its_recipe(
+    tmp_path: Path, dit_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``qdit search --model FOLDER`` with the default cheap (gradient) search: geometry, model function,
+    noise schedule and guidance all come from the diffusers adapter; the recipe names the model's own
+    linears and ``qdit quantize --model FOLDER --recipe`` applies it."""
+    import qdit.commands.search as cmd
+    from qdit.cli import main
+    from qdit.search.model import ModelObjective
+
+    monkeypatch.setattr(cmd, "_features", lambda args, model, device: toy_latent_features())
+    schedules = []
+    original = ModelObjective.__init__
+
+    def spy(self: ModelObjective, *a: Any, **k: Any) -> None:
+        original(self, *a, **k)
+        schedules.append(self.diffusion)
+
+    monkeypatch.setattr(ModelObjective, "__init__", spy)
+    recipe_path = tmp_path / "r.json"
+    argv = [
+        "search", "--model", str(dit_folder), "--num-samples", "3", "--steps", "2", "--batch-size", "8",
+        "--candidates", "2", "--cheap-budget", "6", "--out", str(recipe_path), "--json", str(tmp_path / "rep.json"),
+        "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["method"] == "cheap" and rep["strategy"] == "gradient"
+    # the pipeline's own scheduler (here linear too, but read from scheduler/, not assumed)
+    assert schedules and schedules[0].num_timesteps == 1000
+    recipe = Recipe.load(recipe_path)
+    model = load_model(str(dit_folder))
+    default = get_adapter(model).layer_groups(model)["default"]
+    assert sorted(recipe.overrides) == sorted(default) and len(default) == 12
+    assert all(name.startswith("transformer_blocks.") for name in recipe.overrides)
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(dit_folder), "--recipe", str(recipe_path), "--device", "cpu",
+                 "--out", str(out)]) == 0  # fmt: skip
+    back = qdit.load(out, kernel="fake")
+    here = qdit.quantize(load_model(str(dit_folder)), recipe, kernel="fake")
+    inputs = dit_inputs()
+    assert torch.equal(dit_out(back, inputs), dit_out(here, inputs))
+    assert sqnr(dit_out(tiny_dit(), inputs), dit_out(back, inputs)) > 10.0
+
+
+def test_search_objective_samples_with_the_adapters_schedule_and_model_function(dit_folder: Path) -> None:
+    """The search's objective asks the adapter: a pipeline whose scheduler is not qdit's linear default
+    is sampled with its own betas, through diffusers' forward signature."""
+    from qdit.diffusion.schedule import GaussianDiffusion
+    from qdit.search.model import ModelObjective, build_space, model_geometry, searchable_layers
+
+    model = load_model(str(dit_folder))
+    schedule = dict(model.qdit_schedule, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    object.__setattr__(model, "qdit_schedule", schedule)
+    assert model_geometry(model) == ((4, 8, 8), NUM_CLASSES)
+    base = QuantSpec(w_bits=4, a_bits=8)
+    layers = searchable_layers(model, base)
+    assert {layer.tokens for layer in layers} == {16}  # (8 / patch 2) ** 2
+    space = build_space(layers, 4, 8)
+    obj = ModelObjective.build(model, space, base, toy_latent_features(), with_proxy=True, keep_float=False)
+    betas = torch.as_tensor(obj.diffusion.betas)
+    assert torch.allclose(betas, torch.as_tensor(GaussianDiffusion.from_scheduler_config(schedule).betas))
+    assert not torch.allclose(betas, torch.as_tensor(GaussianDiffusion.linear().betas))
+    assert obj.proxy(space.uniform(32)).value > 0

@@ -417,7 +417,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized; search on the float model")
-    check_cfg_channels(args.cfg_channels, getattr(getattr(model, "config", None), "in_channels", None))
+    from qdit.models.adapter import get_adapter
+    from qdit.search.model import model_geometry
+
+    shape, _ = model_geometry(model)  # the adapter's geometry: a one-line error for a model it cannot sample
+    check_cfg_channels(args.cfg_channels, shape[0])
+    get_adapter(model).check_cfg_scale(model, args.cfg)
     features = _features(args, model, device)
     state = args.state or f"{args.out}.state.json"
     outcome = search_groups(

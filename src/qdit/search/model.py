@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
+from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.bank import BankedQuantLinear, bank_factory
@@ -147,14 +148,37 @@ class FitnessConfig:
 
 
 def model_geometry(model: nn.Module) -> tuple[tuple[int, ...], int]:
-    """``(image_shape, num_classes)`` of a class-conditional DiT-like model."""
+    """``(image_shape, num_classes)`` of a class-conditional model, from its adapter (the one definition
+    shared with the sampler and calibration; a one-line error when the adapter does not know)."""
+    from qdit.models.adapter import get_adapter
+
+    shape, classes = get_adapter(model).sampling_geometry(model)
+    return tuple(int(v) for v in shape), int(classes)
+
+
+def _tokens(model: nn.Module) -> int:
+    """Tokens per image (for the cost model): the config's ``num_patches`` (our DiT), else the latent's
+    ``H*W / patch_size**2`` when the config has a patch size (diffusers transformers), else 1."""
     cfg = getattr(model, "config", None)
-    try:
-        return (int(cfg.in_channels), int(cfg.input_size), int(cfg.input_size)), int(cfg.num_classes)  # type: ignore[union-attr]
-    except AttributeError:
-        raise QditError(
-            f"the search needs a class-conditional DiT (with config.in_channels/input_size/num_classes); got {type(model).__name__}"
-        ) from None
+    n = getattr(cfg, "num_patches", None)
+    if n:
+        return int(n)
+    patch = getattr(cfg, "patch_size", None)
+    if isinstance(patch, int) and patch > 0:
+        try:
+            _, h, w = model_geometry(model)[0]
+        except QditError:
+            return 1
+        return max(1, (int(h) // patch) * (int(w) // patch))
+    return 1
+
+
+def _schedule(model: nn.Module) -> GaussianDiffusion:
+    """The model's training noise schedule (its adapter's; qdit's linear 1000 steps by default)."""
+    from qdit.models.adapter import get_adapter
+
+    config = get_adapter(model).noise_schedule(model)
+    return GaussianDiffusion.from_scheduler_config(config) if config else GaussianDiffusion.linear()
 
 
 def searchable_layers(model: nn.Module, base: QuantSpec) -> list[LayerInfo]:
@@ -163,7 +187,7 @@ def searchable_layers(model: nn.Module, base: QuantSpec) -> list[LayerInfo]:
 
     specs = resolve_specs(model, Recipe(default=replace(base, w_group=0, a_group=0)))
     modules = dict(model.named_modules())
-    tokens = int(getattr(getattr(model, "config", None), "num_patches", 1) or 1)
+    tokens = _tokens(model)
     return [LayerInfo(n, modules[n].in_features, modules[n].out_features, tokens) for n in specs]
 
 
@@ -243,7 +267,7 @@ def weights_digest(model: nn.Module, names: Sequence[str], per_layer: int = 4096
 class _Recorder:
     """A model function that records its inputs (for the proxy's calibration batch)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         self.model = model
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -289,7 +313,15 @@ class ModelObjective:
         self.proxy_data = proxy_data
         self.model_name = model_name
         self.device = torch.device(device)
+        from qdit.models.adapter import get_adapter
+
+        adapter = get_adapter(qmodel)
         self.image_shape, self.num_classes = model_geometry(qmodel)
+        adapter.check_cfg_scale(qmodel, config.cfg_scale)
+        # how the sampler calls the models (their adapter's model function) and their noise schedule
+        self.model_fn = adapter.model_fn(qmodel)
+        self.fp_fn = get_adapter(fp_model).model_fn(fp_model) if fp_model is not None else None
+        self.diffusion = _schedule(qmodel)
         from qdit.nn.swap import quant_layers
 
         self.layers = quant_layers(qmodel)
@@ -364,8 +396,13 @@ class ModelObjective:
 
     @staticmethod
     def _proxy_inputs(model: nn.Module, config: FitnessConfig, device: torch.device | str) -> _ProxyData:
+        from qdit.models.adapter import get_adapter
+
+        adapter = get_adapter(model)
         shape, num_classes = model_geometry(model)
-        rec = _Recorder(model)
+        adapter.check_cfg_scale(model, config.cfg_scale)
+        model_fn = adapter.model_fn(model)
+        rec = _Recorder(model_fn)
         labels = default_labels(config.proxy_samples, num_classes)
         generate(
             rec,
@@ -376,6 +413,7 @@ class ModelObjective:
             config.sampler,
             batch_size=config.batch_size,
             device=device,
+            diffusion=_schedule(model),
         )
         keep = np.unique(
             np.linspace(0, len(rec.calls) - 1, min(config.proxy_steps, len(rec.calls))).round().astype(int)
@@ -383,7 +421,7 @@ class ModelObjective:
         x = torch.cat([rec.calls[i][0] for i in keep])
         t = torch.cat([rec.calls[i][1] for i in keep])
         y = torch.cat([rec.calls[i][2] for i in keep])
-        eps = model(x, t, y)[:, : shape[0]].float()
+        eps = model_fn(x, t, y)[:, : shape[0]].float()
         return _ProxyData(x, t, y, eps, float(eps.pow(2).mean().clamp(min=1e-12)))
 
     # --- switching candidates ------------------------------------------------------------------
@@ -402,8 +440,9 @@ class ModelObjective:
         self.apply(genome)
         labels = default_labels(stop, self.num_classes)[start:stop]
         x = generate(
-            self.model, self.image_shape, self.num_classes, labels, self.config.seed if seed is None else seed,
+            self.model_fn, self.image_shape, self.num_classes, labels, self.config.seed if seed is None else seed,
             self.config.sampler, indices=list(range(start, stop)), batch_size=self.config.batch_size, device=self.device,
+            diffusion=self.diffusion,
         )  # fmt: skip
         return to_uint8_nhwc(x)
 
@@ -460,8 +499,9 @@ class ModelObjective:
         if extra:
             labels = default_labels(num_samples, self.num_classes)[len(have) :]
             x = generate(
-                self.fp_model, self.image_shape, self.num_classes, labels, seed, self.config.sampler,
+                self.fp_fn, self.image_shape, self.num_classes, labels, seed, self.config.sampler,
                 indices=list(range(len(have), num_samples)), batch_size=self.config.batch_size, device=self.device,
+                diffusion=self.diffusion,
             )  # fmt: skip
             new = np.asarray(self.features.extract(to_uint8_nhwc(x)), dtype=np.float32)
             have = new if len(have) == 0 else np.concatenate([have, new])
@@ -512,7 +552,6 @@ class ModelObjective:
         """Every single-gene change's first-order effect on the fitness of ``num_samples`` samples
         (see :mod:`qdit.search.gradient`): one forward and backward pass through the sampler."""
         from qdit.diffusion.sampler import SampleNoise, guided, reverse_process
-        from qdit.diffusion.schedule import GaussianDiffusion
         from qdit.eval.metrics import feature_stats
         from qdit.search.gradient import OutputProbe, distance_gradient
 
@@ -553,10 +592,10 @@ class ModelObjective:
 
             return run
 
-        spaced = GaussianDiffusion.linear().respaced(self.config.steps)
+        spaced = self.diffusion.respaced(self.config.steps)
         sampler = self.config.sampler
         guided_fn = guided(
-            self.model, sampler.cfg_scale, self.num_classes, self.image_shape[0], sampler.cfg_channels
+            self.model_fn, sampler.cfg_scale, self.num_classes, self.image_shape[0], sampler.cfg_channels
         )
 
         def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -598,7 +637,7 @@ class ModelObjective:
         err = 0.0
         bs = max(1, self.config.batch_size * 2)
         for s in range(0, len(d.x), bs):
-            out = self.model(d.x[s : s + bs], d.t[s : s + bs], d.y[s : s + bs])[:, :c].float()
+            out = self.model_fn(d.x[s : s + bs], d.t[s : s + bs], d.y[s : s + bs])[:, :c].float()
             err += float((out - d.eps[s : s + bs]).pow(2).sum())
         value = err / d.eps.numel() / d.scale
         return Evaluation(value, images=0, forwards=len(d.x))
