@@ -460,3 +460,11 @@ def test_search_objective_samples_with_the_adapters_schedule_and_model_function(
     assert torch.allclose(betas, torch.as_tensor(GaussianDiffusion.from_scheduler_config(schedule).betas))
     assert not torch.allclose(betas, torch.as_tensor(GaussianDiffusion.linear().betas))
     assert obj.proxy(space.uniform(32)).value > 0
+
+
+def test_bench_times_a_pipeline_folder(dit_folder: Path) -> None:
+    from qdit.commands.bench import CONFIGS, bench_embedded
+
+    result = bench_embedded(str(dit_folder), None, batch=2, repeats=1)
+    assert set(result["forward_ms"]) == set(CONFIGS) and all(v > 0 for v in result["forward_ms"].values())
+    assert result["group"] == 64  # the tiny DiT's widths (64, 256): 128 does not divide 64

@@ -45,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="speed, memory and size of integer-kernel vs float models (same inputs, same run)"
     )
-    p.add_argument("--model", default="embedded", help="the model of part 3 (default: embedded)")
+    p.add_argument(
+        "--model", default="embedded", help="the model of part 3: embedded, a DiT checkpoint or a diffusers folder"
+    )
     p.add_argument("--arch", default=None)
     p.add_argument("--batch", type=int, default=8, help="images per DiT-XL/2 forward (256 tokens each)")
     p.add_argument("--blocks", type=int, default=None, help="DiT-XL/2 blocks in the timed stack (default 4)")
@@ -75,7 +77,7 @@ def xl_model(depth: int, seed: int = 0) -> Any:
     return model.eval()
 
 
-def quantized(model: Any, w_bits: int, group: int, kernel: str) -> Any:
+def quantized(model: Any, w_bits: int, group: int, kernel: str, include: list[str] | None = None) -> Any:
     """A bf16 copy of ``model`` quantized W``w_bits``A8 (RTN, dynamic per-token activations) in
     ``group`` for every block linear and adaLN, on the kernel path ``kernel``."""
     import copy
@@ -88,7 +90,7 @@ def quantized(model: Any, w_bits: int, group: int, kernel: str) -> Any:
 
     q = copy.deepcopy(model).to(torch.bfloat16)
     spec = QuantSpec(w_bits=w_bits, a_bits=8, w_group=group, a_group=group)
-    qdit.quantize(q, Recipe(default=spec, include=["adaln"]))
+    qdit.quantize(q, Recipe(default=spec, include=["adaln"] if include is None else include))
     freeze(q, kernel)
     return q
 
@@ -324,22 +326,35 @@ def bench_memory(depth: int, batch: int, threads: int, progress: bool = True) ->
 
 # --- the embedded model ------------------------------------------------------------------------
 def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) -> dict[str, Any]:
+    """Part 3: one denoiser forward of ``model_name`` (any model with an adapter: embedded, a DiT
+    checkpoint, a diffusers folder) in every configuration."""
     import torch
 
     from qdit.api import load_model
+    from qdit.models.adapter import get_adapter
 
     base = load_model(model_name, arch)
-    cfg = base.config
-    group = GROUP if cfg.hidden_size % GROUP == 0 else 64 if cfg.hidden_size % 64 == 0 else 0
-    inputs = model_inputs(cfg, batch)
+    adapter = get_adapter(base)
+    (channels, height, width), classes = adapter.sampling_geometry(base)
+    widths = adapter.layer_widths(base).values()
+    group = next((g for g in (GROUP, 64, 32) if all(w % g == 0 for w in widths)), 0)
+    include = ["adaln"] if "adaln" in adapter.layer_groups(base) else []
+    g = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.randn(batch, channels, height, width, generator=g),
+        torch.randint(0, 1000, (batch,), generator=g),
+        torch.randint(0, classes, (batch,), generator=g),
+    )
     models = {}
     for name, bg in CONFIGS.items():
         if bg is None:
             models[name] = make_variant(base, name)
         else:
-            models[name] = quantized(base, bg[0], bg[1] and group, "fake" if name.endswith("fake") else "int")
+            kernel = "fake" if name.endswith("fake") else "int"
+            models[name] = quantized(base, bg[0], bg[1] and group, kernel, include)
     calls = {
-        n: forward_fn(m, inputs, torch.float32 if n == "fp32" else torch.bfloat16) for n, m in models.items()
+        n: forward_fn(adapter.model_fn(m), inputs, torch.float32 if n == "fp32" else torch.bfloat16)
+        for n, m in models.items()
     }
     times = time_interleaved(calls, repeats)
     return {"model": model_name, "batch": batch, "group": group, "forward_ms": {n: s * 1e3 for n, s in times.items()}}
