@@ -1,4 +1,4 @@
-"""Training the embedded Fashion-MNIST DiT (resumable, checkpointed, time-boxed)."""
+"""Training the embedded Fashion-MNIST DiT and video DiT (resumable, checkpointed, time-boxed)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from qdit.data import load_fashion_mnist
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.models.dit import DiT, DiTConfig
 from qdit.models.embedded import EMBEDDED_CONFIG
+from qdit.models.latte import VideoDiT, VideoDiTConfig
 from qdit.quant.finite import check_finite_number
 
 
@@ -55,21 +56,26 @@ def _atomic_save(obj: object, path: Path) -> None:
 def train_embedded(
     out_dir: str | Path,
     config: TrainConfig | None = None,
-    model_config: DiTConfig = EMBEDDED_CONFIG,
+    model_config: DiTConfig | VideoDiTConfig = EMBEDDED_CONFIG,
     data_dir: str | None = None,
 ) -> Path:
-    """Train (or resume) in ``out_dir``; writes ``state.pt`` checkpoints, ``log.jsonl`` and ``ema.safetensors``."""
+    """Train (or resume) in ``out_dir``; writes ``state.pt`` checkpoints, ``log.jsonl`` and ``ema.safetensors``.
+
+    With a :class:`VideoDiTConfig` the model is the video DiT, trained on clips of a garment moving along
+    one of the paths of :data:`qdit.data.MOTIONS` (drawn per sample); ``init`` may then be an image DiT of
+    the same width, whose blocks become the spatial blocks (Latte's warm start).
+    """
     cfg = config or TrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    video = isinstance(model_config, VideoDiTConfig)
     images, labels = load_fashion_mnist("train", data_dir)
-    x_all = torch.from_numpy(images.copy()).float().div(127.5).sub(1).unsqueeze(1)
     y_all = torch.from_numpy(labels)
 
     torch.manual_seed(cfg.seed)
-    model = DiT(model_config)
+    model: torch.nn.Module = VideoDiT(model_config) if video else DiT(model_config)  # type: ignore[arg-type]
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     diffusion = GaussianDiffusion.linear()
@@ -87,19 +93,44 @@ def train_embedded(
     elif cfg.init:
         from qdit.models.checkpoint import load_state_dict_file, load_strict
 
-        init = load_state_dict_file(Path(cfg.init))
-        load_strict(model, init, source=cfg.init)
-        load_strict(ema, init, source=cfg.init)
+        init = {k: v.float() for k, v in load_state_dict_file(Path(cfg.init)).items()}
+        if video and "temp_embed" not in init:
+            from qdit.models.latte import video_from_image
+
+            for target in (model, ema):
+                video_from_image(target, init)  # type: ignore[arg-type]
+        else:
+            load_strict(model, init, source=cfg.init)
+            load_strict(ema, init, source=cfg.init)
     (out / "config.json").write_text(
-        json.dumps({"train": asdict(cfg), "model": model_config.to_dict()}, indent=2)
+        json.dumps({"train": asdict(cfg), "model": model_config.to_dict(), "video": video}, indent=2)
     )
     log = open(out / "log.jsonl", "a")
     model.train()
     t_start = time.time() - elapsed
     losses: list[float] = []
-    n = x_all.shape[0]
+    n = images.shape[0]
+    x_images = None if video else torch.from_numpy(images.copy()).float().div(127.5).sub(1).unsqueeze(1)
     perm = torch.randperm(n, generator=gen)
     cursor = (step * cfg.batch_size) % n
+
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        if video:
+            from qdit.data import FLIP_MOTION, MOTIONS, make_clips
+
+            motions = torch.randint(0, len(MOTIONS), (len(idx),), generator=gen).numpy()
+            garments = images[idx.numpy()]
+            if cfg.flip:  # a mirrored garment on the mirrored path: the clip family is closed under flips
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).numpy()
+                garments = np.where(flip[:, None, None], garments[:, :, ::-1], garments)
+                motions = np.where(flip, np.take(FLIP_MOTION, motions), motions)
+            clips = torch.from_numpy(make_clips(garments, motions)).float().div(127.5).sub(1)
+            return clips.unsqueeze(1)  # [B, 1, T, H, W]
+        x0 = x_images[idx]  # type: ignore[index]
+        if cfg.flip:
+            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return x0
 
     def save() -> None:
         _atomic_save(
@@ -120,10 +151,7 @@ def train_embedded(
             perm, cursor = torch.randperm(n, generator=gen), 0
         idx = perm[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
-        x0, y = x_all[idx], y_all[idx]
-        if cfg.flip:
-            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        x0, y = batch(idx), y_all[idx]
         t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         x_t = diffusion.q_sample(x0, t, noise)
@@ -188,12 +216,20 @@ def main() -> None:  # python -m qdit.train OUT_DIR
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--ckpt-every", type=int, default=TrainConfig.ckpt_every)
     p.add_argument("--init", default=None, help="warm start from these weights (ignored when resuming)")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--video", action="store_true", help="train the embedded video DiT on moving-garment clips")
     a = p.parse_args()
     cfg = TrainConfig(
         max_steps=a.max_steps, max_minutes=a.max_minutes, threads=a.threads,
         decay_steps=a.decay_steps, ema_decay=a.ema_decay, lr=a.lr, ckpt_every=a.ckpt_every, init=a.init,
+        batch_size=a.batch_size,
     )  # fmt: skip
-    train_embedded(a.out_dir, cfg)
+    if a.video:
+        from qdit.models.embedded import EMBEDDED_VIDEO_CONFIG
+
+        train_embedded(a.out_dir, cfg, EMBEDDED_VIDEO_CONFIG)
+    else:
+        train_embedded(a.out_dir, cfg)
 
 
 if __name__ == "__main__":
