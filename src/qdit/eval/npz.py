@@ -1,7 +1,8 @@
 """Sample and reference ``.npz`` files.
 
 Samples (the guided-diffusion / ADM convention): ``arr_0`` uint8 ``[N, H, W, C]`` (C = 1 or 3) and
-``labels`` int64 ``[N]`` (optional when reading: unconditional samples have none).
+``labels`` int64 ``[N]`` (optional when reading: unconditional samples have none). Video samples
+(clips) have ``arr_0`` uint8 ``[N, T, H, W, C]``.
 
 References for ``qdit eval --ref``:
 
@@ -35,8 +36,12 @@ STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s", "features", "radii")
 
 @dataclass
 class Samples:
-    images: np.ndarray  # uint8 [N, H, W, C]
+    images: np.ndarray  # uint8 [N, H, W, C], or clips [N, T, H, W, C]
     labels: np.ndarray | None  # int64 [N]
+
+    @property
+    def is_video(self) -> bool:
+        return self.images.ndim == 5
 
 
 @dataclass
@@ -64,6 +69,23 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
     return arr
 
 
+def check_clips(clips: np.ndarray, what: str = "clips") -> np.ndarray:
+    """uint8 ``[N, T, H, W, C]`` with C = 1 or 3 and T >= 1; else QditError."""
+    arr = np.asarray(clips)
+    if arr.dtype != np.uint8:
+        raise QditError(f"{what} must be uint8, got {arr.dtype}")
+    if arr.ndim != 5 or arr.shape[-1] not in (1, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise QditError(
+            f"{what} must have shape [N, T, H, W, C] with N, T > 0 and C = 1 or 3, got {list(arr.shape)}"
+        )
+    return arr
+
+
+def check_samples(arr: np.ndarray, what: str = "samples") -> np.ndarray:
+    """Images (:func:`check_images`) or, for a 5-D array, clips (:func:`check_clips`)."""
+    return check_clips(arr, what) if np.ndim(arr) == 5 else check_images(arr, what)
+
+
 def check_labels(labels: np.ndarray, n: int, what: str = "labels") -> np.ndarray:
     """Integer ``[n]`` -> int64; else QditError."""
     arr = np.asarray(labels)
@@ -75,8 +97,9 @@ def check_labels(labels: np.ndarray, n: int, what: str = "labels") -> np.ndarray
 
 
 def save_samples(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None) -> None:
-    """Write a samples ``.npz`` atomically (validated first; an existing file is replaced only on success)."""
-    imgs = check_images(images)
+    """Write a samples ``.npz`` of images or clips atomically (validated first; an existing file is replaced
+    only on success)."""
+    imgs = check_samples(images)
     arrays = {IMAGES_KEY: imgs}
     if labels is not None:
         arrays[LABELS_KEY] = check_labels(labels, imgs.shape[0])
@@ -122,7 +145,7 @@ def load_samples(path: str | os.PathLike) -> Samples:
             raise QditError(
                 f"{p}: no {IMAGES_KEY!r} array (found {sorted(npz.files)}); samples must be in arr_0"
             )
-        images = check_images(_read(npz, IMAGES_KEY, p), f"{p}: {IMAGES_KEY}")
+        images = check_samples(_read(npz, IMAGES_KEY, p), f"{p}: {IMAGES_KEY}")
         labels = None
         if LABELS_KEY in npz.files:
             labels = check_labels(_read(npz, LABELS_KEY, p), images.shape[0], f"{p}: {LABELS_KEY}")
