@@ -10,9 +10,11 @@ from qdit.models.adapter import (
     register_factory,
 )
 from qdit.models.diffusers_models import DiffusersDiTAdapter, PixArtAdapter, set_captions
+from qdit.models.latte import VideoDiTAdapter
 
 register_adapter(DiffusersDiTAdapter())
 register_adapter(PixArtAdapter())
+register_adapter(VideoDiTAdapter())
 
 __all__ = [
     "ModelAdapter", "PatternAdapter", "attach_adapter", "get_adapter", "register_adapter", "register_factory",

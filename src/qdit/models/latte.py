@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from qdit.errors import QditError
+from qdit.models.adapter import DiTAdapter
 from qdit.models.dit import (
     DiTBlock,
     FinalLayer,
@@ -168,3 +171,60 @@ def video_from_image(video: VideoDiT, image_state: dict[str, torch.Tensor]) -> l
 
 def num_params(model: nn.Module) -> int:
     return sum(math.prod(p.shape) for p in model.parameters())
+
+
+# --- the adapter ------------------------------------------------------------------------------------
+FRAME_MAJOR = "frame-major"  # x is [S*T, N, C]: row s*T + t is frame t of clip s
+TOKEN_MAJOR = "token-major"  # x is [S*N, T, C]: row s*N + n is patch n of clip s, dim 1 the frames
+
+
+class VideoDiTAdapter(DiTAdapter):
+    """:class:`VideoDiT`: samples are clips ``(C, T, H, W)``; spatial blocks see frame-major activations and
+    temporal blocks token-major ones (:meth:`activation_layout`)."""
+
+    arch = "video-dit"
+
+    def handles(self, model: nn.Module) -> bool:
+        return isinstance(model, VideoDiT)
+
+    def block_names(self, model: nn.Module) -> None:
+        return None  # spatial and temporal blocks take differently laid-out inputs
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        desc = super().describe(model)
+        desc["arch"] = self.arch
+        return desc
+
+    def build(self, description: dict[str, Any]) -> nn.Module:
+        config = description.get("config")
+        if not isinstance(config, dict):
+            raise QditError("model description has no video DiT config")
+        try:
+            cfg = VideoDiTConfig(**config)
+        except (TypeError, ValueError) as exc:
+            raise QditError(f"bad video DiT config in model description: {exc}") from None
+        model = VideoDiT(cfg, init_weights=False)
+        if "source" in description:
+            object.__setattr__(model, "qdit_source", description["source"])
+        return model
+
+    def image_shape(self, model: nn.Module) -> tuple[int, int, int, int]:  # type: ignore[override]
+        cfg = model.config  # type: ignore[union-attr]
+        return (int(cfg.in_channels), int(cfg.num_frames), int(cfg.input_size), int(cfg.input_size))
+
+    def num_frames(self, model: nn.Module) -> int:
+        return int(model.config.num_frames)  # type: ignore[union-attr]
+
+    def activation_layout(self, model: nn.Module) -> dict[str, tuple[str, int]]:
+        """``{linear name: (layout, frames)}``: how the leading dims of each linear's input map to clips,
+        frames and tokens (:data:`FRAME_MAJOR` or :data:`TOKEN_MAJOR`). The adaLN linears of temporal
+        blocks and the final layer see one row per clip-and-patch or clip-and-frame (2-D inputs)."""
+        frames = self.num_frames(model)
+        out: dict[str, tuple[str, int]] = {}
+        for name in self.linear_layers(model):
+            if name.startswith("blocks."):
+                idx = int(name.split(".")[1])
+                out[name] = (FRAME_MAJOR if idx % 2 == 0 else TOKEN_MAJOR, frames)
+            elif name.startswith("final_layer."):
+                out[name] = (FRAME_MAJOR, frames)
+        return out
