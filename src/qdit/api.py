@@ -105,14 +105,15 @@ def load_model(
     kernel: str = "auto",
     verify: bool = True,
 ) -> nn.Module:
-    """``embedded``, a DiT checkpoint file (with ``arch``), a diffusers pipeline or transformer folder, or
-    a quantized folder written by ``qdit.save`` (checked against its digests unless ``verify`` is off;
-    its layers on the kernel paths ``kernel`` picks, see :func:`qdit.nn.choose_kernel`)."""
+    """A built-in model (``embedded``, ``embedded-video``), a DiT checkpoint file (with ``arch``), a
+    diffusers pipeline or transformer folder, or a quantized folder written by ``qdit.save`` (checked
+    against its digests unless ``verify`` is off; its layers on the kernel paths ``kernel`` picks, see
+    :func:`qdit.nn.choose_kernel`)."""
     from pathlib import Path
 
     from qdit.io.checkpoint import is_qdit_dir, load
-    from qdit.models.registry import load_base_model
+    from qdit.models.registry import is_builtin, load_base_model
 
-    if spec != "embedded" and is_qdit_dir(Path(spec)):
+    if not is_builtin(spec) and is_qdit_dir(Path(spec)):
         return load(spec, device=device, kernel=kernel, verify=verify)
     return load_base_model(spec, arch, device)

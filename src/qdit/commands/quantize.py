@@ -18,7 +18,7 @@ from qdit.commands.common import add_cfg_channels, check_cfg_channels
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model (weights and activations) into a model folder")
     p.add_argument(
-        "--model", default="embedded", help="'embedded', a DiT checkpoint file (with --arch), a diffusers pipeline/transformer folder or a qdit folder"
+        "--model", default="embedded", help="'embedded', 'embedded-video', a DiT checkpoint file (with --arch), a diffusers pipeline/transformer folder or a qdit folder"
     )
     p.add_argument(
         "--arch", default=None, help="architecture of a checkpoint: DiT-XL/2, or JSON of DiTConfig fields"
@@ -145,12 +145,13 @@ def run(args: argparse.Namespace) -> int:
     from qdit.diffusion.sampler import check_cfg_scale
     from qdit.io.atomic import check_outputs, write_json
     from qdit.io.checkpoint import check_save_target, save
+    from qdit.models.registry import model_input_path
     from qdit.models.vae import attach_vae, check_vae_dir
 
     check_cfg_scale(args.calib_cfg, "--calib-cfg")
     check_outputs(
         {"--out": args.out, "--json": args.json},
-        {"--model": None if args.model == "embedded" else args.model, "--recipe": args.recipe},
+        {"--model": model_input_path(args.model), "--recipe": args.recipe},
         folders=("--out",),
     )
     check_save_target(args.out)  # before the work: a typo must not cost the whole run

@@ -14,7 +14,7 @@ from qdit.commands.common import add_cfg_channels, check_cfg_channels
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample images from a model or a quantized model folder")
     p.add_argument(
-        "--model", default="embedded", help="'embedded', a DiT checkpoint (with --arch), a diffusers folder or a quantized folder"
+        "--model", default="embedded", help="'embedded', 'embedded-video', a DiT checkpoint (with --arch), a diffusers folder or a quantized folder"
     )
     p.add_argument("--arch", default=None, help="architecture of a checkpoint, e.g. DiT-XL/2")
     p.add_argument(
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.errors import QditError
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, check_outputs, write_json
+    from qdit.models.registry import model_input_path
     from qdit.models.vae import attach_vae, check_vae_dir
     from qdit.viz import image_grid
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_outputs(
         {"--out": args.out, "--grid": args.grid, "--json": args.json},
-        {"--model": None if args.model == "embedded" else args.model},
+        {"--model": model_input_path(args.model)},
     )
     vae = check_vae_dir(args.vae) if args.vae else None
     ctx = init_distributed()

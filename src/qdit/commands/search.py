@@ -312,13 +312,14 @@ def _check(args: argparse.Namespace) -> dict:
     if args.bits_choices and args.budget_bpw is None:
         raise QditError("mixed precision (--bits-choices) needs a --budget-bpw budget")
     from qdit.io.atomic import check_outputs
+    from qdit.models.registry import model_input_path
 
     if Path(args.out).is_dir():
         raise QditError(f"--out {args.out} is a folder; give a file name such as recipe.json")
     state = args.state or f"{args.out}.state.json"
     check_outputs(
         {"--out": args.out, "--state": state, "--json": args.json, "--plot": args.plot},
-        {"--model": None if args.model == "embedded" else args.model, "--ref": args.ref},
+        {"--model": model_input_path(args.model), "--ref": args.ref},
     )
     if args.resume and not Path(state).is_file():
         raise QditError(f"--resume: no search state at {state}; start without --resume (or give --state)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from qdit.errors import QditError
 from qdit.models.dit import DiT, DiTConfig
 from qdit.models.latte import VideoDiT, VideoDiTConfig
 
@@ -56,11 +57,17 @@ EMBEDDED_VIDEO_WEIGHTS = "embedded_video_dit.safetensors"
 
 
 def load_embedded_video(path: str | Path | None = None) -> VideoDiT:
-    """The embedded moving-Fashion-MNIST video DiT in eval mode (weights stored in fp16, loaded as fp32)."""
+    """The embedded moving-Fashion-MNIST video DiT in eval mode (weights stored in fp16, loaded as fp32).
+
+    Reads only; a missing weights file is a one-line :class:`QditError` (the asset is trained separately,
+    ``python -m qdit.train --video``, and may be absent from a checkout)."""
     from qdit.models.checkpoint import load_state_dict_file, load_strict
 
-    model = VideoDiT(EMBEDDED_VIDEO_CONFIG, init_weights=False)
     weights = Path(path) if path is not None else asset_path(EMBEDDED_VIDEO_WEIGHTS)
+    if not weights.is_file():
+        what = "the embedded video model is not installed" if path is None else "video DiT weights not found"
+        raise QditError(f"{what}: {weights} is missing")
+    model = VideoDiT(EMBEDDED_VIDEO_CONFIG, init_weights=False)
     state = {k: v.float() for k, v in load_state_dict_file(weights).items()}
     load_strict(model, state, source=str(weights))
     return model.eval()

@@ -1,5 +1,5 @@
-"""Loading a model from a command-line spec: ``embedded``, a DiT checkpoint file, a diffusers folder, or a
-quantized folder.
+"""Loading a model from a command-line spec: ``embedded`` (the built-in image DiT), ``embedded-video`` (the
+built-in video DiT), a DiT checkpoint file, a diffusers folder, or a quantized folder.
 
 ``arch`` for a checkpoint file is an official name (``DiT-XL/2``), a JSON object of
 :class:`~qdit.models.dit.DiTConfig` fields (inline, e.g. ``'{"hidden_size": 64, "depth": 2, ...}'``, or a
@@ -24,6 +24,30 @@ from qdit.errors import QditError
 from qdit.models.dit import DiT, DiTConfig, dit_config
 
 _HEADS_BY_WIDTH = {1152: 16, 1024: 16, 768: 12, 384: 6}
+
+BUILTIN_MODELS = ("embedded", "embedded-video")  # model specs that name a model shipped with qdit, not a path
+
+
+def is_builtin(spec: str | Path) -> bool:
+    """Whether ``spec`` names a built-in model (so it is no file: it is never checked or overwritten as one)."""
+    return str(spec) in BUILTIN_MODELS
+
+
+def model_input_path(spec: str | Path) -> str | None:
+    """The path a model spec reads, for the commands' output-collision checks (``None`` for a built-in)."""
+    return None if is_builtin(spec) else str(spec)
+
+
+def load_builtin(spec: str) -> nn.Module:
+    """A built-in model in eval mode on the CPU, its ``qdit_source`` set to its name (recorded when saved)."""
+    from qdit.models.embedded import load_embedded, load_embedded_video
+
+    loaders = {"embedded": load_embedded, "embedded-video": load_embedded_video}
+    if spec not in loaders:
+        raise QditError(f"no built-in model {spec!r} (built-in: {', '.join(BUILTIN_MODELS)})")
+    model = loaders[spec]()
+    model.qdit_source = spec
+    return model
 
 
 def infer_dit_fields(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -105,17 +129,14 @@ def load_dit_checkpoint(path: str | Path, arch: str | None = None) -> DiT:
 
 
 def load_base_model(spec: str, arch: str | None = None, device: torch.device | str = "cpu") -> nn.Module:
-    """A float model: ``embedded``, a DiT checkpoint file (with ``arch``), or a diffusers pipeline or
-    transformer folder (``save_pretrained`` layout; needs ``qdit[diffusers]``). Quantized folders are
-    loaded by :func:`qdit.load` (and :func:`qdit.api.load_model`, which takes every kind)."""
+    """A float model: a built-in one (``embedded``, ``embedded-video``), a DiT checkpoint file (with
+    ``arch``), or a diffusers pipeline or transformer folder (``save_pretrained`` layout; needs
+    ``qdit[diffusers]``). Quantized folders are loaded by :func:`qdit.load` (and
+    :func:`qdit.api.load_model`, which takes every kind)."""
     from qdit.io.integrity import META_FILE
 
-    if spec == "embedded":
-        from qdit.models.embedded import load_embedded
-
-        model = load_embedded()
-        model.qdit_source = "embedded"
-        return model.to(device)
+    if is_builtin(spec):
+        return load_builtin(spec).to(device)
     path = Path(spec)
     if path.is_dir():
         if (path / META_FILE).is_file():
@@ -131,5 +152,6 @@ def load_base_model(spec: str, arch: str | None = None, device: torch.device | s
     if path.is_file():
         return load_dit_checkpoint(path, arch).to(device)
     raise QditError(
-        f"model not found: {spec!r} (use 'embedded', a DiT checkpoint file, a diffusers folder or a qdit model folder)"
+        f"model not found: {spec!r} (use 'embedded', 'embedded-video', a DiT checkpoint file, a diffusers folder "
+        "or a qdit model folder)"
     )
