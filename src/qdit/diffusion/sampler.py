@@ -1,6 +1,7 @@
 """DDPM and DDIM (eta = 0) sampling with classifier-free guidance and per-sample seeds.
 
-Sample ``i`` of a run with seed ``s`` draws all of its noise from its own generator, seeded from
+Samples are channel-first: images (or latents) ``(C, H, W)`` and clips ``(C, T, H, W)`` go through the
+same code, which touches only the batch dim and the channel dim 1. Sample ``i`` of a run with seed ``s`` draws all of its noise from its own generator, seeded from
 ``(s, i)``; its label is ``labels[i]``. So a sample does not depend on the batch it was drawn in, on
 the batch size, or on the rank that drew it.
 """
@@ -123,7 +124,8 @@ def reverse_process(
     step_callback: Callable[[int, torch.Tensor], None] | None = None,
     check_finite: bool = False,
 ) -> torch.Tensor:
-    """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]``.
+    """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]`` (``shape``
+    the sample shape, channels first).
 
     Autograd is left as it is (the search's sensitivity pass differentiates it); :func:`sample_batch`
     is the same without gradients. With ``check_finite`` a non-finite latent stops the run with a
@@ -189,7 +191,7 @@ def iter_batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]
 @torch.no_grad()
 def generate(
     model: nn.Module | ModelFn,
-    image_shape: Sequence[int],
+    sample_shape: Sequence[int],
     num_classes: int,
     labels: Sequence[int] | np.ndarray,
     seed: int,
@@ -202,7 +204,8 @@ def generate(
     progress_desc: str = "sampling",
     check_finite: bool = False,
 ) -> torch.Tensor:
-    """Sample images for ``indices`` (default: all of ``labels``); returns ``[N, C, H, W]`` in model space.
+    """Sample ``indices`` (default: all of ``labels``); returns ``[N, *sample_shape]`` in model space: images
+    ``[N, C, H, W]`` for a sample shape ``(C, H, W)``, clips ``[N, C, T, H, W]`` for ``(C, T, H, W)``.
 
     ``labels[k]`` is the class of sample ``indices[k]``. ``check_finite``: see :func:`reverse_process`.
     """
@@ -213,7 +216,7 @@ def generate(
         raise ValueError("labels and indices must have the same length")
     base = diffusion if diffusion is not None else GaussianDiffusion.linear()
     spaced = base.respaced(config.steps)
-    fn = guided(model, config.cfg_scale, num_classes, image_shape[0], config.cfg_channels)
+    fn = guided(model, config.cfg_scale, num_classes, sample_shape[0], config.cfg_channels)
     outs = []
     bar = None
     if progress:
@@ -242,34 +245,43 @@ def generate(
             sample_batch(
                 fn,
                 spaced,
-                image_shape,
+                sample_shape,
                 y,
                 noise,
                 config.method,
                 config.clip_denoised,
-                image_shape[0],
+                sample_shape[0],
                 cb,
                 check_finite,
             ).cpu()
         )
     if bar is not None:
         bar.close()
-    return torch.cat(outs) if outs else torch.empty(0, *image_shape)
+    return torch.cat(outs) if outs else torch.empty(0, *sample_shape)
+
+
+def is_clip_shape(shape: Sequence[int]) -> bool:
+    """Whether a sample shape is a clip's ``(C, T, H, W)`` (else an image's or latent's ``(C, H, W)``)."""
+    if len(shape) not in (3, 4):
+        raise ValueError(f"a sample shape is (C, H, W) or (C, T, H, W), got {tuple(shape)}")
+    return len(shape) == 4
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
-    """Model-space images in [-1, 1] ``[N, C, H, W]`` to uint8 ``[N, H, W, C]`` (ADM convention)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """Model-space samples in [-1, 1], channels first, to uint8 channels last: images ``[N, C, H, W]`` to
+    ``[N, H, W, C]`` (the ADM convention), clips ``[N, C, T, H, W]`` to ``[N, T, H, W, C]``."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(1, -1).numpy()
 
 
-def model_image_shape(model: nn.Module) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the images/latents a model denoises (from its adapter)."""
+def model_image_shape(model: nn.Module) -> tuple[int, ...]:
+    """The sample shape of a model (from its adapter): ``(C, H, W)`` of the images/latents it denoises, or
+    ``(C, T, H, W)`` of its clips."""
     from qdit.models.adapter import get_adapter
 
     shape = get_adapter(model).image_shape(model)
     if shape is None:
         raise ValueError(
-            f"qdit's model adapters do not know the image shape of a {type(model).__name__}; pass image_shape explicitly"
+            f"qdit's model adapters do not know the sample shape of a {type(model).__name__}; pass it explicitly"
         )
     return shape
 
@@ -285,14 +297,16 @@ def sample_images(
     ctx: object | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Sample ``num`` images, sharded over ``torch.distributed`` ranks when ``ctx`` is active.
+    """Sample ``num`` images or clips, sharded over ``torch.distributed`` ranks when ``ctx`` is active.
 
     ``decode`` maps the model's samples (latents) to images in [-1, 1] (a VAE, see the model adapter's
     ``decoder``); without it the samples are the images.
 
-    Returns uint8 ``[N, H, W, C]`` and int64 labels on the main rank (``None`` on the others); the
-    result is identical whatever the number of ranks or the batch size. A non-finite latent raises
-    :class:`NonFiniteSampleError` (images are never made from NaN).
+    Returns uint8 samples and int64 labels on the main rank (``None`` on the others): images
+    ``[N, H, W, C]``, or clips ``[N, T, H, W, C]`` for a model whose adapter's sample shape is
+    ``(C, T, H, W)`` (see :func:`to_uint8_nhwc`). The result is identical whatever the number of ranks or
+    the batch size. A non-finite latent raises :class:`NonFiniteSampleError` (samples are never made from
+    NaN).
     """
     from qdit.diffusion.distributed import DistContext, gather_to_main, shard
     from qdit.models.adapter import get_adapter
@@ -324,8 +338,9 @@ def sample_images(
     parts = gather_to_main((mine, to_uint8_nhwc(x)), ctx)
     if parts is None:
         return None
-    hwc = next((arr.shape[1:] for _, arr in parts if len(arr)), (shape[1], shape[2], shape[0]))  # type: ignore[misc]
-    images = np.zeros((num, *hwc), dtype=np.uint8)
+    # a rank's empty share is not decoded, so its shape may be the latents': take a non-empty one's
+    arrays = [arr for _, arr in parts if len(arr)] or [parts[0][1]]  # type: ignore[index]
+    out = np.zeros((num, *arrays[0].shape[1:]), dtype=np.uint8)
     for idx, arr in parts:  # type: ignore[misc]
-        images[idx] = arr
-    return images, all_labels
+        out[idx] = arr
+    return out, all_labels

@@ -65,8 +65,9 @@ class ModelAdapter:
         raise QditError(f"qdit cannot rebuild a model of kind {description.get('arch')!r}")
 
     # --- sampling: how qdit's sampler drives the model -------------------------------------------
-    def image_shape(self, model: nn.Module) -> tuple[int, int, int] | None:
-        """``(C, H, W)`` of the images or latents the model denoises; ``None`` if unknown."""
+    def image_shape(self, model: nn.Module) -> tuple[int, ...] | None:
+        """The sample shape, channels first: ``(C, H, W)`` of the images or latents the model denoises, or
+        ``(C, T, H, W)`` of the clips a video model denoises; ``None`` if unknown."""
         return None
 
     def num_classes(self, model: nn.Module) -> int | None:
@@ -99,8 +100,9 @@ class ModelAdapter:
 
         return vae_decoder(path)
 
-    def sampling_geometry(self, model: nn.Module) -> tuple[tuple[int, int, int], int]:
-        """``(image_shape, num_classes)``, or a one-line error naming what the adapter does not know."""
+    def sampling_geometry(self, model: nn.Module) -> tuple[tuple[int, ...], int]:
+        """``(sample shape, num_classes)`` (see :meth:`image_shape`), or a one-line error naming what the
+        adapter does not know."""
         shape, classes = self.image_shape(model), self.num_classes(model)
         if shape is None or classes is None:
             raise QditError(
