@@ -50,7 +50,7 @@ def existing(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("other", ["--json", "--grid"])
+@pytest.mark.parametrize("other", ["--json", "--grid", "--gif"])
 def test_sample_output_collisions_keep_the_existing_file(capsys, tmp_path, existing, no_work, other) -> None:
     before = existing.read_bytes()
     code, err = run(capsys, "sample", "--num", "2", "--out", str(existing), other, str(existing))

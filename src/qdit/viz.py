@@ -1,7 +1,8 @@
-"""Pictures: image grids and side-by-side comparisons (Pillow only)."""
+"""Pictures: image grids, clip frame grids and animated GIFs, side-by-side comparisons (Pillow only)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,39 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, scale:
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return img
+
+
+def _check_clips(clips: np.ndarray) -> np.ndarray:
+    if clips.ndim != 5 or clips.dtype != np.uint8 or clips.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"expected uint8 [N, T, H, W, C] clips (C = 1 or 3), got {clips.dtype} {clips.shape}"
+        )
+    return clips
+
+
+def clip_frame_grid(clips: np.ndarray, pad: int = 2, scale: int = 1) -> Image.Image:
+    """uint8 clips ``[N, T, H, W, C]`` to one image: a row per clip, its ``T`` frames left to right."""
+    n, t, h, w, c = _check_clips(clips).shape
+    return image_grid(clips.reshape(n * t, h, w, c), nrow=t, pad=pad, scale=scale)
+
+
+def clip_grid_frames(clips: np.ndarray, nrow: int = 10, pad: int = 2, scale: int = 1) -> list[Image.Image]:
+    """uint8 clips ``[N, T, H, W, C]`` to ``T`` grid images: frame ``t`` shows frame ``t`` of every clip,
+    up to ``nrow`` clips per row (fewer when there are fewer clips, so no empty column)."""
+    n, t = _check_clips(clips).shape[:2]
+    per_row = max(1, min(nrow, n))
+    return [
+        image_grid(np.ascontiguousarray(clips[:, k]), nrow=per_row, pad=pad, scale=scale) for k in range(t)
+    ]
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | os.PathLike, frame_ms: int = 125) -> None:
+    """An animated GIF of ``frames``, looping forever, ``frame_ms`` per frame. (The GIF writer merges a
+    frame identical to the one before into it, so a clip that stands still has fewer stored frames.)"""
+    if not frames:
+        raise ValueError("a GIF needs at least one frame")
+    first, *rest = frames
+    first.save(path, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
 
 
 def side_by_side(

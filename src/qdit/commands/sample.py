@@ -1,4 +1,8 @@
-"""``qdit sample``: draw class-conditional samples to an ADM-style ``.npz`` (and an image grid)."""
+"""``qdit sample``: draw class-conditional samples to an ADM-style ``.npz`` (and an image grid).
+
+A video model's samples are clips: the ``.npz`` holds ``arr_0`` uint8 ``[N, T, H, W, C]``, ``--grid`` shows
+one row of frames per clip and ``--gif`` animates a grid of clips.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from qdit.commands.common import add_cfg_channels, check_cfg_channels
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("sample", help="sample images from a model or a quantized model folder")
+    p = sub.add_parser("sample", help="sample images (or clips) from a model or a quantized model folder")
     p.add_argument(
         "--model", default="embedded", help="'embedded', 'embedded-video', a DiT checkpoint (with --arch), a diffusers folder or a quantized folder"
     )
@@ -57,9 +61,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="fp32",
         help="fp32, or bf16 autocast of the model (1,000 samples: 277 s vs 200 s on a 2-core CPU with AMX)",
     )
-    p.add_argument("--out", required=True, help="output .npz (arr_0 uint8 NHWC, labels int64)")
-    p.add_argument("--grid", default=None, help="also write an image grid PNG of the first samples")
-    p.add_argument("--grid-num", type=int, default=100, help="images in the grid")
+    p.add_argument(
+        "--out", required=True, help="output .npz (arr_0 uint8 NHWC, clips NTHWC for a video model; labels int64)"
+    )
+    p.add_argument(
+        "--grid", default=None, help="also write a PNG grid of the first samples (clips: a row of frames each)"
+    )
+    p.add_argument(
+        "--gif", default=None, help="video models: also write an animated GIF of a grid of the first clips (looping)"
+    )
+    p.add_argument(
+        "--grid-num", type=int, default=None, help="samples in the grid and the GIF (default: 100 images, 20 clips)"
+    )
     p.add_argument("--json", default=None, help="write a JSON summary here")
     p.add_argument(
         "--no-verify",
@@ -88,19 +101,25 @@ def run(args: argparse.Namespace) -> int:
 
     from qdit.api import load_model
     from qdit.diffusion.distributed import finalize, init_distributed
-    from qdit.diffusion.sampler import SamplerConfig, check_cfg_scale, precision_context, sample_images
+    from qdit.diffusion.sampler import (
+        SamplerConfig,
+        check_cfg_scale,
+        is_clip_shape,
+        precision_context,
+        sample_images,
+    )
     from qdit.errors import QditError
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, check_outputs, write_json
     from qdit.models.registry import model_input_path
     from qdit.models.vae import attach_vae, check_vae_dir
-    from qdit.viz import image_grid
+    from qdit.viz import clip_frame_grid, clip_grid_frames, image_grid, save_gif
 
     if args.num < 1:
         raise QditError(f"--num must be >= 1, got {args.num}")
     if args.batch_size < 1:
         raise QditError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.grid_num < 1:
+    if args.grid_num is not None and args.grid_num < 1:
         raise QditError(f"--grid-num must be >= 1, got {args.grid_num}")
     if not str(args.out).endswith(".npz"):
         raise QditError(f"--out must end with .npz, got {args.out}")
@@ -109,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, method=args.method, cfg_scale=args.cfg, clip_denoised=True, cfg_channels=args.cfg_channels,
     )  # fmt: skip
     check_outputs(
-        {"--out": args.out, "--grid": args.grid, "--json": args.json},
+        {"--out": args.out, "--grid": args.grid, "--gif": args.gif, "--json": args.json},
         {"--model": model_input_path(args.model)},
     )
     vae = check_vae_dir(args.vae) if args.vae else None
@@ -126,8 +145,13 @@ def run(args: argparse.Namespace) -> int:
         if vae:
             attach_vae(model, vae)
         adapter = get_adapter(model)
-        (channels, _, _), num_classes = adapter.sampling_geometry(model)
+        shape, num_classes = adapter.sampling_geometry(model)
+        channels, video = shape[0], is_clip_shape(shape)
+        if args.gif and not video:
+            raise QditError(f"--gif needs a video model; {args.model} makes images (use --grid for a PNG grid)")
         decode = adapter.decoder(model)
+        if decode is not None and video:
+            raise QditError(f"{args.model} is a video model: qdit does not decode clips with a VAE")
         if decode is None and channels not in (1, 3):
             raise QditError(
                 f"{args.model} denoises {channels}-channel latents; decoding them to images needs a VAE: "
@@ -147,18 +171,24 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.time() - t0
         if result is None:  # not the main rank
             return 0
-        images, labels_out = result
-        save_samples(args.out, images, labels_out)
+        samples, labels_out = result
+        save_samples(args.out, samples, labels_out)
+        kind = "clips" if video else "images"
+        shown = samples[: args.grid_num or (20 if video else 100)]
         if args.grid:
+            grid = clip_frame_grid(shown, scale=2) if video else image_grid(shown, nrow=10, scale=2)
             with atomic_path(args.grid, ".png") as tmp:
-                image_grid(images[: args.grid_num], nrow=10, scale=2).save(tmp, format="PNG")
+                grid.save(tmp, format="PNG")
+        if args.gif:
+            with atomic_path(args.gif, ".gif") as tmp:
+                save_gif(clip_grid_frames(shown, nrow=10, scale=2), tmp)
         summary = {
-            "model": args.model, "num": args.num, "steps": args.steps, "method": args.method,
+            "model": args.model, "kind": kind, "num": args.num, "steps": args.steps, "method": args.method,
             "cfg": args.cfg, "cfg_channels": args.cfg_channels, "seed": args.seed, "precision": args.precision, "seconds": round(seconds, 2), "ranks": ctx.world_size,
             "out": str(args.out), "kernels": kernels, "vae": getattr(model, "qdit_vae", None),
         }  # fmt: skip
         print(
-            f"sampled {args.num} images ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}, "
+            f"sampled {args.num} {kind}{f' of {shape[1]} frames' if video else ''} ({args.steps} {args.method} steps, cfg {args.cfg}, seed {args.seed}, "
             f"{args.precision}) "
             f"in {seconds:.1f} s on {ctx.world_size} rank(s) -> {args.out}"
         )
