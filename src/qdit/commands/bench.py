@@ -46,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "bench", help="speed, memory and size of integer-kernel vs float models (same inputs, same run)"
     )
     p.add_argument(
-        "--model", default="embedded", help="the model of part 3: embedded, a DiT checkpoint or a diffusers folder"
+        "--model",
+        default="embedded",
+        help="the model of part 3: embedded, embedded-video, a DiT checkpoint or a diffusers folder",
     )
     p.add_argument("--arch", default=None)
     p.add_argument("--batch", type=int, default=8, help="images per DiT-XL/2 forward (256 tokens each)")
@@ -326,22 +328,24 @@ def bench_memory(depth: int, batch: int, threads: int, progress: bool = True) ->
 
 # --- the embedded model ------------------------------------------------------------------------
 def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) -> dict[str, Any]:
-    """Part 3: one denoiser forward of ``model_name`` (any model with an adapter: embedded, a DiT
-    checkpoint, a diffusers folder) in every configuration."""
+    """Part 3: one denoiser forward of ``model_name`` (any model with an adapter: embedded,
+    embedded-video, a DiT checkpoint, a diffusers folder) in every configuration, on ``batch`` samples
+    (images or clips) of its sample shape."""
     import torch
 
     from qdit.api import load_model
+    from qdit.diffusion.sampler import is_clip_shape
     from qdit.models.adapter import get_adapter
 
     base = load_model(model_name, arch)
     adapter = get_adapter(base)
-    (channels, height, width), classes = adapter.sampling_geometry(base)
+    shape, classes = adapter.sampling_geometry(base)
     widths = adapter.layer_widths(base).values()
     group = next((g for g in (GROUP, 64, 32) if all(w % g == 0 for w in widths)), 0)
     include = ["adaln"] if "adaln" in adapter.layer_groups(base) else []
     g = torch.Generator().manual_seed(0)
     inputs = (
-        torch.randn(batch, channels, height, width, generator=g),
+        torch.randn(batch, *shape, generator=g),
         torch.randint(0, 1000, (batch,), generator=g),
         torch.randint(0, classes, (batch,), generator=g),
     )
@@ -357,7 +361,10 @@ def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) 
         for n, m in models.items()
     }
     times = time_interleaved(calls, repeats)
-    return {"model": model_name, "batch": batch, "group": group, "forward_ms": {n: s * 1e3 for n, s in times.items()}}
+    return {
+        "model": model_name, "batch": batch, "kind": "clips" if is_clip_shape(shape) else "images", "group": group,
+        "forward_ms": {n: s * 1e3 for n, s in times.items()},
+    }  # fmt: skip
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -432,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
     result["embedded"] = emb
     e = emb["forward_ms"]
     print(
-        f"{args.model} (64 images, group {emb['group']}): "
+        f"{args.model} (64 {emb['kind']}, group {emb['group']}): "
         + ", ".join(f"{n} {ms:.1f} ms ({_ratio(e, n):.2f}x)" for n, ms in e.items())
     )
     if args.json:

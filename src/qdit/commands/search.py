@@ -418,10 +418,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized; search on the float model")
+    from qdit.diffusion.sampler import is_clip_shape
     from qdit.models.adapter import get_adapter
     from qdit.search.model import model_geometry
 
     shape, _ = model_geometry(model)  # the adapter's geometry: a one-line error for a model it cannot sample
+    if is_clip_shape(shape):  # the fitness features, the cost model and the proxies are per image so far
+        raise QditError(f"{args.model} is a video model; qdit search does not search video models yet")
     check_cfg_channels(args.cfg_channels, shape[0])
     get_adapter(model).check_cfg_scale(model, args.cfg)
     features = _features(args, model, device)
