@@ -68,6 +68,30 @@ def test_cli_rtn_output_equals_library(tmp_path: Path, checkpoint: Path) -> None
     assert torch.equal(qdit.load(out)(*inputs), want(*inputs))
 
 
+def test_cli_frame_granularity_on_an_image_model_is_sample(tmp_path: Path, checkpoint: Path) -> None:
+    # an image has no frames: --act-granularity frame quantizes as sample does (one range per image)
+    out = tmp_path / "q"
+    res = run_cli("--model", str(checkpoint), "--arch", ARCH, "--act-granularity", "frame", "--group-size", "32",
+                  "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "frame" in res.stdout
+    want = qdit.quantize(tiny_dit(), Recipe(QuantSpec(4, 8, 32, 32, "sample")), kernel="fake")
+    inputs = dit_inputs()
+    with torch.no_grad():
+        assert torch.equal(qdit.load(out, kernel="fake")(*inputs), want(*inputs))
+
+
+def test_cli_granularities_come_from_the_recipe() -> None:
+    import argparse
+
+    from qdit.commands.quantize import add_parser
+    from qdit.recipe import ACT_GRANULARITIES
+
+    parser = add_parser(argparse.ArgumentParser().add_subparsers())
+    action = next(a for a in parser._actions if "--act-granularity" in a.option_strings)
+    assert action.help is not None and action.help.startswith(" | ".join(ACT_GRANULARITIES))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -77,7 +101,7 @@ def test_cli_rtn_output_equals_library(tmp_path: Path, checkpoint: Path) -> None
             "layer blocks.0.attn.qkv: weight group 48 does not divide its input width 64",
         ),
         (["--include", "adanl"], "did you mean 'adaln'"),
-        (["--act-granularity", "tensor"], "act_granularity must be one of token, sample, static"),
+        (["--act-granularity", "tensor"], "act_granularity must be one of token, sample, frame, static"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_keeps_output(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qdit.errors import QditError
-from qdit.recipe import BASELINES, QuantSpec, Recipe, RecipeError
+from qdit.recipe import ACT_GRANULARITIES, BASELINES, QuantSpec, Recipe, RecipeError
 
 LAYERS = {
     **{f"blocks.{i}.attn.qkv": 64 for i in range(2)},
@@ -46,6 +47,27 @@ def test_json_round_trip(tmp_path: Path) -> None:
         assert Recipe.from_dict(b.to_dict()) == b and b.default.w_bits == 6
 
 
+def test_frame_granularity_round_trips_and_needs_no_calibration() -> None:
+    assert "frame" in ACT_GRANULARITIES
+    spec = QuantSpec(4, 8, 32, 32, "frame")
+    assert not spec.needs_calibration and spec.label() == "W4A8 g32/32 frame rtn"
+    recipe = Recipe(spec, overrides={"blocks.1.*": {"act_granularity": "sample"}})
+    again = Recipe.from_json(recipe.to_json())
+    assert again == recipe and again.default.act_granularity == "frame"
+    assert again.spec_for("blocks.1.mlp.fc1").act_granularity == "sample"
+
+
+def _digest(recipe: Recipe) -> str:  # the recipe checksum of qdit.io.integrity (sha256 of canonical JSON)
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_existing_recipes_keep_their_checksums() -> None:
+    # digests taken before the frame granularity existed: adding it changed no recipe's JSON
+    assert _digest(Recipe()) == "178af0a168de05e3281d15c3a0963495d6f1f1c8c2047194e5f014f1016f5e4c"
+    sample = Recipe(QuantSpec(4, 8, 128, 128, "sample"), overrides={"blocks.0.*": {"a_group": 32}})
+    assert _digest(sample) == "20f91847fccd3cc1e1d3e73a91dfdb893e73278fda3f99aff6c75510b165a96d"
+
+
 @pytest.mark.parametrize(
     "fields, match",
     [
@@ -54,7 +76,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
         (dict(a_bits=16), "a_bits must be an integer in 2..8"),
         (dict(w_bits=4.0), "w_bits must be an integer"),
         (dict(w_group=-1), "w_group must be an integer >= 0"),
-        (dict(act_granularity="tensor"), "act_granularity must be one of token, sample, static"),
+        (dict(act_granularity="tensor"), "act_granularity must be one of token, sample, frame, static"),
         (dict(weight_method="awq"), "weight_method must be one of rtn, mse, gptq"),
         (dict(smooth_alpha=1.5), "smooth_alpha"),
     ],

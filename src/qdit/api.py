@@ -58,6 +58,9 @@ def quantize(
     specs = resolve_specs(model, recipe)
     if not specs:
         raise QditError("the recipe selects no layer to quantize")
+    # the clip/frame layout of each linear's input is architecture knowledge: the adapter has it, and
+    # qdit.io.checkpoint.load asks the same adapter again (the layout is not stored with the weights)
+    layouts = get_adapter(model).activation_layout(model)
     need = [n for n, s in specs.items() if s.needs_calibration]
     hess = [n for n, s in specs.items() if s.needs_hessian]
     if need and (calib is None or isinstance(calib, CalibConfig)):
@@ -70,7 +73,7 @@ def quantize(
             def swap(
                 module: nn.Module, local: Mapping[str, QuantSpec], stats: Mapping | None, prefix: str
             ) -> None:
-                swap_layers(module, local, stats, prefix=prefix, factory=layer_factory)
+                swap_layers(module, local, stats, prefix=prefix, factory=layer_factory, layouts=layouts)
 
             quantize_sequential(
                 model, specs, blocks, run, swap, max_rows=config.max_rows, seed=config.seed, progress=progress
@@ -91,7 +94,7 @@ def quantize(
         if no_h:
             raise QditError(f"the calibration data has no Hessian for {no_h[0]!r} (needed by GPTQ)")
         stats = calib
-    swap_layers(model, specs, stats, progress=progress, factory=layer_factory)
+    swap_layers(model, specs, stats, progress=progress, factory=layer_factory, layouts=layouts)
     model.qdit_recipe = recipe
     if layer_factory is None:  # a custom factory's layers (the search's banks) choose for themselves
         freeze(model, kernel)

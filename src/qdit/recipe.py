@@ -24,7 +24,8 @@ from qdit.errors import QditError
 
 RECIPE_VERSION = 1
 MIN_BITS, MAX_BITS = 2, 8
-ACT_GRANULARITIES = ("token", "sample", "static")
+ACT_GRANULARITIES = ("token", "sample", "frame", "static")  # see qdit.quant.activation
+DYNAMIC_GRANULARITIES = ("token", "sample", "frame")  # ranges computed at run time (no calibration)
 WEIGHT_METHODS = ("rtn", "mse", "gptq")
 BASELINES = ("rtn", "rtn-token", "smoothquant", "gptq", "qdit")
 
@@ -49,8 +50,10 @@ class QuantSpec:
     ``w_group`` / ``a_group``: group size along the input dimension; 0 means one group per output
     channel for weights and per token (the whole row) for activations (per tensor when ``static``).
     ``a_bits=None`` leaves activations in floating point. ``act_granularity``: ``token`` (dynamic, per
-    token and group), ``sample`` (dynamic, per sample and group over all of its tokens) or ``static``
-    (calibrated per group). ``weight_method``: ``rtn`` (min/max), ``mse`` (clip search) or ``gptq``.
+    token and group), ``sample`` (dynamic, per sample and group over all of its tokens; for video, per
+    clip over all of its frames), ``frame`` (dynamic, per frame of each clip and group over the frame's
+    tokens; the same as ``sample`` for image models) or ``static`` (calibrated per group). What a clip and
+    a frame are comes from the model's adapter, not from the recipe. ``weight_method``: ``rtn`` (min/max), ``mse`` (clip search) or ``gptq``.
     ``smooth_alpha``: SmoothQuant channel balancing strength in [0, 1] (needs calibration).
     """
 
@@ -100,7 +103,7 @@ class QuantSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        static = self.a_bits is not None and self.act_granularity == "static"
+        static = self.a_bits is not None and self.act_granularity not in DYNAMIC_GRANULARITIES
         return self.needs_hessian or static or self.smooth_alpha is not None
 
     def check_width(self, layer: str, width: int) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from qdit.commands.common import add_cfg_channels, check_cfg_channels
+from qdit.recipe import ACT_GRANULARITIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline", default=None, help="start from a baseline: rtn, rtn-token, smoothquant, gptq, qdit"
     )
-    p.add_argument("--act-granularity", default=None, help="token | sample | static (default token)")
+    p.add_argument(
+        "--act-granularity",
+        default=None,
+        help=f"{' | '.join(ACT_GRANULARITIES)} (default token; frame: per frame of each clip for video "
+        "models, the same as sample for images)",
+    )
     p.add_argument("--weight-method", default=None, help="rtn | mse | gptq (default rtn)")
     p.add_argument(
         "--symmetric", action="store_true", default=None, help="symmetric weight and activation quantizers"

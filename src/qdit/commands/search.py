@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from qdit.commands.common import add_cfg_channels
+from qdit.recipe import ACT_GRANULARITIES, DYNAMIC_GRANULARITIES
 
 DEFAULT_SAMPLES = 64
 DEFAULT_STEPS = 20
@@ -87,7 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--separate-act", action="store_true", help="search the activation group as its own gene")
     p.add_argument("--bits-choices", default=None, help="mixed precision: weight bits as a gene, e.g. 4,6,8")
-    p.add_argument("--act-granularity", default="token", help="token | sample | static (default token)")
+    p.add_argument(
+        "--act-granularity", default="token", help=f"{' | '.join(DYNAMIC_GRANULARITIES)} (default token)"
+    )
     p.add_argument("--weight-method", default="rtn", help="rtn (default, as the paper) | mse")
     p.add_argument("--symmetric", action="store_true", help="symmetric weight and activation quantizers")
     p.add_argument("--w-symmetric", action="store_true", help="symmetric weight quantizers (as --w_sym)")
@@ -241,11 +244,14 @@ def _check(args: argparse.Namespace) -> dict:
         raise QditError(f"--budget-group must be > 0, got {args.budget_group}")
     if args.budget_bpw is not None and args.budget_bpw <= 0:
         raise QditError(f"--budget-bpw must be > 0, got {args.budget_bpw}")
-    if args.act_granularity not in ("token", "sample", "static"):
-        raise QditError(f"--act-granularity must be token, sample or static, got {args.act_granularity!r}")
-    if args.act_granularity == "static":
+    if args.act_granularity not in ACT_GRANULARITIES:
         raise QditError(
-            "the search evaluates dynamic activation quantizers; use --act-granularity token or sample"
+            f"--act-granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {args.act_granularity!r}"
+        )
+    if args.act_granularity not in DYNAMIC_GRANULARITIES:
+        raise QditError(
+            "the search evaluates dynamic activation quantizers; use --act-granularity "
+            f"{', '.join(DYNAMIC_GRANULARITIES[:-1])} or {DYNAMIC_GRANULARITIES[-1]}"
         )
     if args.weight_method not in ("rtn", "mse"):
         raise QditError(f"--weight-method must be rtn or mse for the search, got {args.weight_method!r}")

@@ -14,7 +14,9 @@ Layout of a folder written by :func:`save`:
   its bias, SmoothQuant factors and static activation ranges; every other tensor of the model as is.
 
 :func:`load` rebuilds the model on the meta device, so no float weight of a quantized layer is ever
-materialized, reads the stored tensors one at a time and puts each quantized layer on its kernel path. Writes are atomic: the folder is written beside the
+materialized, reads the stored tensors one at a time and puts each quantized layer on its kernel path.
+The clip/frame layout of each layer's input (for ``sample`` and ``frame`` activation ranges on video
+models) is not stored: it comes from the rebuilt model's adapter, as it did in ``qdit.quantize``. Writes are atomic: the folder is written beside the
 target and renamed into place; on error an existing target is left untouched.
 """
 
@@ -276,6 +278,7 @@ def _load(root: Path, meta: dict[str, Any], reader: SafetensorsReader, device: t
         model = adapter.build(meta["model"])
     expected = set(model.state_dict())
     on_cpu = torch.device(device).type == "cpu"
+    layouts = adapter.activation_layout(model)  # from the architecture, as qdit.quantize got them
     for name, info in meta["layers"].items():
         try:
             spec = QuantSpec.from_dict(info["spec"])
@@ -294,6 +297,7 @@ def _load(root: Path, meta: dict[str, Any], reader: SafetensorsReader, device: t
         layer = QuantLinear(
             width, out, spec, has_bias, weight_dtype=weight_dtype, scale_dtype=scale_dtype, device="meta", name=name
         )  # fmt: skip
+        layer.set_layout(layouts.get(name))
         set_submodule(model, name, layer)
         bits = spec.w_bits
         try:

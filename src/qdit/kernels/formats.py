@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qdit.quant.activation import activation_range
+from qdit.quant.activation import ActLayout, activation_range
 from qdit.quant.primitives import num_groups, qparams, quantize
 from qdit.quant.weight import QWeight
 
@@ -56,20 +56,23 @@ def quantize_acts(
     granularity: str = "token",
     ch_min: torch.Tensor | None = None,
     ch_max: torch.Tensor | None = None,
+    layout: ActLayout | None = None,
 ) -> IntActs:
     """Quantize ``x[..., K]`` exactly as the fake quantizer does, keeping the codes: rows are
-    ``x.reshape(-1, K)``; ``sample`` granularity takes the first dimension of ``x`` as the sample."""
+    ``x.reshape(-1, K)``; ``sample`` and ``frame`` ranges follow ``layout`` (without one, the first
+    dimension of ``x`` is the sample; see :mod:`qdit.quant.activation`)."""
     if bits > 8:
         raise ValueError(f"integer activations hold at most 8 bits, got {bits}")
     width = x.shape[-1]
-    xg, xmin, xmax = activation_range(x, group, granularity, ch_min, ch_max)
+    xg, xmin, xmax = activation_range(x, group, granularity, ch_min, ch_max, layout)
     scale, zero = qparams(xmin, xmax, bits, symmetric)
     q = quantize(xg, scale, zero, bits, symmetric)
     offset = ACT_OFFSET if symmetric else 0
     codes = (q + offset).to(torch.uint8).reshape(-1, width)
     groups = num_groups(width, group)
     rows = codes.shape[0]
-    # ranges are [..., G, 1] (token, static) or [B, 1, G, 1] (sample): one per row after expanding
+    # ranges broadcast to xg's leading dims ([..., G, 1] for token and static, ones where a sample or
+    # frame range covers several rows): one per row after expanding
     lead = xg.shape[:-2]
     scale = scale.expand(*lead, groups, 1).reshape(rows, groups).contiguous()
     zero = (zero + offset).expand(*lead, groups, 1).reshape(rows, groups).to(torch.int32).contiguous()

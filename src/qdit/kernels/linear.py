@@ -4,8 +4,8 @@ Paths:
 
 * ``amx``: the compiled kernel (``csrc/qdit_cpu.cpp``): u8 x s8 AMX tiles with the per-block scales
   applied inside the accumulation (the zero-point corrections exact in int32), the activation
-  quantization fused in (each thread quantizes a chunk of its rows right before multiplying it; sample
-  ranges included), float32 or bfloat16 written by the kernel. Needs the built extension and a CPU with
+  quantization fused in (each thread quantizes a chunk of its rows right before multiplying it; ranges
+  over runs of consecutive rows included: samples, clips, frames of frame-major clips), float32 or bfloat16 written by the kernel. Needs the built extension and a CPU with
   AMX-INT8 (and AVX-512 VNNI / BF16).
 * ``torch``: pure PyTorch (:func:`qdit.kernels.reference.int_linear_torch`), one ``torch._int_mm`` per
   K block; always available.
@@ -30,7 +30,7 @@ import torch
 from qdit.kernels.cpu import cpu_extension
 from qdit.kernels.formats import IntActs, IntWeight, block_size, quantize_acts
 from qdit.kernels.reference import int_linear_torch
-from qdit.quant.activation import activation_range
+from qdit.quant.activation import ActLayout, activation_range, shared_rows
 from qdit.quant.primitives import qparams
 
 PATHS = ("amx", "triton", "torch")
@@ -46,6 +46,7 @@ class ActQuant:
     group: int
     symmetric: bool = False
     granularity: str = "token"
+    layout: ActLayout | None = None  # how sample and frame ranges group the rows (qdit.quant.activation)
 
 
 @dataclass
@@ -179,8 +180,8 @@ def prepare_weight(weight: IntWeight, act_group: int, path: str, consume: bool =
 def _act_ranges(
     x: torch.Tensor, act: ActQuant, ch_min: torch.Tensor | None, ch_max: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale and zero point ``[M, G]`` (with the storage offset) for sample / static ranges."""
-    xg, xmin, xmax = activation_range(x, act.group, act.granularity, ch_min, ch_max)
+    """Per-row scale and zero point ``[M, G]`` (with the storage offset) for ranges the kernel is given."""
+    xg, xmin, xmax = activation_range(x, act.group, act.granularity, ch_min, ch_max, act.layout)
     scale, zero = qparams(xmin, xmax, act.bits, act.symmetric)
     rows, groups = xg[..., 0].numel() // xg.shape[-2], xg.shape[-2]
     lead = xg.shape[:-2]
@@ -217,12 +218,15 @@ def _run_amx(
     if x2d.dtype not in (torch.float32, torch.bfloat16):
         x2d = x2d.float()
     x2d = x2d.contiguous()
-    rows = x2d.shape[0]
+    # the kernel computes ranges per row (token) or per run of consecutive rows (sample_rows) itself;
+    # ranges over rows that are not consecutive (static, frames of token-major clips) are computed here
     sample_rows, scale, zero = 0, None, None
-    if act.granularity == "sample":
-        sample_rows = rows // x.shape[0] if x.dim() > 1 else rows
-    elif act.granularity != "token":
-        scale, zero = _act_ranges(x, act, ch_min, ch_max)
+    if act.granularity != "token":
+        shared = shared_rows(x.shape, act.granularity, act.layout)
+        if shared is None:
+            scale, zero = _act_ranges(x, act, ch_min, ch_max)
+        else:
+            sample_rows = shared
     out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
     return ext.amx_linear_x(
         x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
@@ -239,7 +243,9 @@ def _run_torch(
     ch_max: torch.Tensor | None,
 ) -> torch.Tensor:
     assert kw.weight is not None
-    acts: IntActs = quantize_acts(x, act.bits, act.group, act.symmetric, act.granularity, ch_min, ch_max)
+    acts: IntActs = quantize_acts(
+        x, act.bits, act.group, act.symmetric, act.granularity, ch_min, ch_max, act.layout
+    )
     return int_linear_torch(acts, kw.weight, bias)
 
 
@@ -257,7 +263,7 @@ def _run_triton(
     if act.granularity == "token":
         acts = quantize_acts_triton(x.reshape(-1, kw.in_features), act.bits, act.group, act.symmetric)
     else:
-        acts = quantize_acts(x, act.bits, act.group, act.symmetric, act.granularity, ch_min, ch_max)
+        acts = quantize_acts(x, act.bits, act.group, act.symmetric, act.granularity, ch_min, ch_max, act.layout)
     return int_linear_triton(acts, kw.weight, None if bias is None else bias.float().contiguous())
 
 
@@ -269,9 +275,9 @@ def int_linear(
     ch_min: torch.Tensor | None = None,
     ch_max: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``x[..., K]`` through the quantized layer: activations quantized by ``act`` (``sample``
-    granularity takes the first dimension of ``x`` as the sample), the integer product on ``kw.path``;
-    the result has ``x``'s dtype."""
+    """``x[..., K]`` through the quantized layer: activations quantized by ``act`` (``sample`` and
+    ``frame`` ranges by ``act.layout``, the first dimension of ``x`` without one), the integer product on
+    ``kw.path``; the result has ``x``'s dtype."""
     lead = x.shape[:-1]
     if kw.path == "amx":
         y = _run_amx(x, kw, act, bias, ch_min, ch_max)
@@ -363,8 +369,9 @@ def best_path(weight: IntWeight, act: ActQuant, device: torch.device | str = "cp
     _load_choices()
     if _BEST.get(key) not in paths:
         x = torch.randn(rows, weight.in_features, generator=torch.Generator().manual_seed(0)).to(device)
-        # static ranges are given to the kernel as sample ranges are: time those (no calibration needed)
-        timed = replace(act, granularity="sample") if act.granularity == "static" else act
+        # static and frame ranges reach the kernel as sample ranges do (runs of rows or given ranges):
+        # time plain per-first-dim sample ranges (no calibration, and any row count fits no layout)
+        timed = act if act.granularity == "token" else replace(act, granularity="sample", layout=None)
         times = time_paths(x, weight, timed, repeats=3)
         # a path listed earlier (the compiled kernel before the PyTorch fallback) keeps its place unless
         # a later one is clearly faster: one noisy measurement must not pin a slow path in the cache

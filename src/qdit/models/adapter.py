@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from qdit.errors import QditError
+from qdit.quant.activation import ActLayout
 
 
 def _match(names: list[str], patterns: tuple[str, ...]) -> list[str]:
@@ -55,6 +56,12 @@ class ModelAdapter:
         """The model's transformer blocks in call order, each called as ``block(x, *rest) -> x`` with
         ``rest`` the same for every block (enables block-by-block calibration); ``None`` if unknown."""
         return None
+
+    def activation_layout(self, model: nn.Module) -> dict[str, ActLayout]:
+        """``{linear name: layout}``: how the leading dims of each linear's input split into samples and
+        frames (:class:`qdit.quant.activation.ActLayout`), for the ``sample`` and ``frame`` activation
+        granularities. Empty for image models: their samples are the first dim of every input."""
+        return {}
 
     def describe(self, model: nn.Module) -> dict[str, Any] | None:
         """A JSON-able description from which :meth:`build` recreates the model; ``None`` if unsupported."""

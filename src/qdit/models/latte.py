@@ -30,6 +30,7 @@ from qdit.models.dit import (
     TimestepEmbedder,
     sincos_pos_embed_2d,
 )
+from qdit.quant.activation import FRAME_MAJOR, TOKEN_MAJOR, ActLayout
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,8 @@ def num_params(model: nn.Module) -> int:
 
 
 # --- the adapter ------------------------------------------------------------------------------------
-FRAME_MAJOR = "frame-major"  # x is [S*T, N, C]: row s*T + t is frame t of clip s
-TOKEN_MAJOR = "token-major"  # x is [S*N, T, C]: row s*N + n is patch n of clip s, dim 1 the frames
+# FRAME_MAJOR: x is [S*T, N, C], row s*T + t is frame t of clip s; TOKEN_MAJOR: x is [S*N, T, C], row
+# s*N + n is patch n of clip s, dim 1 the frames (defined with the range math in qdit.quant.activation)
 
 
 class VideoDiTAdapter(DiTAdapter):
@@ -215,16 +216,19 @@ class VideoDiTAdapter(DiTAdapter):
     def num_frames(self, model: nn.Module) -> int:
         return int(model.config.num_frames)  # type: ignore[union-attr]
 
-    def activation_layout(self, model: nn.Module) -> dict[str, tuple[str, int]]:
-        """``{linear name: (layout, frames)}``: how the leading dims of each linear's input map to clips,
-        frames and tokens (:data:`FRAME_MAJOR` or :data:`TOKEN_MAJOR`). The adaLN linears of temporal
-        blocks and the final layer see one row per clip-and-patch or clip-and-frame (2-D inputs)."""
+    def activation_layout(self, model: nn.Module) -> dict[str, ActLayout]:
+        """``{linear name: (layout, frames, patches)}``: how the leading dims of each linear's input map to
+        clips, frames and tokens (:data:`FRAME_MAJOR` or :data:`TOKEN_MAJOR`). The adaLN linears of the
+        spatial blocks and the final layer see one row per clip-and-frame, those of the temporal blocks one
+        per clip-and-patch (2-D inputs). The timestep embedder's linears see one row per clip (no layout
+        needed: the first dim is the clip)."""
         frames = self.num_frames(model)
-        out: dict[str, tuple[str, int]] = {}
+        patches = int(model.config.num_patches)  # type: ignore[union-attr]
+        out: dict[str, ActLayout] = {}
         for name in self.linear_layers(model):
             if name.startswith("blocks."):
                 idx = int(name.split(".")[1])
-                out[name] = (FRAME_MAJOR if idx % 2 == 0 else TOKEN_MAJOR, frames)
+                out[name] = ActLayout(FRAME_MAJOR if idx % 2 == 0 else TOKEN_MAJOR, frames, patches)
             elif name.startswith("final_layer."):
-                out[name] = (FRAME_MAJOR, frames)
+                out[name] = ActLayout(FRAME_MAJOR, frames, patches)
         return out

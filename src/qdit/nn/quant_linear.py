@@ -2,7 +2,7 @@
 
 The weight lives only as integer codes (4-bit codes two per byte, other widths one per byte) plus
 per-(row, group) scales and zero points: never as a float copy. The input activations go through an
-:class:`ActQuantizer` (dynamic per token, dynamic per sample, or static calibrated ranges), after an
+:class:`ActQuantizer` (dynamic per token, per sample or per frame, or static calibrated ranges), after an
 optional SmoothQuant division by per-channel factors that were folded into the weights.
 
 Two ways to run the product:
@@ -29,7 +29,7 @@ from torch import nn
 from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
-from qdit.quant.activation import activation_range
+from qdit.quant.activation import LAYOUT_GRANULARITIES, ActLayout, activation_range, as_layout, clip_shape
 from qdit.quant.finite import check_finite
 from qdit.quant.gptq import gptq_quantize
 from qdit.quant.primitives import check_bits, fake_quantize_range, num_groups
@@ -42,9 +42,15 @@ class ActQuantizer(nn.Module):
     """Fake quantization of activations ``x[..., C]`` in groups of ``group`` channels (0 = all ``C``).
 
     * ``token``: one range per token (row of ``x.reshape(-1, C)``) and group, computed at run time;
-    * ``sample``: one range per sample (first dim) and group over all of the sample's tokens;
+    * ``sample``: one range per sample and group over all of the sample's tokens (per clip for video);
+    * ``frame``: one range per frame of each sample and group over that frame's tokens;
     * ``static``: one range per group from calibrated per-channel ``ch_min`` / ``ch_max`` (group 0:
       one range for the whole tensor).
+
+    What a sample and a frame are comes from ``layout`` (:class:`qdit.quant.activation.ActLayout`), set by
+    whoever swaps the layers in from the model's adapter (:meth:`set_layout`); without one a sample is the
+    first dimension of ``x`` and ``frame`` equals ``sample``. The layout belongs to the architecture,
+    not to the quantized weights, so it is not part of the state dict.
 
     Every granularity is independent of the other samples in the batch.
     """
@@ -67,6 +73,7 @@ class ActQuantizer(nn.Module):
         self.group = group
         self.granularity = granularity
         self.symmetric = symmetric
+        self.layout: ActLayout | None = None
         static = granularity == "static"
         self.register_buffer("ch_min", torch.zeros(width, device=device) if static else None)
         self.register_buffer("ch_max", torch.zeros(width, device=device) if static else None)
@@ -74,6 +81,10 @@ class ActQuantizer(nn.Module):
     def set_group(self, group: int) -> None:
         num_groups(self.width, group)
         self.group = group
+
+    def set_layout(self, layout: ActLayout | tuple | None) -> None:
+        """How this layer's inputs split into clips and frames (``None``: the first dim is the sample)."""
+        self.layout = as_layout(layout)
 
     @torch.no_grad()
     def set_range(self, ch_min: torch.Tensor, ch_max: torch.Tensor) -> None:
@@ -92,7 +103,7 @@ class ActQuantizer(nn.Module):
         return self._quantize(x)
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
-        xg, xmin, xmax = activation_range(x, self.group, self.granularity, self.ch_min, self.ch_max)
+        xg, xmin, xmax = activation_range(x, self.group, self.granularity, self.ch_min, self.ch_max, self.layout)
         return fake_quantize_range(xg, xmin, xmax, self.bits, self.symmetric).reshape(x.shape).to(x.dtype)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ActQuantizer:  # type: ignore[override]
@@ -102,7 +113,8 @@ class ActQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         sym = ", symmetric" if self.symmetric else ""
-        return f"A{self.bits}, group={self.group}, {self.granularity}{sym}"
+        layout = f", {self.layout.order} x{self.layout.frames}" if self.layout is not None else ""
+        return f"A{self.bits}, group={self.group}, {self.granularity}{sym}{layout}"
 
 
 @contextmanager
@@ -313,7 +325,13 @@ class QuantLinear(nn.Module):
     # --- the kernel path ---------------------------------------------------------------------
     def act_spec(self) -> ActQuant | None:
         aq = self.act_quant
-        return None if aq is None else ActQuant(aq.bits, aq.group, aq.symmetric, aq.granularity)
+        return None if aq is None else ActQuant(aq.bits, aq.group, aq.symmetric, aq.granularity, aq.layout)
+
+    def set_layout(self, layout: ActLayout | tuple | None) -> None:
+        """The clip/frame layout of this layer's inputs (see :class:`ActQuantizer`); weight-only layers
+        have no activation ranges and ignore it."""
+        if self.act_quant is not None:
+            self.act_quant.set_layout(layout)
 
     def integer_blocker(self) -> str | None:
         """Why this layer cannot run through an integer kernel (``None`` when it can)."""
@@ -383,6 +401,12 @@ class QuantLinear(nn.Module):
 
     # --- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        aq = self.act_quant
+        if aq is not None and aq.layout is not None and aq.granularity in LAYOUT_GRANULARITIES:
+            try:  # checked here so that the message names the layer whose input does not fit
+                clip_shape(x.shape, aq.layout)
+            except ValueError as exc:
+                raise ValueError(f"layer {self.name or 'QuantLinear'}: {exc}") from None
         dtype = x.dtype
         grad = x.requires_grad and torch.is_grad_enabled()
         if self._kw is not None and not grad:

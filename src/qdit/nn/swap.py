@@ -10,6 +10,7 @@ from torch import nn
 
 from qdit.errors import QditError
 from qdit.nn.quant_linear import FAKE, QuantLinear
+from qdit.quant.activation import ActLayout
 from qdit.quant.stats import LayerStats
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE
 from qdit.recipe import QuantSpec
@@ -37,13 +38,17 @@ def swap_layers(
     scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE,
     prefix: str = "",
     progress: bool = False,
+    layouts: Mapping[str, ActLayout] | None = None,
 ) -> dict[str, QuantLinear]:
     """Replace each named ``nn.Linear`` by a :class:`QuantLinear` quantized with its spec, in place.
 
     ``stats`` maps layer names to calibration statistics (required for GPTQ / static / smoothing specs).
     ``factory(linear, spec, stats, name)`` builds each quantized layer (default
-    :meth:`QuantLinear.from_linear`; the search passes one that keeps alternative weights). ``prefix`` is prepended to the layer names in messages (when
-    ``model`` is a submodule). A failure leaves ``model`` as it was.
+    :meth:`QuantLinear.from_linear`; the search passes one that keeps alternative weights). ``layouts``
+    maps layer names to the clip/frame layout of their inputs (:meth:`QuantLinear.set_layout`), as the
+    caller got it from the model's adapter; layers it does not name have none. ``prefix`` is prepended to
+    the layer names in messages and in ``layouts`` look-ups (when ``model`` is a submodule). A failure
+    leaves ``model`` as it was.
     """
     modules = dict(model.named_modules())
     for name in specs:
@@ -64,6 +69,7 @@ def swap_layers(
         for name, spec in items:
             layer_stats = stats.get(name) if stats is not None else None
             out[name] = make(modules[name], spec, layer_stats, prefix + name)  # type: ignore[arg-type]
+            out[name].set_layout(layouts.get(prefix + name) if layouts is not None else None)
             if bar is not None:
                 bar.update(1)
     finally:
