@@ -1,0 +1,161 @@
+"""The video table: FVD and temporal consistency of the embedded video model at W8A8, W6A8 and W4A8.
+
+Rows per bit-width: full precision; per-channel RTN with static activations (the paper's RTN row);
+group 128 with static activations; group 128 with dynamic per-token activations (Q-DiT without search);
+group 128 with dynamic per-frame activations (one range per clip, frame and group). With
+``--recipe R.json`` a searched W4A8 recipe is a row too. Each row is sampled with every seed in
+``--seeds`` (the same noise and labels across rows) and scored against the Fashion-MNIST test-set clips
+with ``qdit eval`` (ClipNet FVD, frame accuracy, subject consistency, motion); mean and std over seeds.
+
+    python benchmarks/video_results.py [--quick] [--num 100] [--steps 20] [--seeds 0,1] [--bits 8,6,4]
+        [--rows fp,rtn,group,token,frame] [--recipe searched.json] [--threads 2]
+        [--json benchmarks/results/video.json] [--grid benchmarks/results/video_rows.png]
+
+Every step is a ``qdit`` command (printed), so each can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS = {  # name -> (label, qdit quantize flags after --w-bits/--a-bits)
+    "rtn": ("RTN (per-channel, static)", ["--baseline", "rtn"]),
+    "group": ("group 128, static", ["--group-size", "128", "--act-granularity", "static"]),
+    "token": ("group 128 + dynamic per token (Q-DiT)", ["--group-size", "128", "--act-granularity", "token"]),
+    "frame": ("group 128 + dynamic per frame", ["--group-size", "128", "--act-granularity", "frame"]),
+}
+METRICS = ("fvd", "frame_acc", "consistency", "motion")
+
+
+def qdit(*args: str) -> None:
+    print("$ qdit", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "qdit", *args], check=True)
+
+
+def sample_and_score(model: str, out: Path, seed: int, a: argparse.Namespace) -> dict[str, float]:
+    clips = out.with_suffix(".npz")
+    t0 = time.perf_counter()
+    qdit("sample", "--model", model, "-n", str(a.num), "--steps", str(a.steps), "--seed", str(seed),
+         "--batch-size", str(a.batch_size), "--out", str(clips))  # fmt: skip
+    seconds = time.perf_counter() - t0
+    metrics = out.with_suffix(".json")
+    qdit("eval", str(clips), "--ref", "fashion-mnist-clips-test", "--metrics", ",".join(METRICS),
+         "--no-progress", "--json", str(metrics))  # fmt: skip
+    data = json.loads(metrics.read_text())
+    values = data.get("metrics", data)
+    return {**{k: float(values[k]) for k in METRICS}, "sample_seconds": seconds}
+
+
+def frame_strip(npz: Path, count: int) -> np.ndarray:
+    """The first ``count`` clips of a samples file side by side, each with its frames across and a gap
+    between clips: uint8 ``[H, count * (T * W + 4)]``."""
+    with np.load(npz) as f:
+        clips = f["arr_0"][:count, ..., 0]  # [n, T, H, W]
+    n, t, h, w = clips.shape
+    across = clips.transpose(0, 2, 1, 3).reshape(n, h, t * w)
+    gap = np.full((n, h, 4), 128, np.uint8)
+    return np.concatenate([across, gap], axis=2).transpose(1, 0, 2).reshape(h, -1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="20 clips, 10 steps, one seed, W4A8 only")
+    p.add_argument("--num", type=int, default=100)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--bits", default="8,6,4", help="weight bit-widths (activations 8 bits)")
+    p.add_argument("--rows", default="fp," + ",".join(ROWS))
+    p.add_argument("--recipe", default=None, help="a searched W4A8 recipe JSON: adds a 'searched' row")
+    p.add_argument("--model", default="embedded-video")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    p.add_argument("--grid", default=None, help="PNG: the first 4 clips of seed 0 for every row, frames across")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.num, a.steps, a.seeds, a.bits = 20, 10, "0", "4"
+    seeds = [int(s) for s in a.seeds.split(",")]
+    bits = [int(b) for b in a.bits.split(",")]
+    rows_wanted = [r for r in a.rows.split(",") if r]
+    unknown = set(rows_wanted) - {"fp", *ROWS}
+    if unknown:
+        p.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    results: list[dict] = []
+    strips: list[tuple[str, np.ndarray]] = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        plan: list[tuple[str, str, int | None, list[str] | None]] = []
+        if "fp" in rows_wanted:
+            plan.append(("fp", "full precision", None, None))
+        for b in bits:
+            for key in rows_wanted:
+                if key in ROWS:
+                    plan.append((key, ROWS[key][0], b, ROWS[key][1]))
+        if a.recipe:
+            plan.append(("searched", f"searched recipe {Path(a.recipe).name}", 4, ["--recipe", a.recipe]))
+        for key, label, w_bits, flags in plan:
+            model = a.model
+            name = "fp" if w_bits is None else f"w{w_bits}a8_{key}"
+            if w_bits is not None:
+                model = str(tmp / name)
+                qdit("quantize", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", "8", *flags,
+                     "--out", model)  # fmt: skip
+            per_seed = []
+            for seed in seeds:
+                per_seed.append(sample_and_score(model, tmp / f"{name}_s{seed}", seed, a))
+            if a.grid:
+                strips.append((f"{'FP' if w_bits is None else f'W{w_bits}A8'} {label}",
+                               frame_strip(tmp / f"{name}_s{seeds[0]}.npz", 4)))  # fmt: skip
+            row = {"row": key, "label": label, "w_bits": w_bits, "a_bits": None if w_bits is None else 8,
+                   "seeds": seeds, "per_seed": per_seed}  # fmt: skip
+            for m in (*METRICS, "sample_seconds"):
+                vals = [r[m] for r in per_seed]
+                row[m] = float(np.mean(vals))
+                row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            results.append(row)
+            print(json.dumps({k: row[k] for k in ("label", "w_bits", *METRICS)}), flush=True)
+    print(f"\n{a.model}: {a.num} clips x {len(seeds)} seeds, {a.steps} DDIM steps, cfg 1.5, {a.threads} threads")
+    print("| setting | method | FVD (ClipNet) | frame acc | consistency | motion |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        setting = "FP" if r["w_bits"] is None else f"W{r['w_bits']}A8"
+
+        def fmt(m: str, digits: int, r: dict = r) -> str:
+            std = r[f"{m}_std"]
+            return f"{r[m]:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+        print(f"| {setting} | {r['label']} | {fmt('fvd', 2)} | {fmt('frame_acc', 3)} | "
+              f"{fmt('consistency', 4)} | {fmt('motion', 4)} |")  # fmt: skip
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                "date": time.strftime("%Y-%m-%d"), "args": vars(a)}  # fmt: skip
+        Path(a.json).write_text(json.dumps({"rows": results, "meta": meta}, indent=2) + "\n")
+    if a.grid and strips:
+        from PIL import Image, ImageDraw
+
+        pad = 14
+        h, w = strips[0][1].shape
+        canvas = Image.new("L", (w, len(strips) * (h + pad)), 0)
+        draw = ImageDraw.Draw(canvas)
+        for i, (label, strip) in enumerate(strips):
+            draw.text((2, i * (h + pad)), label, fill=255)
+            canvas.paste(Image.fromarray(strip), (0, i * (h + pad) + pad))
+        Path(a.grid).parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(a.grid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
