@@ -1,4 +1,5 @@
-"""``qdit eval SAMPLES.npz --ref REF``: FID, sFID, precision, recall and domain metrics of samples."""
+"""``qdit eval SAMPLES.npz --ref REF``: FID, sFID, precision, recall and domain metrics of samples; FVD,
+frame accuracy, consistency and motion of clips."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import time
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate samples (FID, sFID, precision, recall, domain metrics)",
+        help="evaluate samples (FID, sFID, precision, recall, domain metrics; FVD and temporal metrics of clips)",
         description=(
-            "Evaluate a samples .npz (arr_0 uint8 [N,H,W,C], labels int64 [N]) against a reference. "
-            "Reference statistics are computed once and cached."
+            "Evaluate a samples .npz (arr_0 uint8 [N,H,W,C] images or [N,T,H,W,C] clips, labels int64 [N]) "
+            "against a reference. Reference statistics are computed once and cached."
         ),
     )
     p.add_argument("samples", metavar="SAMPLES.npz", help="samples file")
@@ -20,16 +21,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--ref",
         required=True,
         metavar="REF",
-        help="fashion-mnist-test, fashion-mnist-train, or a reference .npz (images in arr_0, or mu/sigma)",
+        help="fashion-mnist-test, fashion-mnist-train, fashion-mnist-clips-test, fashion-mnist-clips-train, "
+        "or a reference .npz (images or clips in arr_0, or mu/sigma)",
     )
     p.add_argument(
         "--metrics",
         default=None,
         metavar="LIST",
-        help="comma-separated, from fid,sfid,is,precision,recall,domain_fd,class_acc,domain_is "
-        "(default: fid,sfid,precision,recall, plus domain_fd,domain_is,class_acc for 28x28 grayscale samples)",
+        help="comma-separated, from fid,sfid,is,precision,recall,domain_fd,class_acc,domain_is for images, "
+        "fvd,frame_acc,consistency,motion for clips (default: fid,sfid,precision,recall, plus "
+        "domain_fd,domain_is,class_acc for 28x28 grayscale samples; fvd,frame_acc,consistency,motion for clips)",
     )
-    p.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50)")
+    p.add_argument(
+        "--video-features",
+        choices=("clipnet", "i3d"),
+        default=None,
+        help="FVD features: qdit's ClipNet (default; 8x32x32 grayscale clips) or I3D from --i3d",
+    )
+    p.add_argument(
+        "--i3d",
+        metavar="PATH",
+        default=None,
+        help="local I3D weights (pytorch-i3d state dict, .pt or .safetensors; never downloaded); implies "
+        "--video-features i3d",
+    )
+    p.add_argument(
+        "--i3d-features",
+        choices=("logits", "pool"),
+        default="logits",
+        help="I3D FVD features: Kinetics-400 logits averaged over time (default, as the original FVD) "
+        "or the 1024-d pooled features",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images or clips per batch (default: 50 for Inception, 256 for ClipNet, 4 for I3D)",
+    )
     p.add_argument("--bf16", action="store_true", help="Inception features under bf16 autocast (faster)")
     p.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -47,27 +75,43 @@ def format_table(metrics: dict[str, float]) -> str:
 def run(args: argparse.Namespace) -> int:
     from qdit.commands.common import resolve_device
     from qdit.errors import QditError
-    from qdit.eval.evaluate import default_metrics, evaluate, parse_metrics
+    from qdit.eval.evaluate import default_metrics, evaluate, parse_metrics, video_extractor
     from qdit.eval.npz import load_reference, load_samples
     from qdit.io.atomic import check_outputs
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise QditError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_outputs({"--json": args.json}, {"SAMPLES": args.samples, "--ref": args.ref})
+    video_features = args.video_features or ("i3d" if args.i3d is not None else "clipnet")
+    check_outputs({"--json": args.json}, {"SAMPLES": args.samples, "--ref": args.ref, "--i3d": args.i3d})
     device = resolve_device(args.device)
     requested = parse_metrics(args.metrics) if args.metrics is not None else None
     t0 = time.perf_counter()
     samples = load_samples(args.samples)
     ref = load_reference(args.ref)
     metrics = requested if requested is not None else default_metrics(samples)
+    video = None
+    if samples.is_video and "fvd" in metrics:
+        # built here so that the JSON can name the features' fingerprint; evaluate() checks the request
+        video = video_extractor(
+            video_features,
+            i3d_path=args.i3d,
+            i3d_features=args.i3d_features,
+            batch_size=args.batch_size,
+            device=device,
+            progress=not args.no_progress,
+        )
     values = evaluate(
         samples,
         ref,
         metrics,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size if args.batch_size is not None else 50,
         bf16=args.bf16,
         device=device,
         progress=not args.no_progress,
+        video_features=video_features,
+        i3d_path=args.i3d,
+        i3d_features=args.i3d_features,
+        video=video,
     )
     seconds = time.perf_counter() - t0
     n = samples.images.shape[0]
@@ -76,15 +120,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from qdit.io.atomic import write_json
 
-        write_json(
-            args.json,
-            {
-                "samples": str(args.samples),
-                "num_samples": int(n),
-                "ref": ref.source,
-                "metrics": values,
-                "inception": {"dtype": "bfloat16" if args.bf16 else "float32", "batch_size": args.batch_size},
-                "seconds": round(seconds, 3),
-            },
-        )
+        report: dict[str, object] = {
+            "samples": str(args.samples),
+            "num_samples": int(n),
+            "ref": ref.source,
+            "metrics": values,
+        }
+        if samples.is_video:
+            report["video_features"] = (
+                {"name": video.key, "fingerprint": video.fingerprint, "batch_size": video.batch_size}
+                if video is not None
+                else None
+            )
+        else:
+            report["inception"] = {
+                "dtype": "bfloat16" if args.bf16 else "float32",
+                "batch_size": args.batch_size if args.batch_size is not None else 50,
+            }
+        report["seconds"] = round(seconds, 3)
+        write_json(args.json, report)
     return 0

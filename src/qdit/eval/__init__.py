@@ -1,7 +1,9 @@
-"""Evaluation: Inception and domain features, Fréchet distance, IS, precision/recall, ``.npz`` I/O.
+"""Evaluation: Inception and domain features, Fréchet distance, IS, precision/recall, ``.npz`` I/O; FVD
+and temporal metrics of clips.
 
 Names are imported lazily (``import qdit.eval`` loads neither torch nor scipy); see the submodules:
-``metrics`` (pure numpy), ``inception``, ``domain``, ``npz``, ``refstats``, ``evaluate``, ``cache``.
+``metrics`` (pure numpy), ``inception``, ``domain``, ``npz``, ``refstats``, ``evaluate``, ``cache``,
+``video`` (FVD, frame accuracy, consistency, motion), ``videofeat`` (ClipNet), ``i3d``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ _EXPORTS = {
     "evaluate": "qdit.eval.evaluate",
     "ALL_METRICS": "qdit.eval.evaluate",
     "cache_dir": "qdit.eval.cache",
+    "VideoFeatures": "qdit.eval.videofeat",
+    "load_clipnet": "qdit.eval.videofeat",
+    "I3DFeatures": "qdit.eval.i3d",
+    "load_i3d": "qdit.eval.i3d",
+    "video_metrics": "qdit.eval.video",
 }
 
 __all__ = sorted(_EXPORTS)

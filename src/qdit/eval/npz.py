@@ -7,7 +7,10 @@ Samples (the guided-diffusion / ADM convention): ``arr_0`` uint8 ``[N, H, W, C]`
 References for ``qdit eval --ref``:
 
 - ``fashion-mnist-test`` / ``fashion-mnist-train``: the data set's images (``[N, 28, 28, 1]``) and labels;
-- a ``.npz`` with images in ``arr_0`` (an ADM reference batch; ``labels`` optional): features are
+- ``fashion-mnist-clips-test`` / ``fashion-mnist-clips-train``: the moving-garment clips made from that
+  split (``qdit.data.load_fashion_mnist_clips(split, seed=0)``, ``[N, 8, 32, 32, 1]``) and labels, for
+  video metrics;
+- a ``.npz`` with images (or clips) in ``arr_0`` (an ADM reference batch; ``labels`` optional): features are
   computed from the images with qdit's own extractor (and cached), so that samples and reference go
   through exactly the same preprocessing; precomputed ``mu``/``sigma`` in such a file are ignored;
 - a ``.npz`` without ``arr_0`` but with precomputed Inception statistics ``mu`` ``[2048]`` and
@@ -31,6 +34,8 @@ from qdit.io.atomic import atomic_path
 IMAGES_KEY = "arr_0"
 LABELS_KEY = "labels"
 NAMED_REFS = {"fashion-mnist-test": "test", "fashion-mnist-train": "train"}
+NAMED_CLIP_REFS = {"fashion-mnist-clips-test": "test", "fashion-mnist-clips-train": "train"}
+CLIP_REF_SEED = 0  # the seed of the reference clips' paths (qdit.data.clip_motions)
 STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s", "features", "radii")
 
 
@@ -50,7 +55,7 @@ class Reference:
 
     name: str  # cache key: "fashion-mnist-test", or "file-<hash>" for a file
     source: str  # what the user gave
-    images: np.ndarray | None = None  # uint8 [N, H, W, C]
+    images: np.ndarray | None = None  # uint8 [N, H, W, C], or clips [N, T, H, W, C]
     labels: np.ndarray | None = None
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # precomputed Inception statistics
 
@@ -161,7 +166,16 @@ def _file_key(path: Path) -> str:
 
 
 def load_reference(ref: str, data_dir: str | os.PathLike | None = None) -> Reference:
-    """Resolve ``--ref``: a named data set (``fashion-mnist-test``/``-train``) or a reference ``.npz``."""
+    """Resolve ``--ref``: a named data set (``fashion-mnist-test``/``-train``, ``fashion-mnist-clips-test``/
+    ``-train``) or a reference ``.npz``."""
+    if ref in NAMED_CLIP_REFS:
+        from qdit.data import DataNotFoundError, load_fashion_mnist_clips
+
+        try:
+            clips, labels, _ = load_fashion_mnist_clips(NAMED_CLIP_REFS[ref], data_dir, seed=CLIP_REF_SEED)
+        except DataNotFoundError as exc:
+            raise QditError(str(exc)) from exc
+        return Reference(name=ref, source=ref, images=clips[..., None], labels=labels)
     if ref in NAMED_REFS:
         from qdit.data import DataNotFoundError, load_fashion_mnist
 
@@ -172,10 +186,11 @@ def load_reference(ref: str, data_dir: str | os.PathLike | None = None) -> Refer
         return Reference(name=ref, source=ref, images=images[..., None], labels=labels)
     p = Path(ref)
     if not p.exists() and p.suffix != ".npz":
-        raise QditError(f"unknown reference {ref!r}: give {' or '.join(NAMED_REFS)} or a reference .npz file")
+        names = ", ".join([*NAMED_REFS, *NAMED_CLIP_REFS])
+        raise QditError(f"unknown reference {ref!r}: give one of {names} or a reference .npz file")
     with _open_npz(p, "reference") as npz:
         if IMAGES_KEY in npz.files:
-            images = check_images(_read(npz, IMAGES_KEY, p), f"{p}: {IMAGES_KEY}")
+            images = check_samples(_read(npz, IMAGES_KEY, p), f"{p}: {IMAGES_KEY}")
             labels = None
             if LABELS_KEY in npz.files:
                 labels = check_labels(_read(npz, LABELS_KEY, p), images.shape[0], f"{p}: {LABELS_KEY}")
