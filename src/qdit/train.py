@@ -30,6 +30,10 @@ class TrainConfig:
     warmup_steps: int = 200
     decay_steps: int = 0  # linear decay of the lr to 10% over the last decay_steps before max_steps
     ema_decay: float = 0.999
+    # EMA decay min(ema_decay, (1 + step) / (10 + step)): the average follows the model closely at first,
+    # so an EMA started from weights that do not fit the task (a warm start with new blocks) is usable
+    # after hundreds of steps instead of thousands
+    ema_warmup: bool = False
     seed: int = 0
     bf16: bool = True
     flip: bool = True
@@ -171,8 +175,9 @@ def train_embedded(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
             for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - cfg.ema_decay)
+                pe.lerp_(pm, 1 - decay)
         step += 1
         losses.append(loss.item())
         if step % cfg.log_every == 0:
@@ -217,12 +222,13 @@ def main() -> None:  # python -m qdit.train OUT_DIR
     p.add_argument("--ckpt-every", type=int, default=TrainConfig.ckpt_every)
     p.add_argument("--init", default=None, help="warm start from these weights (ignored when resuming)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--ema-warmup", action="store_true", help="EMA decay min(decay, (1+step)/(10+step))")
     p.add_argument("--video", action="store_true", help="train the embedded video DiT on moving-garment clips")
     a = p.parse_args()
     cfg = TrainConfig(
         max_steps=a.max_steps, max_minutes=a.max_minutes, threads=a.threads,
         decay_steps=a.decay_steps, ema_decay=a.ema_decay, lr=a.lr, ckpt_every=a.ckpt_every, init=a.init,
-        batch_size=a.batch_size,
+        batch_size=a.batch_size, ema_warmup=a.ema_warmup,
     )  # fmt: skip
     if a.video:
         from qdit.models.embedded import EMBEDDED_VIDEO_CONFIG
