@@ -179,7 +179,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--features",
         default="auto",
-        help="auto | domain | inception (auto: domain for 28x28 grayscale models)",
+        help="auto | domain | inception | clipnet (auto: domain for 28x28 grayscale models, clipnet (FVD) for "
+        "the embedded video model)",
     )
     p.add_argument(
         "--fitness",
@@ -238,8 +239,8 @@ def _check(args: argparse.Namespace) -> dict:
     check_cfg_scale(args.cfg, "--cfg")
     if args.fitness not in ("fd", "fd-fp"):
         raise QditError(f"--fitness must be fd or fd-fp, got {args.fitness!r}")
-    if args.features not in ("auto", "domain", "inception"):
-        raise QditError(f"--features must be auto, domain or inception, got {args.features!r}")
+    if args.features not in ("auto", "domain", "inception", "clipnet"):
+        raise QditError(f"--features must be auto, domain, inception or clipnet, got {args.features!r}")
     if args.budget_group is not None and args.budget_group <= 0:
         raise QditError(f"--budget-group must be > 0, got {args.budget_group}")
     if args.budget_bpw is not None and args.budget_bpw <= 0:
@@ -333,13 +334,31 @@ def _check(args: argparse.Namespace) -> dict:
 
 
 def _features(args: argparse.Namespace, model: object, device: str) -> object:
+    from qdit.diffusion.sampler import is_clip_shape
     from qdit.errors import QditError
-    from qdit.search.model import domain_feature_space, inception_feature_space, model_geometry
+    from qdit.search.model import (
+        domain_feature_space,
+        inception_feature_space,
+        model_geometry,
+        video_feature_space,
+    )
 
     shape, _ = model_geometry(model)  # type: ignore[arg-type]
     kind = args.features
+    video = is_clip_shape(shape)
     if kind == "auto":
-        kind = "domain" if tuple(shape) == (1, 28, 28) else "inception"
+        kind = "clipnet" if video else "domain" if tuple(shape) == (1, 28, 28) else "inception"
+    if video != (kind == "clipnet"):
+        raise QditError(
+            f"--features {kind} is for {'images' if video else 'clips'}, and {args.model} makes "
+            f"{'clips' if video else 'images'} (clips: clipnet, the FVD of qdit's moving-garment clips)"
+        )
+    if kind == "clipnet":
+        if tuple(shape) != (1, 8, 32, 32):
+            raise QditError(f"clipnet features need clips of 8 grayscale 32x32 frames; this model makes {list(shape)}")
+        if args.ref is None and args.fitness == "fd-fp":
+            return video_feature_space(None)
+        return video_feature_space(args.ref or "fashion-mnist-clips-test")
     if kind == "domain":
         if tuple(shape) != (1, 28, 28):
             raise QditError(
@@ -424,13 +443,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized; search on the float model")
-    from qdit.diffusion.sampler import is_clip_shape
     from qdit.models.adapter import get_adapter
     from qdit.search.model import model_geometry
 
     shape, _ = model_geometry(model)  # the adapter's geometry: a one-line error for a model it cannot sample
-    if is_clip_shape(shape):  # the fitness features, the cost model and the proxies are per image so far
-        raise QditError(f"{args.model} is a video model; qdit search does not search video models yet")
     check_cfg_channels(args.cfg_channels, shape[0])
     get_adapter(model).check_cfg_scale(model, args.cfg)
     features = _features(args, model, device)

@@ -77,6 +77,11 @@ class ModelAdapter:
         ``(C, T, H, W)`` of the clips a video model denoises; ``None`` if unknown."""
         return None
 
+    def tokens_per_sample(self, model: nn.Module) -> int | None:
+        """Tokens each linear sees per sample (image or clip), for the search's cost model; ``None`` if
+        unknown."""
+        return None
+
     def num_classes(self, model: nn.Module) -> int | None:
         """The number of class labels (``0..n-1``) the sampler may ask for; ``None`` if unknown."""
         return None
@@ -205,6 +210,9 @@ class DiTAdapter(ModelAdapter):
 
     def num_classes(self, model: nn.Module) -> int:
         return int(model.config.num_classes)  # type: ignore[union-attr]
+
+    def tokens_per_sample(self, model: nn.Module) -> int:
+        return int(model.config.num_patches)  # type: ignore[union-attr]
 
     def has_null_class(self, model: nn.Module) -> bool:
         # with label dropout the table has num_classes + 1 rows (official DiT); the last one is "no class"

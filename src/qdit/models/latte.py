@@ -213,6 +213,9 @@ class VideoDiTAdapter(DiTAdapter):
         cfg = model.config  # type: ignore[union-attr]
         return (int(cfg.in_channels), int(cfg.num_frames), int(cfg.input_size), int(cfg.input_size))
 
+    def tokens_per_sample(self, model: nn.Module) -> int:
+        return self.num_frames(model) * int(model.config.num_patches)  # type: ignore[union-attr]
+
     def num_frames(self, model: nn.Module) -> int:
         return int(model.config.num_frames)  # type: ignore[union-attr]
 

@@ -36,7 +36,7 @@ from qdit.search.space import (
     divisor_groups,
 )
 
-FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] -> float [N, D]
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] (clips [N, T, H, W, C]) -> float [N, D]
 
 
 @dataclass
@@ -47,8 +47,8 @@ class FeatureSpace:
     extract: FeatureFn
     mu: np.ndarray | None = None  # reference statistics (None: only distances between sample sets)
     sigma: np.ndarray | None = None
-    # the same features, differentiable, from model-space images [N, C, H, W] in [-1, 1] (None: the
-    # extractor cannot be differentiated, so the gradient sensitivity is not available)
+    # the same features, differentiable, from model-space images [N, C, H, W] (clips [N, C, T, H, W]) in
+    # [-1, 1] (None: the extractor cannot be differentiated, so the gradient sensitivity is not available)
     differentiable: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def distance(self, features: np.ndarray) -> float:
@@ -101,6 +101,31 @@ def inception_feature_space(
     return FeatureSpace(
         "fid", lambda images: inc.extract(images).pool, stats.mu, stats.sigma, inc.differentiable_pool
     )
+
+
+def video_feature_space(reference: str | None = "fashion-mnist-clips-test") -> FeatureSpace:
+    """FVD on ClipNet's clip features (qdit's moving-garment clips) against ``reference`` clips (a named
+    clip set or a clips ``.npz``; ``None``: distances to the float model's samples only)."""
+    from qdit.eval.videofeat import VideoFeatures
+
+    video = VideoFeatures(progress=False)
+    net = video.model
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+    def extract(clips: np.ndarray) -> np.ndarray:
+        return video.extract(clips, frames=False).clip_features
+
+    def differentiable(x: torch.Tensor) -> torch.Tensor:  # [N, 1, T, H, W] in [-1, 1] -> uint8 / 255 scale
+        return net((x.float().clamp(-1, 1) + 1).div(2).transpose(1, 2)).clip_features
+
+    if reference is None:
+        return FeatureSpace("fvd", extract, differentiable=differentiable)
+    from qdit.eval.npz import load_reference
+    from qdit.eval.video import video_refstats
+
+    stats = video_refstats(load_reference(reference), video)
+    return FeatureSpace("fvd", extract, stats.mu, stats.sigma, differentiable)
 
 
 REFERENCES = ("data", "fp")
@@ -157,8 +182,14 @@ def model_geometry(model: nn.Module) -> tuple[tuple[int, ...], int]:
 
 
 def _tokens(model: nn.Module) -> int:
-    """Tokens per image (for the cost model): the config's ``num_patches`` (our DiT), else the latent's
-    ``H*W / patch_size**2`` when the config has a patch size (diffusers transformers), else 1."""
+    """Tokens per sample (for the cost model): the adapter's count when it knows it (our image and video
+    DiTs), else the latent's ``H*W / patch_size**2`` when the config has a patch size (diffusers
+    transformers), else 1."""
+    from qdit.models.adapter import get_adapter
+
+    known = get_adapter(model).tokens_per_sample(model)
+    if known:
+        return int(known)
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "num_patches", None)
     if n:
