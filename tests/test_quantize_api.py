@@ -322,10 +322,10 @@ def test_sequential_gptq_propagates_through_quantized_blocks(monkeypatch: pytest
     assert not torch.equal(a["blocks.1.attn.qkv"].qweight.codes, b["blocks.1.attn.qkv"].qweight.codes)
 
     # a failure half-way puts every float layer back
-    import qdit.nn.quant_linear as ql
+    import qdit.quant.methods as methods
 
     calls = []
-    real = ql.gptq_quantize
+    real = methods.gptq_quantize
 
     def flaky(*args: object, **kwargs: object) -> object:
         calls.append(1)
@@ -333,7 +333,7 @@ def test_sequential_gptq_propagates_through_quantized_blocks(monkeypatch: pytest
             raise RuntimeError("boom")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ql, "gptq_quantize", flaky)
+    monkeypatch.setattr(methods, "gptq_quantize", flaky)
     model = tiny_dit()
     with pytest.raises(RuntimeError, match="boom"):
         qdit.quantize(model, recipe, CALIB)

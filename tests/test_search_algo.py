@@ -242,7 +242,7 @@ def test_default_space_is_the_papers_on_dit_xl2_widths_and_the_width_rule_an_opt
     # per-layer choices override the default for the layers they name
     space = build_space(layers, 4, 8, layer_choices={"blocks.0.mlp.fc2": (128, 4608)})
     assert space.genes[3].choices == (128, 4608) and space.genes[4].choices == PAPER_GROUPS
-    with pytest.raises(QditError, match="do not divide"):
+    with pytest.raises(QditError, match="group size 100 does not divide its input width 4608"):
         build_space(layers, 4, 8, layer_choices={"blocks.0.mlp.fc2": (128, 100)})
     with pytest.raises(QditError, match="not searched"):
         build_space(layers, 4, 8, layer_choices={"blocks.99.mlp.fc2": (128,)})

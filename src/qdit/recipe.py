@@ -6,7 +6,8 @@ quantize beyond the model's default set (``include``: a named group such as ``"a
 or to leave alone (``exclude``). Which layers a model has, and what its named groups are, is the model
 adapter's business (:mod:`qdit.models.adapter`); :meth:`Recipe.resolve` gets them as plain data.
 
-This module is torch-free.
+The rules themselves (bit widths, group divisibility, weight methods) are :mod:`qdit.quant.rules`'s; this
+module applies them to specs. It is torch-free.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from qdit.errors import QditError
+from qdit.quant.rules import WEIGHT_METHODS, check_bits, check_divides, weight_method
 
 RECIPE_VERSION = 1
-MIN_BITS, MAX_BITS = 2, 8
 ACT_GRANULARITIES = ("token", "sample", "frame", "static")  # see qdit.quant.activation
 DYNAMIC_GRANULARITIES = ("token", "sample", "frame")  # ranges computed at run time (no calibration)
-WEIGHT_METHODS = ("rtn", "mse", "gptq")
 BASELINES = ("rtn", "rtn-token", "smoothquant", "gptq", "qdit")
 
 
@@ -72,8 +72,7 @@ class QuantSpec:
             v = getattr(self, name)
             if name == "a_bits" and v is None:
                 continue
-            if not _is_int(v) or not MIN_BITS <= v <= MAX_BITS:
-                raise RecipeError(f"{name} must be an integer in {MIN_BITS}..{MAX_BITS}, got {v!r}")
+            check_bits(v, name, RecipeError)
         for name in ("w_group", "a_group"):
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
@@ -82,10 +81,7 @@ class QuantSpec:
             raise RecipeError(
                 f"act_granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {self.act_granularity!r}"
             )
-        if self.weight_method not in WEIGHT_METHODS:
-            raise RecipeError(
-                f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {self.weight_method!r}"
-            )
+        weight_method(self.weight_method, RecipeError)
         for name in ("w_symmetric", "a_symmetric"):
             if not isinstance(getattr(self, name), bool):
                 raise RecipeError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -99,7 +95,7 @@ class QuantSpec:
 
     @property
     def needs_hessian(self) -> bool:
-        return self.weight_method == "gptq"
+        return WEIGHT_METHODS[self.weight_method].needs_hessian
 
     @property
     def needs_calibration(self) -> bool:
@@ -112,8 +108,7 @@ class QuantSpec:
         if self.a_bits is not None:
             checks.append(("activation group", self.a_group))
         for label, g in checks:
-            if g and width % g:
-                raise RecipeError(f"layer {layer}: {label} {g} does not divide its input width {width}")
+            check_divides(g, width, label, layer, RecipeError)
 
     def label(self) -> str:
         """Short description, e.g. ``W4A8 g128/128 token rtn``."""

@@ -336,12 +336,13 @@ def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) 
     from qdit.api import load_model
     from qdit.diffusion.sampler import is_clip_shape
     from qdit.models.adapter import get_adapter
+    from qdit.quant.rules import divides
 
     base = load_model(model_name, arch)
     adapter = get_adapter(base)
     shape, classes = adapter.sampling_geometry(base)
     widths = adapter.layer_widths(base).values()
-    group = next((g for g in (GROUP, 64, 32) if all(w % g == 0 for w in widths)), 0)
+    group = next((g for g in (GROUP, 64, 32) if all(divides(g, w) for w in widths)), 0)
     include = ["adaln"] if "adaln" in adapter.layer_groups(base) else []
     g = torch.Generator().manual_seed(0)
     inputs = (

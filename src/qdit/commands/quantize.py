@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from qdit.commands.common import add_cfg_channels, check_cfg_channels
+from qdit.quant.rules import WEIGHT_METHODS, bits_range
 from qdit.recipe import ACT_GRANULARITIES
 
 
@@ -29,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="a diffusers AutoencoderKL folder for a latent model, recorded in the output (qdit sample decodes with it)",
     )
-    p.add_argument("--w-bits", default=None, help="weight bits, 2..8 (default 4)")
+    p.add_argument("--w-bits", default=None, help=f"weight bits, {bits_range()} (default 4)")
     p.add_argument(
-        "--a-bits", default=None, help="activation bits, 2..8, or 'none' for float activations (default 8)"
+        "--a-bits",
+        default=None,
+        help=f"activation bits, {bits_range()}, or 'none' for float activations (default 8)",
     )
     p.add_argument(
         "--group-size",
@@ -48,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"{' | '.join(ACT_GRANULARITIES)} (default token; frame: per frame of each clip for video "
         "models, the same as sample for images)",
     )
-    p.add_argument("--weight-method", default=None, help="rtn | mse | gptq (default rtn)")
+    p.add_argument("--weight-method", default=None, help=f"{' | '.join(WEIGHT_METHODS)} (default rtn)")
     p.add_argument(
         "--symmetric", action="store_true", default=None, help="symmetric weight and activation quantizers"
     )

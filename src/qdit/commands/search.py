@@ -12,10 +12,13 @@ import argparse
 from pathlib import Path
 
 from qdit.commands.common import add_cfg_channels
+from qdit.quant.rules import WEIGHT_METHODS, bits_range
 from qdit.recipe import ACT_GRANULARITIES, DYNAMIC_GRANULARITIES
 
 DEFAULT_SAMPLES = 64
 DEFAULT_STEPS = 20
+# the search measures candidates without calibrating them: only dynamic activations, no Hessian
+SEARCH_WEIGHT_METHODS = tuple(n for n, m in WEIGHT_METHODS.items() if not m.needs_hessian)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--arch", default=None, help="architecture of a checkpoint: DiT-XL/2, or JSON of DiTConfig fields"
     )
-    p.add_argument("--w-bits", type=int, default=4, help="weight bits (default 4)")
-    p.add_argument("--a-bits", type=int, default=8, help="activation bits (default 8)")
+    p.add_argument("--w-bits", type=int, default=4, help=f"weight bits, {bits_range()} (default 4)")
+    p.add_argument("--a-bits", type=int, default=8, help=f"activation bits, {bits_range()} (default 8)")
     p.add_argument(
         "--method",
         default="cheap",
@@ -91,7 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--act-granularity", default="token", help=f"{' | '.join(DYNAMIC_GRANULARITIES)} (default token)"
     )
-    p.add_argument("--weight-method", default="rtn", help="rtn (default, as the paper) | mse")
+    p.add_argument(
+        "--weight-method", default="rtn", help=f"{' | '.join(SEARCH_WEIGHT_METHODS)} (default rtn, as the paper)"
+    )
     p.add_argument("--symmetric", action="store_true", help="symmetric weight and activation quantizers")
     p.add_argument("--w-symmetric", action="store_true", help="symmetric weight quantizers (as --w_sym)")
     p.add_argument("--a-symmetric", action="store_true", help="symmetric activation quantizers (as --a_sym)")
@@ -220,15 +225,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> dict:
     """Validate every option before any heavy work; returns parsed values."""
     from qdit.errors import QditError
+    from qdit.quant.rules import check_bits, weight_method
     from qdit.search.api import METHODS
     from qdit.search.space import CandidateRule, parse_int_list
 
     if args.method not in METHODS:
         raise QditError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
     for name in ("w_bits", "a_bits"):
-        v = getattr(args, name)
-        if not 2 <= v <= 8:
-            raise QditError(f"--{name.replace('_', '-')} must be in 2..8, got {v}")
+        check_bits(getattr(args, name), f"--{name.replace('_', '-')}", QditError)
     for name in ("num_samples", "steps", "batch_size", "population", "top_k", "generations"):
         if getattr(args, name) < 1:
             raise QditError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -254,8 +258,11 @@ def _check(args: argparse.Namespace) -> dict:
             "the search evaluates dynamic activation quantizers; use --act-granularity "
             f"{', '.join(DYNAMIC_GRANULARITIES[:-1])} or {DYNAMIC_GRANULARITIES[-1]}"
         )
-    if args.weight_method not in ("rtn", "mse"):
-        raise QditError(f"--weight-method must be rtn or mse for the search, got {args.weight_method!r}")
+    if weight_method(args.weight_method, QditError, "--weight-method").needs_hessian:
+        raise QditError(
+            f"--weight-method {args.weight_method} needs calibration, which the search does not run; "
+            f"use one of {', '.join(SEARCH_WEIGHT_METHODS)}"
+        )
     for name in (
         "lofi_batch", "lofi_rounds", "lofi_samples", "shortlist", "heldout_samples", "exploit", "candidates",
         "cheap_budget",
@@ -314,8 +321,8 @@ def _check(args: argparse.Namespace) -> dict:
         "bits_choices": parse_int_list(args.bits_choices, "--bits-choices") if args.bits_choices else (),
         "heldout": parse_int_list(args.heldout_seeds, "--heldout-seeds") if args.heldout_seeds else (),
     }
-    if any(not 2 <= b <= 8 for b in out["bits_choices"]):
-        raise QditError("--bits-choices must be in 2..8")
+    for b in out["bits_choices"]:
+        check_bits(b, "every --bits-choices value", QditError)
     if args.bits_choices and args.budget_bpw is None:
         raise QditError("mixed precision (--bits-choices) needs a --budget-bpw budget")
     from qdit.io.atomic import check_outputs

@@ -24,6 +24,7 @@ import torch
 
 from qdit.quant.activation import ActLayout, activation_range
 from qdit.quant.primitives import num_groups, qparams, quantize
+from qdit.quant.rules import check_bits, divides
 from qdit.quant.weight import QWeight
 
 ACT_OFFSET = 128  # signed (symmetric) activation codes are stored as unsigned: code + 128
@@ -61,8 +62,7 @@ def quantize_acts(
     """Quantize ``x[..., K]`` exactly as the fake quantizer does, keeping the codes: rows are
     ``x.reshape(-1, K)``; ``sample`` and ``frame`` ranges follow ``layout`` (without one, the first
     dimension of ``x`` is the sample; see :mod:`qdit.quant.activation`)."""
-    if bits > 8:
-        raise ValueError(f"integer activations hold at most 8 bits, got {bits}")
+    check_bits(bits)  # the rule's upper bound is these formats' byte per code
     width = x.shape[-1]
     xg, xmin, xmax = activation_range(x, group, granularity, ch_min, ch_max, layout)
     scale, zero = qparams(xmin, xmax, bits, symmetric)
@@ -159,7 +159,7 @@ def block_size(width: int, act_group: int, weight_group: int) -> int:
     other; raises ``ValueError`` when they do not nest."""
     a, w = act_group or width, weight_group or width
     fine, coarse = min(a, w), max(a, w)
-    if coarse % fine:
+    if not divides(fine, coarse):
         raise ValueError(f"activation group {a} and weight group {w} do not nest")
     return fine
 

@@ -31,10 +31,11 @@ from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
 from qdit.quant.activation import LAYOUT_GRANULARITIES, ActLayout, activation_range, as_layout, clip_shape
 from qdit.quant.finite import check_finite
-from qdit.quant.gptq import gptq_quantize
-from qdit.quant.primitives import check_bits, fake_quantize_range, num_groups
+from qdit.quant.methods import quantize_by_method
+from qdit.quant.primitives import fake_quantize_range, num_groups
+from qdit.quant.rules import check_bits, check_divides
 from qdit.quant.stats import LayerStats
-from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight, quantize_weight
+from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight
 from qdit.recipe import ACT_GRANULARITIES, QuantSpec
 
 
@@ -180,12 +181,9 @@ class FloatWeight:
 
     def quantize(self, bits: int, group: int, scale_dtype: torch.dtype = WEIGHT_SCALE_DTYPE) -> QWeight:
         spec = self.spec
-        if spec.weight_method == "gptq":
-            assert self.hessian is not None
-            return gptq_quantize(
-                self.weight, self.hessian, bits, group, spec.w_symmetric, scale_dtype=scale_dtype
-            )
-        return quantize_weight(self.weight, bits, group, spec.w_symmetric, spec.weight_method, scale_dtype)
+        return quantize_by_method(
+            self.weight, spec.weight_method, bits, group, spec.w_symmetric, self.hessian, scale_dtype
+        )
 
 
 class QuantLinear(nn.Module):
@@ -337,8 +335,6 @@ class QuantLinear(nn.Module):
         """Why this layer cannot run through an integer kernel (``None`` when it can)."""
         if self.act_quant is None:
             return "weight-only quantization (float activations)"
-        if self.act_quant.bits > 8 or self.spec.w_bits > 8:
-            return "more than 8 bits"
         try:
             block_size(self.in_features, self.act_quant.group, self.spec.w_group)
         except ValueError:
@@ -379,11 +375,7 @@ class QuantLinear(nn.Module):
         if self.act_quant is None:
             raise QditError(f"{self.name or 'QuantLinear'}: activations are not quantized")
         if a_group is not None:
-            if a_group and self.in_features % a_group:
-                raise QditError(
-                    f"layer {self.name or 'QuantLinear'}: activation group {a_group} does not divide its "
-                    f"input width {self.in_features}"
-                )
+            check_divides(a_group, self.in_features, "activation group", self.name or "QuantLinear", QditError)
         if a_bits is not None:
             check_bits(a_bits)
         kernel = self.kernel

@@ -1,46 +1,57 @@
-"""Pure tensor math of quantization: qparams, (fake) quantization, MSE clipping, GPTQ, bit packing."""
+"""Pure tensor math of quantization: qparams, (fake) quantization, MSE clip, GPTQ, bit packing, and the
+rules every setting obeys (:mod:`qdit.quant.rules`).
 
-from qdit.quant.finite import NonFiniteError, check_finite, check_finite_tensors
-from qdit.quant.gptq import HessianAccumulator, gptq_quantize
-from qdit.quant.packing import pack_bits, pack_int32, unpack_bits, unpack_int32
-from qdit.quant.primitives import (
-    ScaleRangeWarning,
-    check_bits,
-    code_range,
-    dequantize,
-    fake_quantize,
-    fake_quantize_range,
-    group_range,
-    group_view,
-    minmax,
-    mse_clip_range,
-    qparams,
-    quantize,
-)
-from qdit.quant.weight import QWeight, quantize_weight
+Names are imported lazily, so that ``qdit.quant.rules`` (torch-free) can be used by the recipe and the
+CLI without loading torch.
+"""
 
-__all__ = [
-    "HessianAccumulator",
-    "NonFiniteError",
-    "QWeight",
-    "ScaleRangeWarning",
-    "check_bits",
-    "check_finite",
-    "check_finite_tensors",
-    "code_range",
-    "dequantize",
-    "fake_quantize",
-    "fake_quantize_range",
-    "gptq_quantize",
-    "group_range",
-    "group_view",
-    "minmax",
-    "mse_clip_range",
-    "pack_bits",
-    "pack_int32",
-    "qparams",
-    "quantize",
-    "quantize_weight",
-    "unpack_bits",
-    "unpack_int32",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "NonFiniteError": "qdit.quant.finite",
+    "check_finite": "qdit.quant.finite",
+    "check_finite_tensors": "qdit.quant.finite",
+    "HessianAccumulator": "qdit.quant.gptq",
+    "gptq_quantize": "qdit.quant.gptq",
+    "pack_bits": "qdit.quant.packing",
+    "pack_int32": "qdit.quant.packing",
+    "unpack_bits": "qdit.quant.packing",
+    "unpack_int32": "qdit.quant.packing",
+    "ScaleRangeWarning": "qdit.quant.primitives",
+    "code_range": "qdit.quant.primitives",
+    "dequantize": "qdit.quant.primitives",
+    "fake_quantize": "qdit.quant.primitives",
+    "fake_quantize_range": "qdit.quant.primitives",
+    "group_range": "qdit.quant.primitives",
+    "group_view": "qdit.quant.primitives",
+    "minmax": "qdit.quant.primitives",
+    "mse_clip_range": "qdit.quant.primitives",
+    "qparams": "qdit.quant.primitives",
+    "quantize": "qdit.quant.primitives",
+    "MAX_BITS": "qdit.quant.rules",
+    "MIN_BITS": "qdit.quant.rules",
+    "WEIGHT_METHODS": "qdit.quant.rules",
+    "check_bits": "qdit.quant.rules",
+    "check_divides": "qdit.quant.rules",
+    "divides": "qdit.quant.rules",
+    "QWeight": "qdit.quant.weight",
+    "quantize_weight": "qdit.quant.weight",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qdit.quant' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

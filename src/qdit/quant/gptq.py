@@ -14,7 +14,8 @@ import math
 import torch
 
 from qdit.quant.finite import check_finite
-from qdit.quant.primitives import check_bits, group_range, num_groups, qparams, quantize
+from qdit.quant.primitives import group_range, num_groups, qparams, quantize
+from qdit.quant.rules import check_bits
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight, pack_qweight
 
 GPTQ_BLOCK = 128

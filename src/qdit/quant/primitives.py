@@ -29,19 +29,12 @@ import warnings
 
 import torch
 
-MIN_BITS = 2
-MAX_BITS = 8
+from qdit.quant.rules import check_bits, check_divides
 
 # the MSE clip search: shrink factors 1.000, 0.999, ..., 0.901 and the L_p norm of the error
 MSE_GRID = 100
 MSE_STEP = 0.001
 MSE_NORM = 2.4
-
-
-def check_bits(bits: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    return bits
 
 
 def code_range(bits: int, symmetric: bool = False) -> tuple[int, int]:
@@ -70,10 +63,8 @@ def num_groups(width: int, group_size: int | None) -> int:
     check_group_size(group_size)
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"cannot group a row of width {width!r}: it must hold at least one value")
-    g = group_size or width
-    if g <= 0 or width % g:
-        raise ValueError(f"group size {group_size} does not divide the width {width}")
-    return width // g
+    check_divides(group_size or 0, width)
+    return width // (group_size or width)
 
 
 def group_view(x: torch.Tensor, group_size: int | None) -> torch.Tensor:

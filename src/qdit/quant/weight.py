@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from qdit.quant.finite import check_finite
-from qdit.quant.primitives import check_bits, group_range, group_view, num_groups, qparams, quantize
+from qdit.quant.primitives import group_range, group_view, num_groups, qparams, quantize
+from qdit.quant.rules import check_bits
 
 WEIGHT_SCALE_DTYPE = torch.float16
+_RANGES = {"rtn": "minmax", "mse": "mse"}  # the round-to-nearest methods and the range each rounds on
 
 
 @dataclass
@@ -79,9 +81,10 @@ def quantize_weight(
     """Round-to-nearest quantization of ``weight[out, in]``; ``method`` ``"rtn"`` (min/max range) or
     ``"mse"`` (per-group clip search)."""
     check_bits(bits)
-    if method not in ("rtn", "mse"):
+    if method not in _RANGES:
         raise ValueError(
-            f"quantize_weight: unknown method {method!r}; use 'rtn' or 'mse' (GPTQ: gptq_quantize)"
+            f"quantize_weight: unknown method {method!r}; use 'rtn' or 'mse' (every method: "
+            "qdit.quant.methods.quantize_by_method)"
         )
     w = weight.detach().float()
     if w.ndim != 2:
@@ -90,7 +93,7 @@ def quantize_weight(
     out, width = w.shape
     num_groups(width, group_size)
     wg = group_view(w, group_size)
-    xmin, xmax = group_range(wg, bits, symmetric, "minmax" if method == "rtn" else "mse", scale_dtype)
+    xmin, xmax = group_range(wg, bits, symmetric, _RANGES[method], scale_dtype)
     scale, zero = qparams(xmin, xmax, bits, symmetric, scale_dtype)
     q = quantize(wg, scale, zero, bits, symmetric).reshape(out, width)
     return pack_qweight(q, scale.squeeze(-1), zero.squeeze(-1), bits, group_size or 0, symmetric, scale_dtype)

@@ -16,6 +16,7 @@ from torch import nn
 from qdit.errors import QditError
 from qdit.nn.quant_linear import FAKE, FloatWeight, QuantLinear, WeightKey
 from qdit.nn.swap import LayerFactory, quant_layers
+from qdit.quant.rules import check_divides, divides
 from qdit.quant.stats import LayerStats
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight
 from qdit.recipe import QuantSpec
@@ -46,7 +47,7 @@ class BankedQuantLinear(QuantLinear):
         (``bits`` defaults to the spec's); group sizes that do not divide the input width are skipped."""
         layer = cls.from_linear(linear, spec, stats, scale_dtype=scale_dtype, name=name)
         assert isinstance(layer, BankedQuantLinear)
-        keys = [(b, g) for b in (list(bits) or [spec.w_bits]) for g in groups if g == 0 or linear.in_features % g == 0]
+        keys = [(b, g) for b in (list(bits) or [spec.w_bits]) for g in groups if divides(g, linear.in_features)]
         own = layer.qweight
         prepared = FloatWeight.prepare(linear, spec, stats, name) if keys else None
         for key in dict.fromkeys(keys):
@@ -156,8 +157,8 @@ def set_groups(model: nn.Module, groups: Mapping[str, int], *, weights: bool = T
             raise QditError(f"set_groups: {name!r} is not a quantized layer with a weight bank")
         if weights and g != layer.spec.w_group and (layer.spec.w_bits, g) not in layer.bank:
             raise QditError(f"set_groups: layer {name} has no precomputed weight for group {g}")
-        if acts and layer.act_quant is not None and g and layer.in_features % g:
-            raise QditError(f"set_groups: group {g} does not divide the input width {layer.in_features} of {name}")
+        if acts and layer.act_quant is not None:
+            check_divides(g, layer.in_features, "group", name, QditError)
     for name, g in groups.items():
         layer = layers[name]
         assert isinstance(layer, BankedQuantLinear)

@@ -243,21 +243,14 @@ def build_space(
         raise QditError(f"per-layer group choices name a layer that is not searched: {unknown[0]}")
     group_choices = {}
     for layer in layers:
-        if layer.name in layer_choices:
-            legal = divisor_groups(layer.in_features, layer_choices[layer.name], layer.name)
-            bad = sorted(set(layer_choices[layer.name]) - set(legal))
-            if bad:
-                raise QditError(
-                    f"group sizes {bad} do not divide the input width {layer.in_features} of {layer.name}"
-                )
+        if layer.name in layer_choices:  # exactly these: SearchSpace checks that each divides the width
+            legal = tuple(sorted(set(layer_choices[layer.name])))
         elif rule is not None:
             legal = candidate_groups(layer.in_features, rule)
         else:
             legal = divisor_groups(layer.in_features, choices or PAPER_GROUPS, layer.name)
         group_choices[layer.name] = legal
-    if not 2 <= w_bits <= 8 or not 2 <= a_bits <= 8 or any(not 2 <= b <= 8 for b in bits_choices):
-        raise QditError("bits must be in 2..8")
-    return SearchSpace(
+    return SearchSpace(  # which checks the bits
         tuple(layers), w_bits, a_bits, group_choices, separate_act, tuple(sorted(set(bits_choices)))
     )
 

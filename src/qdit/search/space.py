@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qdit.errors import QditError
+from qdit.quant.rules import check_bits, check_divides, divides
 
 Genome = tuple[int, ...]
 
@@ -64,7 +65,7 @@ def candidate_groups(width: int, rule: CandidateRule | None = None) -> tuple[int
     rule = rule or CandidateRule()
     if width < 1:
         raise QditError(f"layer width must be >= 1, got {width}")
-    divisors = [g for g in range(1, width + 1) if width % g == 0]
+    divisors = [g for g in range(1, width + 1) if divides(g, width)]
     aligned = [g for g in divisors if g % rule.quantum == 0 or (_is_pow2(g) and g < rule.quantum)]
     lo = max(rule.min_group, width / rule.max_groups)
     hi = width / rule.min_groups
@@ -89,7 +90,7 @@ def candidate_groups(width: int, rule: CandidateRule | None = None) -> tuple[int
 def divisor_groups(width: int, groups: Iterable[int] = PAPER_GROUPS, layer: str = "") -> tuple[int, ...]:
     """The sizes among ``groups`` that divide ``width`` (ascending); a :class:`QditError` if none does."""
     groups = sorted({int(g) for g in groups})
-    legal = tuple(g for g in groups if g >= 1 and width % g == 0)
+    legal = tuple(g for g in groups if g >= 1 and divides(g, width))
     if not legal:
         where = f" of {layer}" if layer else ""
         raise QditError(f"none of the group sizes {groups} divides the input width {width}{where}")
@@ -168,8 +169,10 @@ class SearchSpace:
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names):
             raise QditError("layer names in the search space must be unique")
-        if not 2 <= self.w_bits <= 16 or not 2 <= self.a_bits <= 16:
-            raise QditError(f"bits must be in [2, 16], got W{self.w_bits}A{self.a_bits}")
+        check_bits(self.w_bits, "w_bits", QditError)
+        check_bits(self.a_bits, "a_bits", QditError)
+        for b in self.bits_choices:
+            check_bits(b, "every bits choice", QditError)
         genes: list[Gene] = []
         for layer in self.layers:
             choices = tuple(
@@ -180,11 +183,10 @@ class SearchSpace:
                     else divisor_groups(layer.in_features, PAPER_GROUPS, layer.name)
                 )
             )
-            bad = [g for g in choices if layer.in_features % g]
-            if bad:
-                raise QditError(
-                    f"group sizes {bad} do not divide the input width {layer.in_features} of {layer.name}"
-                )
+            for g in choices:
+                if g < 1:
+                    raise QditError(f"layer {layer.name}: group size {g} must be >= 1")
+                check_divides(g, layer.in_features, "group size", layer.name, QditError)
             if self.separate_act:
                 genes += [Gene(layer.name, "w_group", choices), Gene(layer.name, "a_group", choices)]
             else:
