@@ -30,6 +30,7 @@ def hf() -> Any:
 
 import qdit  # noqa: E402
 from qdit.api import load_model  # noqa: E402
+from qdit.diffusion.calibration import calibration_runner  # noqa: E402
 from qdit.errors import QditError  # noqa: E402
 from qdit.models.adapter import get_adapter  # noqa: E402
 from qdit.models.diffusers_models import (  # noqa: E402
@@ -263,7 +264,7 @@ def test_pixart_adapter_quantizes_self_and_cross_attention() -> None:
     assert groups["caption"] == ["caption_projection.linear_1", "caption_projection.linear_2"]
     assert adapter.num_classes(model) is None  # no captions given yet
     with pytest.raises(QditError, match="set_captions"):
-        adapter.calibration_runner(model, num_samples=2, steps=2, cfg_scale=1.5, seed=0, batch_size=2)
+        calibration_runner(model, adapter, num_samples=2, steps=2, cfg_scale=1.5, seed=0, batch_size=2)
 
 
 def test_pixart_w8a8_and_w4a8(tmp_path: Path) -> None:

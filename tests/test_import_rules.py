@@ -22,8 +22,8 @@ RANKS = [
     ("qdit.recipe", 3), ("qdit.kernels", 3),
     ("qdit.nn", 4),
     ("qdit.models", 5),
-    ("qdit.calib", 6), ("qdit.diffusion", 6), ("qdit.eval", 6),
-    ("qdit.io", 7), ("qdit.train", 7),
+    ("qdit.diffusion", 6), ("qdit.eval", 6),
+    ("qdit.calib", 7), ("qdit.io", 7), ("qdit.train", 7),
     ("qdit.search", 8),
     ("qdit.api", 9),
     ("qdit.commands", 10), ("qdit.cli", 10), ("qdit", 10),
@@ -31,8 +31,6 @@ RANKS = [
 ]  # fmt: skip
 
 KNOWN = {  # importer -> imported: upward imports still to be undone (issue 14)
-    ("qdit.models.adapter", "qdit.diffusion.sampler"),  # the adapters' calibration runner
-    ("qdit.models.adapter", "qdit.diffusion.schedule"),
     ("qdit.search.model", "qdit.api"),  # the search quantizes through the facade
 }
 

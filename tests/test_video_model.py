@@ -139,12 +139,10 @@ def test_video_from_image_rejects_a_different_width() -> None:
 
 # --- quantize, save, load ---------------------------------------------------------------------------
 def test_calibration_runner_samples_clips() -> None:
-    from qdit.models.adapter import get_adapter
+    from qdit.diffusion.calibration import calibration_runner
 
     model = tiny_video()
-    run = get_adapter(model).calibration_runner(
-        model, num_samples=3, steps=2, cfg_scale=1.5, seed=0, batch_size=2
-    )
+    run = calibration_runner(model, num_samples=3, steps=2, cfg_scale=1.5, seed=0, batch_size=2)
     assert run().shape == (3, 1, 4, 8, 8)
 
 

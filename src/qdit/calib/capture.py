@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from qdit.calib.stats import Calibration, LayerStats
+from qdit.diffusion.calibration import calibration_runner
 from qdit.errors import QditError
+from qdit.models.adapter import ModelAdapter, get_adapter
 
 
 @dataclass
@@ -102,7 +104,8 @@ def calibrate(
 ) -> Calibration:
     """Capture ``layers``' inputs over ``config.num_samples`` sampling trajectories of ``model``.
 
-    The trajectories come from the model's adapter (:meth:`qdit.models.adapter.ModelAdapter.calibration_runner`).
+    The trajectories come from :func:`qdit.diffusion.calibration.calibration_runner` (the sampler on the
+    facts of the model's adapter, or the adapter's own driver).
     """
     config = config or CalibConfig()
     run = calibration_run(model, config, adapter)
@@ -116,11 +119,9 @@ def calibrate(
 def calibration_run(
     model: nn.Module, config: CalibConfig, adapter: object | None = None
 ) -> Callable[[], object]:
-    """The sampling run of ``config`` from the model's adapter (or ``adapter``)."""
-    from qdit.models.adapter import ModelAdapter, get_adapter
-
+    """The sampling run of ``config`` for ``model`` (with its adapter, or ``adapter``)."""
     ad = adapter if isinstance(adapter, ModelAdapter) else get_adapter(model)
-    return ad.calibration_runner(
-        model, num_samples=config.num_samples, steps=config.steps, cfg_scale=config.cfg_scale,
+    return calibration_runner(
+        model, ad, num_samples=config.num_samples, steps=config.steps, cfg_scale=config.cfg_scale,
         **({"cfg_channels": config.cfg_channels} if config.cfg_channels is not None else {}), seed=config.seed, batch_size=config.batch_size, progress=config.progress,
     )  # fmt: skip

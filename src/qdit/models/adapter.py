@@ -2,7 +2,8 @@
 
 An adapter says which linear layers of a model are quantized by default and which named optional groups
 exist (``"adaln"`` for our DiT), how to describe the model so that a saved quantized checkpoint can
-rebuild it without its float weights, and how to drive it for calibration (a few sampling trajectories).
+rebuild it without its float weights, and what the sampler needs to drive it (sample shape, classes,
+forward, noise schedule; the sampling itself lives in :mod:`qdit.diffusion`).
 """
 
 from __future__ import annotations
@@ -131,38 +132,11 @@ class ModelAdapter:
                 "impossible; use a guidance scale of 1"
             )
 
-    def calibration_runner(
-        self,
-        model: nn.Module,
-        *,
-        num_samples: int,
-        steps: int,
-        cfg_scale: float,
-        seed: int,
-        batch_size: int,
-        progress: bool = False,
-        cfg_channels: int | None = None,
-    ) -> Callable[[], object]:
-        """A callable that drives ``model`` over a few sampling trajectories (for calibration hooks)."""
-        from qdit.diffusion.sampler import SamplerConfig, default_labels, generate
-        from qdit.diffusion.schedule import GaussianDiffusion
-
-        shape, classes = self.sampling_geometry(model)
-        self.check_cfg_scale(model, cfg_scale)
-        labels = default_labels(num_samples, classes)
-        sampler = SamplerConfig(steps=steps, method="ddim", cfg_scale=cfg_scale, cfg_channels=cfg_channels)
-        schedule = self.noise_schedule(model)
-        diffusion = GaussianDiffusion.from_scheduler_config(schedule) if schedule else None
-        device = next(model.parameters()).device
-        fn = self.model_fn(model)
-
-        def run() -> torch.Tensor:
-            return generate(
-                fn, shape, classes, labels, seed, sampler, batch_size=batch_size, device=device,
-                diffusion=diffusion, progress=progress, progress_desc="calibration",
-            )  # fmt: skip
-
-        return run
+    def calibration_driver(self, model: nn.Module) -> Callable[[], object] | None:
+        """A callable that runs ``model`` on representative inputs for calibration hooks, when the adapter
+        has its own; ``None`` (the default): qdit's sampler drives it over a few trajectories, from this
+        adapter's shape, classes, forward and noise schedule (:mod:`qdit.diffusion.calibration`)."""
+        return None
 
 
 class DiTAdapter(ModelAdapter):
@@ -284,9 +258,9 @@ class PatternAdapter(ModelAdapter):
         )  # fmt: skip
         return attach_adapter(model, adapter)
 
-    def calibration_runner(self, model: nn.Module, **kwargs: Any) -> Callable[[], object]:
+    def calibration_driver(self, model: nn.Module) -> Callable[[], object] | None:
         if self.calibrate is None:
-            return super().calibration_runner(model, **kwargs)
+            return None
         calibrate = self.calibrate
         return lambda: calibrate(model)
 
