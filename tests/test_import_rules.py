@@ -30,9 +30,7 @@ RANKS = [
     ("qdit.__main__", 11),
 ]  # fmt: skip
 
-KNOWN = {  # importer -> imported: upward imports still to be undone (issue 14)
-    ("qdit.search.model", "qdit.api"),  # the search quantizes through the facade
-}
+KNOWN: set[tuple[str, str]] = set()  # importer -> imported: upward imports still to be undone (none left)
 
 
 def rank(module: str) -> int:

@@ -3,24 +3,16 @@ of model the CLI's ``--model`` takes)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
-from qdit.calib import CalibConfig, Calibration, calibrate
-from qdit.calib.capture import calibration_run
-from qdit.calib.sequential import quantize_sequential
+from qdit.calib import CalibConfig, Calibration
+from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.errors import QditError
-from qdit.models.adapter import get_adapter
-from qdit.nn.swap import LayerFactory, quant_layers, swap_layers
+from qdit.nn.swap import KERNELS, LayerFactory, freeze, quant_layers
 from qdit.recipe import QuantSpec, Recipe
 
-
-def resolve_specs(model: nn.Module, recipe: Recipe) -> dict[str, QuantSpec]:
-    """Per-layer specs of ``recipe`` on ``model`` (its adapter says which linears and which groups)."""
-    adapter = get_adapter(model)
-    return recipe.resolve(adapter.layer_widths(model), adapter.layer_groups(model))
+__all__ = ["load_model", "quantize", "resolve_specs"]
 
 
 def quantize(
@@ -43,8 +35,6 @@ def quantize(
     (:func:`qdit.nn.freeze`): ``auto`` integer kernels where the recipe allows, ``int`` everywhere,
     ``fake`` the fake-quantization reference. Calibration always runs on fake quantization.
     """
-    from qdit.nn.swap import KERNELS, freeze
-
     if kernel not in KERNELS:
         raise QditError(f"unknown kernel {kernel!r}; use one of {', '.join(KERNELS)}")
     if quant_layers(model):
@@ -58,43 +48,7 @@ def quantize(
     specs = resolve_specs(model, recipe)
     if not specs:
         raise QditError("the recipe selects no layer to quantize")
-    # the clip/frame layout of each linear's input is architecture knowledge: the adapter has it, and
-    # qdit.io.checkpoint.load asks the same adapter again (the layout is not stored with the weights)
-    layouts = get_adapter(model).activation_layout(model)
-    need = [n for n, s in specs.items() if s.needs_calibration]
-    hess = [n for n, s in specs.items() if s.needs_hessian]
-    if need and (calib is None or isinstance(calib, CalibConfig)):
-        config = calib if isinstance(calib, CalibConfig) else CalibConfig(progress=progress)
-        adapter = get_adapter(model)
-        blocks = adapter.block_names(model) if config.sequential else None
-        if blocks:
-            run = calibration_run(model, config, adapter)
-
-            def swap(
-                module: nn.Module, local: Mapping[str, QuantSpec], stats: Mapping | None, prefix: str
-            ) -> None:
-                swap_layers(module, local, stats, prefix=prefix, factory=layer_factory, layouts=layouts)
-
-            quantize_sequential(
-                model, specs, blocks, run, swap, max_rows=config.max_rows, seed=config.seed, progress=progress
-            )
-            model.qdit_recipe = recipe
-            if layer_factory is None:
-                freeze(model, kernel)
-            return model
-        calib = calibrate(model, need, config, hessian_layers=hess, adapter=adapter)
-    stats: Calibration | None = None
-    if need:
-        if not isinstance(calib, Calibration):
-            raise QditError(f"calib must be a Calibration or CalibConfig, got {type(calib).__name__}")
-        missing = [n for n in need if n not in calib]
-        if missing:
-            raise QditError(f"the calibration data has no layer {missing[0]!r} ({len(missing)} missing)")
-        no_h = [n for n in hess if calib[n].hessian is None]
-        if no_h:
-            raise QditError(f"the calibration data has no Hessian for {no_h[0]!r} (needed by GPTQ)")
-        stats = calib
-    swap_layers(model, specs, stats, progress=progress, factory=layer_factory, layouts=layouts)
+    quantize_layers(model, specs, calib, layer_factory=layer_factory, progress=progress)
     model.qdit_recipe = recipe
     if layer_factory is None:  # a custom factory's layers (the search's banks) choose for themselves
         freeze(model, kernel)

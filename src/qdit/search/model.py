@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
+from qdit.nn.swap import quant_layers
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.cost import Budget, CostModel
@@ -214,8 +216,6 @@ def _schedule(model: nn.Module) -> GaussianDiffusion:
 
 def searchable_layers(model: nn.Module, base: QuantSpec) -> list[LayerInfo]:
     """The linears that ``base`` quantizes on ``model`` (its adapter's default set), in model order."""
-    from qdit.api import resolve_specs
-
     specs = resolve_specs(model, Recipe(default=replace(base, w_group=0, a_group=0)))
     modules = dict(model.named_modules())
     tokens = _tokens(model)
@@ -346,8 +346,6 @@ class ModelObjective:
         self.model_fn = adapter.model_fn(qmodel)
         self.fp_fn = get_adapter(fp_model).model_fn(fp_model) if fp_model is not None else None
         self.diffusion = _schedule(qmodel)
-        from qdit.nn.swap import quant_layers
-
         self.layers = quant_layers(qmodel)
         missing = [layer.name for layer in space.layers if layer.name not in self.layers]
         if missing:
@@ -382,8 +380,6 @@ class ModelObjective:
     ) -> ModelObjective:
         """Copy ``model``, record the proxy's inputs with the float copy, quantize it with a bank of
         every candidate group size (and bits) per layer, and return the objective."""
-        from qdit.api import quantize
-
         config = config or FitnessConfig()
         model = copy.deepcopy(model).to(device).eval()
         digest = weights_digest(model, [layer.name for layer in space.layers])
@@ -400,9 +396,8 @@ class ModelObjective:
             space, tuple(g.choices[0] if g.kind != "w_bits" else space.w_bits for g in space.genes), base
         )
         factory = bank_factory({k: sorted(v) for k, v in banks.items()}, bits if len(bits) > 1 else ())
-        quantize(model, recipe, layer_factory=factory, progress=progress)
-        from qdit.nn.swap import quant_layers
-
+        # the banked layers run fake quantization only: no kernel choice (qdit.quantize's freeze) here
+        quantize_layers(model, resolve_specs(model, recipe), layer_factory=factory, progress=progress)
         for layer in quant_layers(model).values():
             if isinstance(layer, BankedQuantLinear):
                 layer.precompute()
