@@ -1,17 +1,18 @@
-"""Imports point down the layers (ARCHITECTURE.md), also through imports inside functions.
+"""Imports point down the layers (ARCHITECTURE.md, docs/architecture.md) and form no cycle, also through
+imports inside functions.
 
 Each module gets a rank; a module may import only modules of lower rank (or of its own package).
-Utilities that import nothing of qdit's upper layers sit at rank 0. The known violations still to be
-undone (issue 14) are listed by name, so that no new one can creep in unnoticed, and each listed one
-must still exist (a fixed one is removed from the list).
+Utilities that import nothing of qdit's upper layers sit at rank 0 or 1.
 """
 
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 
 # (module prefix, rank): the longest matching prefix decides
 RANKS = [
@@ -30,8 +31,6 @@ RANKS = [
     ("qdit.__main__", 11),
 ]  # fmt: skip
 
-KNOWN: set[tuple[str, str]] = set()  # importer -> imported: upward imports still to be undone (none left)
-
 
 def rank(module: str) -> int:
     best = max((p for p, _ in RANKS if module == p or module.startswith(p + ".")), key=len)
@@ -42,14 +41,49 @@ def package(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
-def qdit_imports() -> list[tuple[str, str]]:
-    edges = []
+def _modules() -> dict[str, Path]:
+    found = {}
     for path in sorted((SRC / "qdit").rglob("*.py")):
         parts = path.relative_to(SRC).with_suffix("").parts
-        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        for node in ast.walk(ast.parse(path.read_text())):
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _never_imported(tree: ast.AST) -> set[int]:
+    """Line numbers of the imports that never run when the module is imported: under ``if TYPE_CHECKING:``
+    and under ``if __name__ == "__main__":`` (there the file runs as a program, a module of its own)."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+            "TYPE_CHECKING" in ast.unparse(node.test) or "__main__" in ast.unparse(node.test)
+        ):
+            lines |= {
+                n.lineno
+                for b in node.body
+                for n in ast.walk(b)
+                if isinstance(n, (ast.Import, ast.ImportFrom))
+            }
+    return lines
+
+
+def qdit_imports(runtime_only: bool = False) -> list[tuple[str, str]]:
+    """``(importer, imported)`` for every import of a qdit module, at module level or inside a function;
+    ``runtime_only`` leaves out the imports that never run on import (see :func:`_never_imported`).
+    ``from qdit.a import b`` with a submodule ``b`` counts as an import of ``qdit.a.b``."""
+    modules = _modules()
+    edges = []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skip = _never_imported(tree) if runtime_only else set()
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or node.lineno in skip:
+                continue
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] if node.module.startswith("qdit.") else []
+                if not node.module.startswith("qdit."):
+                    continue
+                names = [node.module] + [
+                    f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules
+                ]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.startswith("qdit.")]
             else:
@@ -58,22 +92,79 @@ def qdit_imports() -> list[tuple[str, str]]:
     return edges
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Who runs whose code at import time or later: each import of ``qdit.a.b.c`` also runs the
+    ``__init__`` of ``qdit.a`` and ``qdit.a.b`` (unless the importer is inside them, where Python has
+    already started them)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for a, b in qdit_imports(runtime_only=True):
+        parts = b.split(".")
+        for k in range(2, len(parts) + 1):
+            target = ".".join(parts[:k])
+            if target != a and not a.startswith(target + "."):
+                graph[a].add(target)
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
 def test_imports_point_down() -> None:
     edges = qdit_imports()
     assert len(edges) > 100  # the scan sees the package
-    bad = sorted(
-        (a, b) for a, b in edges if package(a) != package(b) and rank(b) >= rank(a) and (a, b) not in KNOWN
-    )
+    bad = sorted({(a, b) for a, b in edges if package(a) != package(b) and rank(b) >= rank(a)})
     assert not bad, "imports against the layer order: " + ", ".join(f"{a} -> {b}" for a, b in bad)
 
 
-def test_known_exceptions_still_exist() -> None:
-    edges = set(qdit_imports())
-    gone = sorted(KNOWN - edges)
-    assert not gone, f"fixed, remove from KNOWN: {gone}"
+def test_no_import_cycles() -> None:
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles (late imports included): " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert find_cycles(graph) == [["a", "b", "c"]]
 
 
 def test_the_rule_catches_an_upward_import() -> None:
     assert rank("qdit.nn.swap") < rank("qdit.calib.capture")  # nn must not import calib
     assert rank("qdit.kernels.linear") < rank("qdit.nn.quant_linear")
-    assert rank("qdit.io.atomic") < rank("qdit.recipe") and rank("qdit.io.checkpoint") > rank("qdit.models.adapter")
+    assert rank("qdit.io.atomic") < rank("qdit.recipe") and rank("qdit.io.checkpoint") > rank(
+        "qdit.models.adapter"
+    )
+    assert rank("qdit.quant.rules") < rank(
+        "qdit.recipe"
+    )  # the recipe checks specs with the quantizer's rules
+    assert rank("qdit.diffusion.sampler") < rank("qdit.calib.capture")  # calibration drives the sampler

@@ -9,15 +9,14 @@ and ``radii`` (their squared k-th-neighbour distances, k = :data:`PR_K`),
 ``count`` (images used), ``version``, ``extractor`` and ``fingerprint`` (a stale or foreign file, e.g.
 after the domain classifier was retrained, is recomputed and replaced).
 
-``python -m qdit.eval.refstats fashion-mnist-test [--bf16] [--domain]`` fills the cache ahead of time;
+``python -m qdit.eval.refstats fashion-mnist-test [--bf16] [--domain]`` (the command of
+:mod:`qdit.eval.fill_refstats`) fills the cache ahead of time;
 for a clips reference (``fashion-mnist-clips-test``, a clips ``.npz``) it computes the FVD statistics of
 ClipNet, or of I3D with ``--i3d PATH`` (keys ``clipnet``, ``i3d-logits``, ``i3d-pool``).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qdit.errors import QditError
 from qdit.eval.cache import refstats_path
 from qdit.eval.metrics import feature_stats, knn_radii
 from qdit.io.atomic import atomic_path
@@ -153,55 +151,9 @@ def inception_refstats(ref: Reference, extractor: InceptionFeatures, *, refresh:
     return cached_refstats(ref.name, extractor.key, extractor.fingerprint, compute, refresh=refresh)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m qdit.eval.refstats", description="fill the reference-statistics cache"
-    )
-    parser.add_argument(
-        "ref",
-        help="fashion-mnist-test, fashion-mnist-train, fashion-mnist-clips-test, ... or a reference .npz",
-    )
-    parser.add_argument("--bf16", action="store_true", help="Inception in bf16 (cached separately)")
-    parser.add_argument(
-        "--domain", action="store_true", help="domain-classifier statistics instead of Inception"
-    )
-    parser.add_argument(
-        "--i3d", metavar="PATH", help="clips: I3D weights for FVD statistics instead of ClipNet"
-    )
-    parser.add_argument("--i3d-features", choices=("logits", "pool"), default="logits")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--refresh", action="store_true", help="recompute even if cached")
-    args = parser.parse_args(argv)
-    try:
-        from qdit.eval.npz import load_reference
+if __name__ == "__main__":  # python -m qdit.eval.refstats (README): the command is qdit.eval.fill_refstats's
+    import sys
 
-        ref = load_reference(args.ref)
-        if ref.images is not None and ref.images.ndim == 5:
-            from qdit.eval.evaluate import video_extractor
-            from qdit.eval.video import video_refstats
+    from qdit.eval.fill_refstats import main
 
-            vex = video_extractor(
-                "i3d" if args.i3d else "clipnet", i3d_path=args.i3d, i3d_features=args.i3d_features
-            )
-            stats = video_refstats(ref, vex, refresh=args.refresh)
-            key = vex.key
-        elif args.domain:
-            from qdit.eval.domain import DomainFeatures, domain_refstats
-
-            stats = domain_refstats(ref, DomainFeatures(), refresh=args.refresh)
-            key = DomainFeatures.name
-        else:
-            from qdit.eval.inception import InceptionFeatures
-
-            ex = InceptionFeatures(bf16=args.bf16, batch_size=args.batch_size)
-            stats = inception_refstats(ref, ex, refresh=args.refresh)
-            key = ex.key
-    except (QditError, OSError, ValueError) as exc:
-        print(f"refstats: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{ref.name} ({key}): {stats.count} samples, cached in {refstats_path(ref.name, key)}")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())
