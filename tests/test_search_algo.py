@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from qdit.diffusion.distributed import DistContext, all_gather, rounds, shard
 from qdit.errors import QditError
 from qdit.search.cheap import CheapConfig, planned_images, run_cheap, rung_samples
 from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, repair
-from qdit.search.distributed import Dist, rounds, shard
 from qdit.search.evolution import EvolutionConfig, EvolutionSearch
 from qdit.search.model import build_space
 from qdit.search.objective import Evaluation
@@ -520,13 +520,13 @@ def test_rounds_and_shards_cover_every_item_once():
             r = rounds(n, w)
             assert [i for chunk in r for i in chunk] == list(range(n))
             assert all(len(chunk) <= w for chunk in r)
-            parts = [shard(n, k, w) for k in range(w)]
-            assert sorted(i for p in parts for i in p) == list(range(n))
-            for k in range(w):
-                assert parts[k] == [chunk[k] for chunk in r if k < len(chunk)]
+            # each rank evaluates at most one item of a round, and the shards of a round are the round
+            for chunk in r:
+                parts = [shard(chunk, k, w) for k in range(w)]
+                assert all(len(p) <= 1 for p in parts) and sum(parts, []) == chunk
     with pytest.raises(ValueError):
-        shard(3, 2, 2)
-    assert Dist().gather(5) == [5] and Dist().is_main
+        shard([0, 1, 2], 2, 2)
+    assert all_gather(5, DistContext()) == [5] and DistContext().is_main
 
 
 # --- the additive surrogate ----------------------------------------------------------------------

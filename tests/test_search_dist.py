@@ -11,9 +11,9 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from qdit.diffusion.distributed import DistContext
 from qdit.search.cheap import CheapConfig, run_cheap
 from qdit.search.cost import Budget, CostModel
-from qdit.search.distributed import Dist
 from qdit.search.evolution import EvolutionConfig
 from qdit.search.runner import run_full
 from qdit.search.space import CandidateRule, LayerInfo, SearchSpace, genome_key
@@ -35,7 +35,7 @@ def _space() -> SearchSpace:
     return SearchSpace(tuple(LayerInfo(f"l{i}", 256, 64) for i in range(6)), rule=CandidateRule())
 
 
-def _search(method: str, state: str | None, d: Dist, obj: SyntheticObjective):
+def _search(method: str, state: str | None, d: DistContext, obj: SyntheticObjective):
     space = _space()
     if method == "full":
         return run_full(
@@ -53,7 +53,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         for method in ("full", "cheap", "cheap-bayes"):
             obj = SyntheticObjective(_space())
-            res = _search(method, os.path.join(out, f"{method}.state.json"), Dist.current(), obj)
+            res = _search(method, os.path.join(out, f"{method}.state.json"), DistContext.current(), obj)
             calls = [c for c in obj.calls if c[0] == "fitness"]
             with open(os.path.join(out, f"{method}.rank{rank}.json"), "w") as f:
                 json.dump({"best": list(res.best_genome), "history": res.history, "calls": calls}, f)
@@ -77,7 +77,7 @@ def two_ranks(tmp_path_factory):
 @pytest.mark.parametrize("method", ["full", "cheap", "cheap-bayes"])  # cheap: the gradient strategy
 def test_two_gloo_ranks_match_one_process(two_ranks, method):
     tmp_path = two_ranks
-    single = _search(method, None, Dist(), SyntheticObjective(_space()))
+    single = _search(method, None, DistContext(), SyntheticObjective(_space()))
     ranks = [json.loads((tmp_path / f"{method}.rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["best"] == list(single.best_genome)

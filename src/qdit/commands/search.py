@@ -393,12 +393,12 @@ def run(args: argparse.Namespace) -> int:
 
     from qdit.api import load_model
     from qdit.commands.common import check_cfg_channels, resolve_device
+    from qdit.diffusion.distributed import init_distributed
     from qdit.errors import QditError
     from qdit.io.atomic import write_json
     from qdit.search.api import heldout_fitness, search_groups
     from qdit.search.cheap import CheapConfig
     from qdit.search.cost import Budget
-    from qdit.search.distributed import Dist
     from qdit.search.evolution import EvolutionConfig
     from qdit.search.model import FitnessConfig
     from qdit.search.plot import search_plot
@@ -443,9 +443,9 @@ def run(args: argparse.Namespace) -> int:
         reference="fp" if args.fitness == "fd-fp" else "data",
         cfg_channels=args.cfg_channels,
     )
-    dist = Dist.from_env("nccl" if device.startswith("cuda") else "gloo")
-    if dist.world > 1 and device.startswith("cuda"):
-        device = f"cuda:{dist.rank % max(1, torch.cuda.device_count())}"
+    dist = init_distributed(device)  # under torchrun: each rank on its own GPU when device is CUDA
+    if dist.active:
+        device = dist.device
     t0 = time.time()
     model = load_model(args.model, args.arch, device=device)
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
@@ -484,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
         )
         report["heldout_samples"] = n
     report["wall_seconds"] = time.time() - t0
-    report["world_size"] = dist.world
+    report["world_size"] = dist.world_size
     if dist.is_main:
         outcome.recipe.save(args.out)
         if args.json:

@@ -4,7 +4,7 @@
 * :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget and its repair;
 * :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
 * :mod:`~qdit.search.runner` -- state file, resume, the full search; :mod:`~qdit.search.cheap` -- the
-  cheap search (default); :mod:`~qdit.search.distributed` -- candidates spread over ranks;
+  cheap search (default), both spreading candidates over ranks with :mod:`qdit.diffusion.distributed`;
 * :mod:`~qdit.search.gradient` -- the first-order sensitivity of the fitness to single-gene changes
   (one backward pass through the sampler), which drives the cheap search;
   :mod:`~qdit.search.surrogate` -- the additive surrogate of the fitness;
@@ -37,7 +37,6 @@ _EXPORTS = {
     "run_full": "qdit.search.runner",
     "CheapConfig": "qdit.search.cheap",
     "run_cheap": "qdit.search.cheap",
-    "Dist": "qdit.search.distributed",
     "FeatureSpace": "qdit.search.model",
     "FitnessConfig": "qdit.search.model",
     "ModelObjective": "qdit.search.model",

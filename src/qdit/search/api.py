@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from qdit.diffusion.distributed import DistContext
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig, run_cheap
 from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, only_candidate
-from qdit.search.distributed import Dist
 from qdit.search.evolution import EvolutionConfig
 from qdit.search.model import (
     FeatureSpace,
@@ -64,7 +64,7 @@ def search_groups(
     seed: int = 0,
     state_path: str | Path | None = None,
     resume: bool = False,
-    dist: Dist | None = None,
+    dist: DistContext | None = None,
     progress: bool = False,
     model_name: str = "model",
     device: torch.device | str = "cpu",
@@ -110,7 +110,7 @@ def search_groups(
         model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap" and (cheap or CheapConfig()).screen,
         progress=progress,
     )  # fmt: skip
-    dist = dist or Dist.current()
+    dist = dist or DistContext.current()
     if method == "full":
         result = run_full(
             space, cost, budget, objective, num_samples, evolution, seed, state_path, resume, dist, progress

@@ -64,9 +64,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qdit.diffusion.distributed import DistContext, evaluate_in_rounds
 from qdit.errors import QditError
 from qdit.search.cost import Budget, CostModel, baseline_group, repair
-from qdit.search.distributed import Dist, evaluate_in_rounds
 from qdit.search.evolution import EvolutionConfig, RepairingEvolution
 from qdit.search.gradient import Sensitivity
 from qdit.search.objective import Evaluation, Objective
@@ -205,12 +205,12 @@ def run_cheap(
     seed: int = 0,
     state_path: str | Path | None = None,
     resume: bool = False,
-    dist: Dist | None = None,
+    dist: DistContext | None = None,
     progress: bool = False,
     on_evaluation: Callable[[SearchLog], None] | None = None,
 ) -> SearchResult:
     config = config or CheapConfig()
-    dist = dist or Dist.current()
+    dist = dist or DistContext.current()
     if num_samples < 1:
         raise QditError(f"the number of samples must be >= 1, got {num_samples}")
     g0 = baseline_group(space, cost, budget)

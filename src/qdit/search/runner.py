@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qdit.diffusion.distributed import DistContext, broadcast, evaluate_in_rounds
 from qdit.errors import QditError
 from qdit.io.atomic import atomic_path, write_json
 from qdit.search.cost import Budget, CostModel, baseline_group
-from qdit.search.distributed import Dist, evaluate_in_rounds
 from qdit.search.evolution import ALGORITHM, EvolutionConfig, EvolutionSearch
 from qdit.search.objective import Evaluation, Objective
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
@@ -178,7 +178,7 @@ def _normalise(obj: object) -> object:
 class StateFile:
     """The state JSON (plus the features sidecar) of one search; only rank 0 writes."""
 
-    def __init__(self, path: str | Path | None, dist: Dist) -> None:
+    def __init__(self, path: str | Path | None, dist: DistContext) -> None:
         self.path = Path(path) if path is not None else None
         self.dist = dist
 
@@ -193,7 +193,7 @@ class StateFile:
                 state = json.loads(self.path.read_text())
             except json.JSONDecodeError as exc:
                 raise QditError(f"cannot read the search state {self.path}: {exc}") from None
-        return self.dist.broadcast(state)
+        return broadcast(state, self.dist)
 
     def clear_features(self) -> None:
         """Remove the features of an earlier search at this path (a fresh start must not reuse them)."""
@@ -209,7 +209,7 @@ class StateFile:
             if self.dist.is_main:
                 store.load(self.features_path)
                 data = store.data
-            store.data = self.dist.broadcast(data)
+            store.data = broadcast(data, self.dist)
 
     def write(self, state: dict, store: FeatureStore | None = None) -> None:
         if self.path is None or not self.dist.is_main:
@@ -348,14 +348,14 @@ def run_full(
     seed: int = 0,
     state_path: str | Path | None = None,
     resume: bool = False,
-    dist: Dist | None = None,
+    dist: DistContext | None = None,
     progress: bool = False,
     on_evaluation: Callable[[SearchLog], None] | None = None,
 ) -> SearchResult:
     """The paper's search: the authors' evolution (:class:`EvolutionSearch`: 50 + 10 x 50 = 550
     evaluations at the defaults) with the sample-based fitness of ``num_samples`` images."""
     config = config or EvolutionConfig()
-    dist = dist or Dist.current()
+    dist = dist or DistContext.current()
     if num_samples < 1:
         raise QditError(f"the number of samples must be >= 1, got {num_samples}")
     g0 = baseline_group(space, cost, budget)
