@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from search_setup import w4a8_search_setup
 
     from qdit.io.atomic import write_json
-    from qdit.search.api import heldout_fitness
     from qdit.search.cheap import CheapConfig, run_cheap
+    from qdit.search.driver import heldout_fitness
     from qdit.search.evolution import EvolutionConfig
     from qdit.search.plot import PALETTE, Series, line_plot, search_series
     from qdit.search.runner import run_full

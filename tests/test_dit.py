@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from qdit.models.checkpoint import CheckpointError, load_state_dict_file, load_strict
 from qdit.models.dit import DiT, DiTConfig, dit_config, sincos_pos_embed_2d, timestep_embedding
+from qdit.models.state_dict import CheckpointError, load_state_dict_file, load_strict
 
 
 def official_state_dict_shapes(

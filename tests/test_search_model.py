@@ -13,9 +13,9 @@ import torch
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
-from qdit.search.api import heldout_fitness, search_groups
 from qdit.search.cheap import CheapConfig
 from qdit.search.cost import Budget, CostModel
+from qdit.search.driver import heldout_fitness, search_groups
 from qdit.search.evolution import EvolutionConfig
 from qdit.search.model import (
     FeatureSpace,

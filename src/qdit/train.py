@@ -95,7 +95,7 @@ def train_embedded(
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state["elapsed"]
     elif cfg.init:
-        from qdit.models.checkpoint import load_state_dict_file, load_strict
+        from qdit.models.state_dict import load_state_dict_file, load_strict
 
         init = {k: v.float() for k, v in load_state_dict_file(Path(cfg.init)).items()}
         if video and "temp_embed" not in init:

@@ -226,7 +226,7 @@ def _check(args: argparse.Namespace) -> dict:
     """Validate every option before any heavy work; returns parsed values."""
     from qdit.errors import QditError
     from qdit.quant.rules import check_bits, weight_method
-    from qdit.search.api import METHODS
+    from qdit.search.driver import METHODS
     from qdit.search.space import CandidateRule, parse_int_list
 
     if args.method not in METHODS:
@@ -396,9 +396,9 @@ def run(args: argparse.Namespace) -> int:
     from qdit.diffusion.distributed import init_distributed
     from qdit.errors import QditError
     from qdit.io.atomic import write_json
-    from qdit.search.api import heldout_fitness, search_groups
     from qdit.search.cheap import CheapConfig
     from qdit.search.cost import Budget
+    from qdit.search.driver import heldout_fitness, search_groups
     from qdit.search.evolution import EvolutionConfig
     from qdit.search.model import FitnessConfig
     from qdit.search.plot import search_plot

@@ -39,8 +39,8 @@ class FashionClassifier(nn.Module):
 
 def load_classifier(path: str | Path | None = None) -> FashionClassifier:
     """The shipped classifier, in eval mode."""
-    from qdit.models.checkpoint import load_state_dict_file, load_strict
     from qdit.models.embedded import asset_path
+    from qdit.models.state_dict import load_state_dict_file, load_strict
 
     weights = Path(path) if path is not None else asset_path(CLASSIFIER_WEIGHTS)
     model = FashionClassifier()

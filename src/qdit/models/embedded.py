@@ -31,7 +31,7 @@ def asset_path(name: str) -> Path:
 
 def load_embedded(path: str | Path | None = None) -> DiT:
     """The embedded Fashion-MNIST DiT in eval mode, from the weights shipped with the package."""
-    from qdit.models.checkpoint import load_state_dict_file, load_strict
+    from qdit.models.state_dict import load_state_dict_file, load_strict
 
     model = DiT(EMBEDDED_CONFIG)
     weights = Path(path) if path is not None else asset_path(EMBEDDED_WEIGHTS)
@@ -61,7 +61,7 @@ def load_embedded_video(path: str | Path | None = None) -> VideoDiT:
 
     Reads only; a missing weights file is a one-line :class:`QditError` (the asset is trained separately,
     ``python -m qdit.train --video``, and may be absent from a checkout)."""
-    from qdit.models.checkpoint import load_state_dict_file, load_strict
+    from qdit.models.state_dict import load_state_dict_file, load_strict
 
     weights = Path(path) if path is not None else asset_path(EMBEDDED_VIDEO_WEIGHTS)
     if not weights.is_file():

@@ -119,7 +119,7 @@ def resolve_dit_config(arch: str | None, state: dict[str, torch.Tensor]) -> DiTC
 
 def load_dit_checkpoint(path: str | Path, arch: str | None = None) -> DiT:
     """An official-layout DiT checkpoint (``.pt``/``.pth``/``.safetensors``), strictly loaded, in eval mode."""
-    from qdit.models.checkpoint import load_state_dict_file, load_strict
+    from qdit.models.state_dict import load_state_dict_file, load_strict
 
     state = load_state_dict_file(path)
     model = DiT(resolve_dit_config(arch, state))

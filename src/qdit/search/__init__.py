@@ -9,7 +9,7 @@
   (one backward pass through the sampler), which drives the cheap search;
   :mod:`~qdit.search.surrogate` -- the additive surrogate of the fitness;
 * :mod:`~qdit.search.model` -- the model side (weight bank, fitness, sensitivity, proxy, recipe export);
-  :mod:`~qdit.search.api` -- :func:`search_groups`; :mod:`~qdit.search.plot` -- PNG plots.
+  :mod:`~qdit.search.driver` -- :func:`search_groups`; :mod:`~qdit.search.plot` -- PNG plots.
 
 Names are imported lazily, so ``import qdit.search`` loads neither torch nor the model code.
 """
@@ -41,8 +41,8 @@ _EXPORTS = {
     "FitnessConfig": "qdit.search.model",
     "ModelObjective": "qdit.search.model",
     "genome_recipe": "qdit.search.model",
-    "search_groups": "qdit.search.api",
-    "heldout_fitness": "qdit.search.api",
+    "search_groups": "qdit.search.driver",
+    "heldout_fitness": "qdit.search.driver",
     "search_plot": "qdit.search.plot",
     "line_plot": "qdit.search.plot",
 }

@@ -1,4 +1,5 @@
-"""The library entry point of the group-size search: :func:`search_groups` (what ``qdit search`` runs)."""
+"""What drives a group-size search on a model: :func:`search_groups` (what ``qdit search`` runs: the
+space, the objective and the method) and :func:`heldout_fitness`."""
 
 from __future__ import annotations
 

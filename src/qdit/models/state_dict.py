@@ -1,4 +1,5 @@
-"""Loading DiT checkpoints: official ``.pt`` layout or safetensors, with strict key/shape checks."""
+"""State dicts from weight files (official DiT ``.pt`` layout or safetensors), loaded into a model with
+strict key and shape checks."""
 
 from __future__ import annotations
 
