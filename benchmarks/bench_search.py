@@ -9,7 +9,8 @@ meets the same budget are then measured on sample seeds that neither search saw.
 * ``benchmarks/out/search_bench.json``: everything measured.
 
 Both searches save their state (``benchmarks/out/*.state.json``): run the script again to continue
-after an interruption. ``--quick`` runs a small version (minutes) for a smoke test.
+after an interruption. ``--quick`` runs a small version (minutes) for a smoke test; ``--replot`` only
+redraws the plot from ``<out-dir>/search_bench.json``.
 
     .venv/bin/python benchmarks/bench_search.py [--num-samples 32 --steps 10] [--quick]
 """
@@ -25,6 +26,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def draw_plot(bench: dict, model: str):  # -> PIL.Image.Image
+    """Best fitness so far of both searches against their cost (image-equivalents), from the JSON this
+    script writes, with the uniform baseline dashed."""
+
+    from qdit.search.plot import PALETTE, Series, line_plot, search_series
+
+    n, full, cheap = bench["num_samples"], bench["full"], bench["cheap"]
+    fpi = round(full["model_forwards"] / full["image_equivalents"])  # model forwards per image
+    series = search_series(full["history"], n, "full", PALETTE[0], points=True, forwards_per_image=fpi)
+    series += search_series(cheap["history"], n, "cheap", PALETTE[2], points=False, forwards_per_image=fpi)
+    g0 = bench["baseline_group_size"]
+    series.append(Series(f"uniform g{g0}", [1.0], [full["baseline_fitness"]], PALETTE[1], "hline"))
+    return line_plot(
+        series,
+        title=f"group-size search ({model}, W4A8): fitness of {n} samples vs cost",
+        xlabel="image-equivalents: model forwards / forwards of one image (log scale)",
+        ylabel="domain FD",
+        logx=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="embedded")
@@ -38,7 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(HERE / "out"))
     p.add_argument("--results", default=str(HERE / "search_results.md"))
     p.add_argument("--plot", default=str(HERE / "search_plot.png"))
+    p.add_argument(
+        "--replot", action="store_true", help="only redraw --plot from <out-dir>/search_bench.json"
+    )
     args = p.parse_args(argv)
+    if args.replot:
+        import json
+
+        draw_plot(json.loads((Path(args.out_dir) / "search_bench.json").read_text()), args.model).save(
+            args.plot
+        )
+        return 0
 
     import torch
     from search_setup import w4a8_search_setup
@@ -47,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     from qdit.search.cheap import CheapConfig, run_cheap
     from qdit.search.driver import heldout_fitness
     from qdit.search.evolution import EvolutionConfig
-    from qdit.search.plot import PALETTE, Series, line_plot, search_series
     from qdit.search.runner import run_full
     from qdit.search.space import parse_int_list
 
@@ -165,34 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.results).write_text("\n".join(lines))
     print("\n".join(lines))
 
-    fpi = full.forwards_per_image
-    series = search_series(full.history, n, "full", PALETTE[0], points=True, forwards_per_image=fpi)
-    series += search_series(cheap.history, n, "cheap", PALETTE[2], points=False, forwards_per_image=fpi)
-    series.append(Series(f"uniform g{g0}", [1.0], [full.baseline_fitness], PALETTE[1], "hline"))
-    img = line_plot(
-        series,
-        title=f"group-size search ({args.model}, W4A8): fitness of {n} samples vs cost",
-        xlabel="image-equivalents: model forwards / forwards of one image (log scale)",
-        ylabel="domain FD",
-        logx=True,
-    )
-    img.save(args.plot)
-    write_json(
-        out / f"search_bench{'_quick' if args.quick else ''}.json",
-        {
-            "num_samples": n,
-            "steps": args.steps,
-            "seed": args.seed,
-            "budget": budget.to_dict(),
-            "baseline_group_size": g0,
-            "heldout": held,
-            "heldout_fd_to_float": held_fp,
-            "heldout_samples": heldout_n,
-            "full": full.report(cost),
-            "cheap": cheap.report(cost),
-            "wall_seconds": {k: v[1] for k, v in results.items()},
-        },
-    )
+    bench = {
+        "num_samples": n,
+        "steps": args.steps,
+        "seed": args.seed,
+        "budget": budget.to_dict(),
+        "baseline_group_size": g0,
+        "heldout": held,
+        "heldout_fd_to_float": held_fp,
+        "heldout_samples": heldout_n,
+        "full": full.report(cost),
+        "cheap": cheap.report(cost),
+        "wall_seconds": {k: v[1] for k, v in results.items()},
+    }
+    write_json(out / f"search_bench{'_quick' if args.quick else ''}.json", bench)
+    draw_plot(bench, args.model).save(args.plot)
     return 0
 
 

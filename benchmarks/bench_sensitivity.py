@@ -6,6 +6,8 @@ BENCHMARKS.md (``benchmarks/sensitivity_results.md``), a scatter plot of predict
 changes (``benchmarks/sensitivity_plot.png``) and everything in ``benchmarks/out/sensitivity.json``.
 
     .venv/bin/python benchmarks/bench_sensitivity.py [--steps 10 --num-samples 64 --threads 2]
+
+``--replot`` only redraws the plot from ``<out-dir>/sensitivity.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,25 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def draw_plot(rows: list[dict], corr: float):  # -> PIL.Image.Image
+    """Predicted against measured fitness changes, with the diagonal, from the rows this script writes."""
+
+    from qdit.search.plot import PALETTE, Series, line_plot
+
+    pred = [float(r["predicted"]) for r in rows]
+    meas = [float(r["measured"]) for r in rows]
+    lo, hi = min(pred + meas), max(pred + meas)
+    return line_plot(
+        [
+            Series("y = x", [lo, hi], [lo, hi], PALETTE[1]),
+            Series("single-gene changes", meas, pred, PALETTE[0], style="points"),
+        ],
+        title=f"first-order sensitivity vs measured change (corr {corr:.3f})",
+        xlabel="measured fitness change",
+        ylabel="predicted fitness change",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="embedded")
@@ -28,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(HERE / "out"))
     p.add_argument("--results", default=str(HERE / "sensitivity_results.md"))
     p.add_argument("--plot", default=str(HERE / "sensitivity_plot.png"))
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from <out-dir>/sensitivity.json")
     args = p.parse_args(argv)
+    if args.replot:
+        import json
+
+        saved = json.loads((Path(args.out_dir) / "sensitivity.json").read_text())
+        draw_plot(saved["rows"], saved["correlation"]).save(args.plot)
+        return 0
 
     import numpy as np
     import torch
@@ -36,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from qdit.io.atomic import write_json
-    from qdit.search.plot import PALETTE, Series, line_plot
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,17 +106,7 @@ def main(argv: list[str] | None = None) -> int:
          "seconds_sensitivity": t_sens, "seconds_evaluation": t_eval, "host": host},
     )  # fmt: skip
     Path(args.results).write_text(table)
-    lo, hi = float(min(pred.min(), meas.min())), float(max(pred.max(), meas.max()))
-    img = line_plot(
-        [
-            Series("y = x", [lo, hi], [lo, hi], PALETTE[1]),
-            Series("single-gene changes", list(meas), list(pred), PALETTE[0], style="points"),
-        ],
-        title=f"first-order sensitivity vs measured change (corr {corr:.3f})",
-        xlabel="measured fitness change",
-        ylabel="predicted fitness change",
-    )
-    img.save(args.plot)
+    draw_plot(rows, corr).save(args.plot)
     print(table)
     return 0
 

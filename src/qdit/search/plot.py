@@ -1,4 +1,10 @@
-"""A small line/scatter plot helper on Pillow's ImageDraw (no matplotlib), and the search plot."""
+"""Line and scatter plots on matplotlib (Agg, off-screen), and the search plot (``qdit search --plot``).
+
+matplotlib is imported when a plot is drawn, never when qdit is imported, and only through its
+object-oriented API (a :class:`~matplotlib.figure.Figure` on an Agg canvas): no pyplot, no global
+backend switch, nothing left behind in the caller's matplotlib state. A plot comes back as a Pillow
+image, so callers save or paste it as before.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#7f7f7f")
+DPI = 100  # figure inches x DPI = the image's pixels
 
 
 @dataclass
@@ -24,20 +36,60 @@ class Series:
     width: int = 2
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
-    start = math.ceil(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+def _finite(s: Series, logx: bool) -> tuple[list[float], list[float]]:
+    """The points of ``s`` that can be drawn (finite, and positive x on a log axis)."""
+    pts = [(x, y) for x, y in zip(s.xs, s.ys) if math.isfinite(x) and math.isfinite(y) and (x > 0 or not logx)]
+    return [float(x) for x, _ in pts], [float(y) for _, y in pts]
 
 
-def _fmt(v: float) -> str:
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-        return f"{v:.1e}"
-    return f"{v:.4g}"
+def _draw(ax: Axes, series: Sequence[Series], title: str, xlabel: str, ylabel: str, logx: bool) -> None:
+    drawn = 0
+    for s in series:
+        xs, ys = _finite(s, logx)
+        if not xs:
+            continue
+        drawn += 1
+        if s.style == "points":
+            ax.scatter(xs, ys, s=10, color=s.color, label=s.label, linewidths=0, zorder=2)
+        elif s.style == "hline":
+            ax.axhline(ys[0], color=s.color, linestyle="--", linewidth=s.width, label=s.label, zorder=3)
+        else:
+            marker = "o" if len(xs) == 1 else None  # a one-point line would be invisible
+            where = {"where": "post"} if s.style == "step" else {}
+            draw = ax.step if s.style == "step" else ax.plot
+            draw(xs, ys, color=s.color, linewidth=s.width, label=s.label, marker=marker, zorder=3, **where)
+    if logx:
+        ax.set_xscale("log")
+    if not drawn:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title, loc="left", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(True, color="#e8e8e8", linewidth=0.8)
+    ax.set_axisbelow(True)
+    if drawn:
+        ax.legend(fontsize=8, loc="best", framealpha=0.9)
+
+
+def _figure(size: tuple[int, int], panels: int = 1) -> tuple[Figure, list[Axes]]:
+    from matplotlib.figure import Figure
+
+    w, h = size
+    fig = Figure(figsize=(w / DPI, h * panels / DPI), dpi=DPI, layout="constrained")
+    axes = fig.subplots(panels, 1, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _image(fig: Figure, size: tuple[int, int]) -> Image.Image:
+    """The figure rendered by Agg, as an RGB image of exactly ``size`` pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba: Any = canvas.buffer_rgba()
+    img = Image.frombuffer("RGBA", canvas.get_width_height(), rgba, "raw", "RGBA", 0, 1).convert("RGB")
+    return img if img.size == size else img.resize(size, Image.LANCZOS)  # a pixel lost to float rounding
 
 
 def line_plot(
@@ -48,93 +100,10 @@ def line_plot(
     size: tuple[int, int] = (720, 440),
     logx: bool = False,
 ) -> Image.Image:
-    """Draw ``series`` on shared axes with ticks, labels and a legend; returns an RGB image."""
-    w, h = size
-    left, right, top, bottom = 70, 20, 34, 52
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    pts = [
-        (x, y)
-        for s in series
-        for x, y in zip(s.xs, s.ys)
-        if math.isfinite(x) and math.isfinite(y) and (x > 0 or not logx)
-    ]
-    if not pts:
-        d.text((left, h // 2), "no data", fill="black")
-        return img
-
-    def tx(x: float) -> float:
-        return math.log10(x) if logx else x
-
-    xs = [tx(p[0]) for p in pts]
-    ys = [p[1] for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 <= x0:
-        x0, x1 = x0 - 1, x1 + 1
-    if y1 <= y0:
-        y0, y1 = y0 - abs(y0) * 0.1 - 1e-9, y1 + abs(y1) * 0.1 + 1e-9
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
-    pw, ph = w - left - right, h - top - bottom
-
-    def px(x: float) -> float:
-        return left + (tx(x) - x0) / (x1 - x0) * pw
-
-    def py(y: float) -> float:
-        return top + (y1 - y) / (y1 - y0) * ph
-
-    d.rectangle([left, top, left + pw, top + ph], outline="black")
-    for yv in _nice_ticks(y0, y1):
-        yy = py(yv)
-        d.line([left - 4, yy, left, yy], fill="black")
-        d.line([left + 1, yy, left + pw - 1, yy], fill="#eeeeee")
-        d.text((4, yy - 6), _fmt(yv), fill="black")
-    if logx:
-        xt = [10**e for e in range(math.floor(x0), math.ceil(x1) + 1) if x0 <= e <= x1] or [10**x0]
-    else:
-        xt = _nice_ticks(x0, x1)
-    for xv in xt:
-        xx = px(xv)
-        d.line([xx, top + ph, xx, top + ph + 4], fill="black")
-        d.text((xx - 12, top + ph + 8), _fmt(xv), fill="black")
-    d.text((left, 8), title, fill="black")
-    d.text((left + pw // 2 - 3 * len(xlabel), h - 20), xlabel, fill="black")
-    d.text((4, top - 16), ylabel, fill="black")
-    for s in series:
-        data = [
-            (x, y)
-            for x, y in zip(s.xs, s.ys)
-            if math.isfinite(x) and math.isfinite(y) and (x > 0 or not logx)
-        ]
-        if not data:
-            continue
-        if s.style == "points":
-            for x, y in data:
-                cx, cy = px(x), py(y)
-                d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=s.color)
-        elif s.style == "hline":
-            yy = py(data[0][1])
-            for xx in range(left, left + pw, 8):
-                d.line([xx, yy, min(xx + 4, left + pw), yy], fill=s.color, width=s.width)
-        else:
-            line: list[tuple[float, float]] = []
-            for i, (x, y) in enumerate(data):
-                if s.style == "step" and i > 0:
-                    line.append((px(x), py(data[i - 1][1])))
-                line.append((px(x), py(y)))
-            if len(line) == 1:
-                cx, cy = line[0]
-                d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=s.color)
-            else:
-                d.line(line, fill=s.color, width=s.width)
-    ly = top + 6
-    for s in series:
-        lx = left + pw - 190
-        d.line([lx, ly + 6, lx + 20, ly + 6], fill=s.color, width=3)
-        d.text((lx + 26, ly), s.label, fill="black")
-        ly += 15
-    return img
+    """Draw ``series`` on shared axes with ticks, labels and a legend; returns an RGB image of ``size``."""
+    fig, (ax,) = _figure(size)
+    _draw(ax, series, title, xlabel, ylabel, logx)
+    return _image(fig, size)
 
 
 def best_so_far(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -200,7 +169,8 @@ def search_plot(report: dict, path: str | Path | None = None) -> Image.Image:
 
     The top panel shows the fitness measured with all samples (every evaluation and the best so far)
     and the uniform baseline; a cheap search adds its measurements with fewer samples and, in a second
-    panel, its low-fidelity measurements (distance to the float model's samples)."""
+    panel below, its low-fidelity measurements (distance to the float model's samples). Each panel is
+    720 x 440 pixels."""
     n = int(report["num_samples"])
     history = report["history"]
     series = search_series(history, n, str(report["method"]), PALETTE[0])
@@ -218,24 +188,27 @@ def search_plot(report: dict, path: str | Path | None = None) -> Image.Image:
                 "hline",
             )
         )
-    img = line_plot(
-        series,
-        title=f"{report['method']} search: fitness vs images sampled ({n} samples per full evaluation)",
-        xlabel="images sampled",
-        ylabel="fitness (lower is better)",
-    )
     lofi = stage_series(history, "fidelity", "distance to float samples")
+    panel = (720, 440)
+    fig, axes = _figure(panel, 2 if lofi else 1)
+    _draw(
+        axes[0],
+        series,
+        f"{report['method']} search: fitness vs images sampled ({n} samples per full evaluation)",
+        "images sampled",
+        "fitness (lower is better)",
+        False,
+    )
     if lofi:
-        low = line_plot(
+        _draw(
+            axes[1],
             lofi,
-            title="low-fidelity rounds: Frechet distance to the float model's samples (paired noise)",
-            xlabel="images sampled",
-            ylabel="FD to float",
+            "low-fidelity rounds: Fréchet distance to the float model's samples (paired noise)",
+            "images sampled",
+            "FD to float",
+            False,
         )
-        both = Image.new("RGB", (img.width, img.height + low.height), "white")
-        both.paste(img, (0, 0))
-        both.paste(low, (0, img.height))
-        img = both
+    img = _image(fig, (panel[0], panel[1] * len(axes)))
     if path is not None:
         from qdit.io.atomic import atomic_path
 
