@@ -2,17 +2,20 @@
 imports inside functions.
 
 Each module gets a rank; a module may import only modules of lower rank (or of its own package).
-Utilities that import nothing of qdit's upper layers sit at rank 0 or 1.
+Utilities that import nothing of qdit's upper layers sit at rank 0 or 1. docs/architecture.md shows the
+same table; a test below keeps the two in agreement.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+DOC = ROOT / "docs" / "architecture.md"
 
 # (module prefix, rank): the longest matching prefix decides
 RANKS = [
@@ -168,3 +171,17 @@ def test_the_rule_catches_an_upward_import() -> None:
         "qdit.recipe"
     )  # the recipe checks specs with the quantizer's rules
     assert rank("qdit.diffusion.sampler") < rank("qdit.calib.capture")  # calibration drives the sampler
+
+
+def doc_ranks() -> list[tuple[str, int]]:
+    """The ``| rank | modules | ...`` table of docs/architecture.md as ``(module prefix, rank)``."""
+    rows = []
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\|\s*(\d+)\s*\|([^|]*)\|", line)
+        if m:
+            rows += [(name, int(m.group(1))) for name in re.findall(r"`(qdit[\w.]*)`", m.group(2))]
+    return rows
+
+
+def test_the_architecture_doc_shows_these_ranks() -> None:
+    assert sorted(doc_ranks()) == sorted(RANKS), "docs/architecture.md's layer table and RANKS differ"

@@ -57,6 +57,7 @@ def test_space_of_a_dit(tiny_dit):
         "blocks.0.mlp.fc1",
         "blocks.0.mlp.fc2",
     ]
+    assert {x.tokens for x in layers} == {tiny_dit.config.num_patches}  # from the adapter
     space = build_space(layers, 4, 8)  # the paper's sizes that divide the widths 64 and 256
     assert space.genes[0].choices == (32, 64) and space.genes[3].choices == (32, 64, 128)
     ruled = build_space(layers, 4, 8, rule=CandidateRule())  # the width-derived candidates

@@ -90,6 +90,13 @@ class DiffusersAdapter(ModelAdapter):
     def noise_schedule(self, model: nn.Module) -> dict[str, Any] | None:
         return getattr(model, "qdit_schedule", None)
 
+    def tokens_per_sample(self, model: nn.Module) -> int | None:
+        patch = getattr(model.config, "patch_size", None)  # type: ignore[union-attr]
+        if not isinstance(patch, int) or patch < 1:
+            return None
+        _, h, w = self.image_shape(model)
+        return max(1, (h // patch) * (w // patch))
+
 
 def _restore_computed_buffers(model: nn.Module) -> None:
     """Recompute, on the CPU, the non-persistent buffers a meta-device build leaves empty (they are not in

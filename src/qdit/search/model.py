@@ -22,6 +22,7 @@ from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
+from qdit.models.adapter import get_adapter
 from qdit.nn.swap import quant_layers
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.bank import BankedQuantLinear, bank_factory
@@ -177,39 +178,12 @@ class FitnessConfig:
 def model_geometry(model: nn.Module) -> tuple[tuple[int, ...], int]:
     """``(image_shape, num_classes)`` of a class-conditional model, from its adapter (the one definition
     shared with the sampler and calibration; a one-line error when the adapter does not know)."""
-    from qdit.models.adapter import get_adapter
-
     shape, classes = get_adapter(model).sampling_geometry(model)
     return tuple(int(v) for v in shape), int(classes)
 
 
-def _tokens(model: nn.Module) -> int:
-    """Tokens per sample (for the cost model): the adapter's count when it knows it (our image and video
-    DiTs), else the latent's ``H*W / patch_size**2`` when the config has a patch size (diffusers
-    transformers), else 1."""
-    from qdit.models.adapter import get_adapter
-
-    known = get_adapter(model).tokens_per_sample(model)
-    if known:
-        return int(known)
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "num_patches", None)
-    if n:
-        return int(n)
-    patch = getattr(cfg, "patch_size", None)
-    if isinstance(patch, int) and patch > 0:
-        try:
-            _, h, w = model_geometry(model)[0]
-        except QditError:
-            return 1
-        return max(1, (int(h) // patch) * (int(w) // patch))
-    return 1
-
-
 def _schedule(model: nn.Module) -> GaussianDiffusion:
     """The model's training noise schedule (its adapter's; qdit's linear 1000 steps by default)."""
-    from qdit.models.adapter import get_adapter
-
     config = get_adapter(model).noise_schedule(model)
     return GaussianDiffusion.from_scheduler_config(config) if config else GaussianDiffusion.linear()
 
@@ -218,7 +192,7 @@ def searchable_layers(model: nn.Module, base: QuantSpec) -> list[LayerInfo]:
     """The linears that ``base`` quantizes on ``model`` (its adapter's default set), in model order."""
     specs = resolve_specs(model, Recipe(default=replace(base, w_group=0, a_group=0)))
     modules = dict(model.named_modules())
-    tokens = _tokens(model)
+    tokens = get_adapter(model).tokens_per_sample(model) or 1  # for the cost model; 1 when unknown
     return [LayerInfo(n, modules[n].in_features, modules[n].out_features, tokens) for n in specs]
 
 
@@ -337,8 +311,6 @@ class ModelObjective:
         self.proxy_data = proxy_data
         self.model_name = model_name
         self.device = torch.device(device)
-        from qdit.models.adapter import get_adapter
-
         adapter = get_adapter(qmodel)
         self.image_shape, self.num_classes = model_geometry(qmodel)
         adapter.check_cfg_scale(qmodel, config.cfg_scale)
@@ -415,8 +387,6 @@ class ModelObjective:
 
     @staticmethod
     def _proxy_inputs(model: nn.Module, config: FitnessConfig, device: torch.device | str) -> _ProxyData:
-        from qdit.models.adapter import get_adapter
-
         adapter = get_adapter(model)
         shape, num_classes = model_geometry(model)
         adapter.check_cfg_scale(model, config.cfg_scale)
