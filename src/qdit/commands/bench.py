@@ -172,6 +172,7 @@ def bench_blocks(depth: int, batch: int, repeats: int, progress: bool = True) ->
     import torch
     from tqdm.auto import tqdm
 
+    from qdit.models.adapter import get_adapter
     from qdit.nn import kernel_paths
 
     base = xl_model(depth)
@@ -209,7 +210,7 @@ def bench_blocks(depth: int, batch: int, repeats: int, progress: bool = True) ->
     return {
         "depth": depth,
         "batch": batch,
-        "tokens_per_image": base.config.num_patches,
+        "tokens_per_image": get_adapter(base).tokens_per_sample(base),
         "forward_ms": {n: s * 1e3 for n, s in times.items()},
         "image_steps_per_s": {n: batch / s for n, s in times.items()},  # one denoiser forward per image and step
         "per_layer_ms": per_layer,

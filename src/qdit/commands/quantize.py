@@ -173,8 +173,10 @@ def run(args: argparse.Namespace) -> int:
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized")
     if args.calib_cfg_channels is not None:
-        in_channels = getattr(getattr(model, "config", None), "in_channels", None)
-        check_cfg_channels(args.calib_cfg_channels, in_channels, "--calib-cfg-channels")
+        from qdit.models.adapter import get_adapter
+
+        shape = get_adapter(model).image_shape(model)  # the sample shape is the adapter's to know
+        check_cfg_channels(args.calib_cfg_channels, shape[0] if shape else None, "--calib-cfg-channels")
     specs = resolve_specs(model, recipe)  # fails fast on recipes that do not fit the model
     size_before = _state_bytes(model)
     calib = CalibConfig(
