@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from qdit.diffusion.distributed import DistContext, gather_to_main, shard
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
+from qdit.models.adapter import get_adapter
 from qdit.quant.finite import NonFiniteError, check_finite_number
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -276,8 +278,6 @@ def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
 def model_image_shape(model: nn.Module) -> tuple[int, ...]:
     """The sample shape of a model (from its adapter): ``(C, H, W)`` of the images/latents it denoises, or
     ``(C, T, H, W)`` of its clips."""
-    from qdit.models.adapter import get_adapter
-
     shape = get_adapter(model).image_shape(model)
     if shape is None:
         raise ValueError(
@@ -308,9 +308,6 @@ def sample_images(
     the batch size. A non-finite latent raises :class:`NonFiniteSampleError` (samples are never made from
     NaN).
     """
-    from qdit.diffusion.distributed import DistContext, gather_to_main, shard
-    from qdit.models.adapter import get_adapter
-
     ctx = ctx if isinstance(ctx, DistContext) else DistContext()
     config = config or SamplerConfig()
     adapter = get_adapter(model)
