@@ -209,7 +209,7 @@ def load_i3d(path: str | os.PathLike) -> InceptionI3d:
     key (a ``DataParallel`` save) and absent ``num_batches_tracked`` counters (files saved by old PyTorch
     versions; they play no part at inference). The number of classes comes from ``logits.conv3d.weight``.
     Any problem is a one-line :class:`QditError`."""
-    from qdit.models.checkpoint import CheckpointError, load_state_dict_file, load_strict
+    from qdit.models.state_dict import CheckpointError, load_state_dict_file, load_strict
 
     p = Path(path)
     if not p.is_file():

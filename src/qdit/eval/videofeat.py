@@ -96,8 +96,8 @@ def clips_to_input(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def load_clipnet(path: str | Path | None = None) -> ClipNet:
     """ClipNet in eval mode, from the shipped weights (or ``path``); strict key and shape checks."""
-    from qdit.models.checkpoint import load_state_dict_file, load_strict
     from qdit.models.embedded import asset_path
+    from qdit.models.state_dict import load_state_dict_file, load_strict
 
     weights = Path(path) if path is not None else asset_path(CLIPNET_WEIGHTS)
     model = ClipNet()
