@@ -377,3 +377,28 @@ def test_bench_forward_on_clips(embedded_video) -> None:
     result = bench_embedded("embedded-video", None, batch=2, repeats=1)
     assert result["kind"] == "clips" and result["group"] == 32
     assert set(result["forward_ms"]) == set(CONFIGS)
+
+
+def test_cli_train_embedded_video_warm_starts_and_resumes(tmp_path, capsys) -> None:
+    """`qdit train embedded-video`: the image DiT's blocks become the spatial blocks, the EMA warms up, and
+    the same command resumes where the run stopped."""
+    from qdit.models.embedded import EMBEDDED_WEIGHTS, asset_path
+    from qdit.models.state_dict import load_state_dict_file
+
+    run_dir = tmp_path / "run"
+    args = ["train", "embedded-video", "--out", str(run_dir), "--max-steps", "2", "--batch-size", "2",
+            "--threads", "1", "--init", str(asset_path(EMBEDDED_WEIGHTS))]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["video"] and config["train"]["ema_warmup"] and config["train"]["batch_size"] == 2
+    image = load_state_dict_file(asset_path(EMBEDDED_WEIGHTS))
+    ema = load_state_dict_file(run_dir / "ema.safetensors")
+    # two steps at a warm-up lr move the weights a little: the spatial block 2 is image block 1, nearly
+    w_img, w_vid = image["blocks.1.mlp.fc1.weight"], ema["blocks.2.mlp.fc1.weight"]
+    assert torch.allclose(w_img, w_vid, atol=1e-3) and not torch.allclose(w_img, ema["blocks.1.mlp.fc1.weight"], atol=1e-3)
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    assert state["step"] == 2
+    code, _, err = run(capsys, *[a if a != "2" or i != 5 else "3" for i, a in enumerate(args)])
+    assert code == 0, err
+    assert torch.load(run_dir / "state.pt", weights_only=True)["step"] == 3
