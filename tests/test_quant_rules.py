@@ -21,6 +21,7 @@ from qdit.quant.rules import (
     WEIGHT_METHODS,
     check_bits,
     check_divides,
+    check_group_size,
     divides,
     weight_method,
 )
@@ -47,6 +48,21 @@ def test_divides() -> None:
         check_divides(48, 64)
     with pytest.raises(RecipeError, match=r"^layer fc: weight group 48 does not divide its input width 64$"):
         check_divides(48, 64, "weight group", "fc", RecipeError)
+
+
+def test_group_size() -> None:
+    assert [check_group_size(g) for g in (0, 1, 128)] == [0, 1, 128]
+    for bad in (-1, 1.0, True, "64", None):
+        with pytest.raises(ValueError, match=r"^group size must be an integer >= 0 \(0 = one group per row\)"):
+            check_group_size(bad)
+    # the recipe and the tensor math say it with the same rule
+    with pytest.raises(RecipeError, match=r"^a_group must be an integer >= 0 \(0 = one group per row\), got -1$"):
+        QuantSpec(a_group=-1)
+    from qdit.quant.primitives import check_group_size as primitives_check
+
+    assert primitives_check(None) is None and primitives_check(32) == 32
+    with pytest.raises(ValueError, match=r"^group size must be an integer >= 0"):
+        primitives_check(-4)
 
 
 def test_weight_method_registry() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qdit.errors import QditError
-from qdit.quant.rules import WEIGHT_METHODS, check_bits, check_divides, weight_method
+from qdit.quant.rules import WEIGHT_METHODS, check_bits, check_divides, check_group_size, weight_method
 
 RECIPE_VERSION = 1
 ACT_GRANULARITIES = ("token", "sample", "frame", "static")  # see qdit.quant.activation
@@ -74,9 +74,7 @@ class QuantSpec:
                 continue
             check_bits(v, name, RecipeError)
         for name in ("w_group", "a_group"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 0:
-                raise RecipeError(f"{name} must be an integer >= 0 (0 = whole row), got {v!r}")
+            check_group_size(getattr(self, name), name, RecipeError)
         if self.act_granularity not in ACT_GRANULARITIES:
             raise RecipeError(
                 f"act_granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {self.act_granularity!r}"

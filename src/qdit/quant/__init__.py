@@ -36,6 +36,7 @@ _EXPORTS = {
     "WEIGHT_METHODS": "qdit.quant.rules",
     "check_bits": "qdit.quant.rules",
     "check_divides": "qdit.quant.rules",
+    "check_group_size": "qdit.quant.rules",
     "divides": "qdit.quant.rules",
     "QWeight": "qdit.quant.weight",
     "quantize_weight": "qdit.quant.weight",

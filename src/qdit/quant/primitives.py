@@ -30,6 +30,7 @@ import warnings
 import torch
 
 from qdit.quant.rules import check_bits, check_divides
+from qdit.quant.rules import check_group_size as rules_check_group_size
 
 # the MSE clip search: shrink factors 1.000, 0.999, ..., 0.901 and the L_p norm of the error
 MSE_GRID = 100
@@ -50,12 +51,8 @@ class ScaleRangeWarning(UserWarning):
 
 
 def check_group_size(group_size: int | None) -> int | None:
-    """A group size is a non-negative integer (0) or ``None`` (one group per row)."""
-    if group_size is not None and (
-        isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0
-    ):
-        raise ValueError(f"group size must be an integer >= 0 (0 = one group per row), got {group_size!r}")
-    return group_size
+    """A group size (:func:`qdit.quant.rules.check_group_size`) or ``None`` (one group per row)."""
+    return None if group_size is None else rules_check_group_size(group_size)
 
 
 def num_groups(width: int, group_size: int | None) -> int:

@@ -1,5 +1,5 @@
-"""The rules every quantizer setting obeys, each written once: the legal bit widths, "a group size
-divides the width", and the registry of weight quantization methods.
+"""The rules every quantizer setting obeys, each written once: the legal bit widths, what a group size
+is and "a group size divides the width", and the registry of weight quantization methods.
 
 Everything else (the tensor math in :mod:`qdit.quant`, :class:`qdit.recipe.QuantSpec`, the layers in
 :mod:`qdit.nn`, the search space, the CLI) calls these instead of restating them, so a rule changes in
@@ -27,6 +27,14 @@ def check_bits(bits: object, name: str = "bits", error: type[Exception] = ValueE
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise error(f"{name} must be an integer in {bits_range()}, got {bits!r}")
     return bits
+
+
+def check_group_size(group: object, name: str = "group size", error: type[Exception] = ValueError) -> int:
+    """``group`` if it is a group size: an integer >= 0 (0: one group, the whole row); else ``error`` naming
+    ``name``."""
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise error(f"{name} must be an integer >= 0 (0 = one group per row), got {group!r}")
+    return group
 
 
 def divides(group: int, width: int) -> bool:
