@@ -22,13 +22,15 @@ then an average pool over 2 frames x 7 x 7 (stride 1), so the network needs ``ce
 FVD features (:class:`I3DFeatures`, ``features="logits"``, the default): the Kinetics-400 logits averaged
 over the remaining time steps, ``[N, 400]``. This is what the original FVD (Unterthiner et al. 2018,
 computed with the TF-Hub ``i3d-kinetics-400`` module) and the widely used re-implementations (StyleGAN-V)
-take, so numbers are comparable with published FVDs when the same weights are used. ``features="pool"``
+take. Numbers are comparable with published FVDs only as far as the weights and the resize agree (see
+the preprocessing below). ``features="pool"``
 gives the 1024-d average-pooled ``Mixed_5c`` features instead (the input of the logits layer), as some
 papers do; they are cached separately.
 
 Preprocessing (:func:`to_i3d_input`): uint8 clips ``[N, T, H, W, C]``; grayscale (C = 1) repeated to 3
-channels; every frame resized to 224x224 bilinearly (half-pixel centres, no antialiasing, as TF's
-``resize_bilinear`` in the FVD reference code); scaled to ``[-1, 1]`` (``x / 127.5 - 1``). A clip shorter
+channels; every frame resized to 224x224 bilinearly (PyTorch's half-pixel centres, no antialiasing; the FVD
+reference code calls TF1's ``resize_bilinear``, whose default samples without the half-pixel offset, so
+published FVDs may differ slightly from ours on the same clips and weights); scaled to ``[-1, 1]`` (``x / 127.5 - 1``). A clip shorter
 than :data:`I3D_MIN_FRAMES` has each frame repeated ``k = ceil(9 / T)`` times (8 frames -> 16, the
 length of the standard FVD protocol): every frame keeps the same weight and the motion its order, only
 slower; repeating the last frame or looping would add a still tail or a jump that the real clips do not

@@ -161,8 +161,13 @@ def video_from_image(video: VideoDiT, image_state: dict[str, torch.Tensor]) -> l
             if key.startswith("blocks."):
                 _, idx, rest = key.split(".", 2)
                 target = f"blocks.{2 * int(idx)}.{rest}"
-            if key in ("pos_embed",) or target not in own:
+            if key == "pos_embed":  # fixed sin-cos, made for this model's own grid
                 continue
+            if target not in own:
+                raise ValueError(
+                    f"cannot warm-start from {key}: the video model has no {target} (an image DiT of depth "
+                    f"d fills the spatial blocks of a video DiT of depth 2d)"
+                )
             if own[target].shape != value.shape:
                 raise ValueError(f"cannot warm-start {target}: shape {tuple(value.shape)} vs {tuple(own[target].shape)}")
             own[target].copy_(value)
