@@ -150,3 +150,15 @@ def test_sampler_passes_cfg_channels_through(tiny_dit):
     assert torch.equal(a, b) and seen == [4, 4]
     with pytest.raises(ValueError, match="1 channels"):
         generate(tiny_dit, (1, 8, 8), 3, [0], 0, SamplerConfig(steps=2, cfg_channels=2))
+
+
+def test_one_step_process_has_finite_coefficients() -> None:
+    """A process respaced to one step (``--steps 1``, ``--calib-steps 1``) is usable: every coefficient is
+    finite (the t = 0 log variance used to read past the end of a length-1 array)."""
+    import numpy as np
+
+    from qdit.diffusion.schedule import GaussianDiffusion
+
+    one = GaussianDiffusion.linear().respaced(1)
+    assert one.num_timesteps == 1
+    assert np.isfinite(one.posterior_log_variance_clipped).all() and np.isfinite(one.posterior_mean_coef1).all()

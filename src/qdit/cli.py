@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "train", "quantize", "search", "sample", "eval", "bench")
+COMMANDS = ("demo", "train", "calibrate", "quantize", "search", "sample", "eval", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--calib-steps", type=int, default=25, help="DDIM steps per calibration trajectory")
     p.add_argument("--calib-seed", type=int, default=1)
+    p.add_argument(
+        "--calib",
+        default=None,
+        help="a calibration file from qdit calibrate, used instead of sampling now (GPTQ needs one made "
+        "with --hessian; layers are then calibrated on the float model, not block by block)",
+    )
     p.add_argument("--calib-cfg", type=float, default=1.5, help="guidance scale during calibration")
     add_cfg_channels(p, "--calib-cfg-channels", "calibration guidance")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
@@ -160,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     check_cfg_scale(args.calib_cfg, "--calib-cfg")
     check_outputs(
         {"--out": args.out, "--json": args.json},
-        {"--model": model_input_path(args.model), "--recipe": args.recipe},
+        {"--model": model_input_path(args.model), "--recipe": args.recipe, "--calib": args.calib},
         folders=("--out",),
     )
     check_save_target(args.out)  # before the work: a typo must not cost the whole run
@@ -179,10 +185,27 @@ def run(args: argparse.Namespace) -> int:
         check_cfg_channels(args.calib_cfg_channels, shape[0] if shape else None, "--calib-cfg-channels")
     specs = resolve_specs(model, recipe)  # fails fast on recipes that do not fit the model
     size_before = _state_bytes(model)
-    calib = CalibConfig(
+    calib: Any = CalibConfig(
         num_samples=args.calib_samples, steps=args.calib_steps, seed=args.calib_seed, cfg_scale=args.calib_cfg,
         cfg_channels=args.calib_cfg_channels, progress=True,
     )  # fmt: skip
+    if args.calib is not None:
+        from qdit.calib import Calibration
+
+        calib = Calibration.load(args.calib)
+        modules = dict(model.named_modules())
+        for name, spec in specs.items():
+            if not spec.needs_calibration:
+                continue
+            if name not in calib:
+                raise QditError(f"--calib {args.calib} has no statistics for layer {name} (made for another model or layer set?)")
+            if calib[name].width != modules[name].in_features:
+                raise QditError(
+                    f"--calib {args.calib}: layer {name} has input width {calib[name].width} there but "
+                    f"{modules[name].in_features} in {args.model} (made for another model)"
+                )
+            if spec.needs_hessian and calib[name].hessian is None:
+                raise QditError(f"--calib {args.calib} has no Hessians, which GPTQ needs: make it with qdit calibrate --hessian")
     with torch.no_grad():
         # saved as integer codes; the kernel path is chosen when the folder is loaded (qdit.load)
         quantize(model, recipe, calib, progress=True, kernel="fake")
