@@ -18,6 +18,7 @@ class SearchSetup:
 
 def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool = False) -> SearchSetup:
     from qdit.api import load_model
+    from qdit.eval.features import domain_feature_space
     from qdit.recipe import QuantSpec
     from qdit.search.cost import CostModel, baseline_group
     from qdit.search.model import (
@@ -25,7 +26,6 @@ def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool =
         ModelObjective,
         build_space,
         default_budget,
-        domain_feature_space,
         searchable_layers,
     )
     from qdit.search.space import CandidateRule

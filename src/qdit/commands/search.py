@@ -343,12 +343,8 @@ def _check(args: argparse.Namespace) -> dict:
 def _features(args: argparse.Namespace, model: object, device: str) -> object:
     from qdit.diffusion.sampler import is_clip_shape
     from qdit.errors import QditError
-    from qdit.search.model import (
-        domain_feature_space,
-        inception_feature_space,
-        model_geometry,
-        video_feature_space,
-    )
+    from qdit.eval.features import feature_space
+    from qdit.search.model import model_geometry
 
     shape, _ = model_geometry(model)  # type: ignore[arg-type]
     kind = args.features
@@ -364,21 +360,21 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
         if tuple(shape) != (1, 8, 32, 32):
             raise QditError(f"clipnet features need clips of 8 grayscale 32x32 frames; this model makes {list(shape)}")
         if args.ref is None and args.fitness == "fd-fp":
-            return video_feature_space(None)
-        return video_feature_space(args.ref or "fashion-mnist-clips-test")
+            return feature_space("clipnet", None)
+        return feature_space("clipnet", args.ref or "fashion-mnist-clips-test")
     if kind == "domain":
         if tuple(shape) != (1, 28, 28):
             raise QditError(
                 f"domain features need a 28x28 grayscale model; this one makes {list(shape)} images"
             )
-        return domain_feature_space(args.ref or "fashion-mnist-test")
+        return feature_space("domain", args.ref or "fashion-mnist-test")
     if args.ref is None and args.fitness == "fd-fp":
-        return inception_feature_space(None, device=device)
+        return feature_space("inception", None, device=device)
     if args.ref is None:
         raise QditError(
             "Inception FID needs a reference: give --ref (a reference .npz or fashion-mnist-test)"
         )
-    return inception_feature_space(args.ref, device=device)
+    return feature_space("inception", args.ref, device=device)
 
 
 def _num(v: float | None) -> str:

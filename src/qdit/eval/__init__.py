@@ -3,7 +3,8 @@ and temporal metrics of clips.
 
 Names are imported lazily (``import qdit.eval`` loads neither torch nor scipy); see the submodules:
 ``metrics`` (pure numpy), ``inception``, ``domain``, ``npz``, ``refstats``, ``evaluate``, ``cache``,
-``video`` (FVD, frame accuracy, consistency, motion), ``videofeat`` (ClipNet), ``i3d``.
+``video`` (FVD, frame accuracy, consistency, motion), ``videofeat`` (ClipNet), ``i3d``, ``features`` (the
+feature spaces a search scores samples in).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _EXPORTS = {
     "I3DFeatures": "qdit.eval.i3d",
     "load_i3d": "qdit.eval.i3d",
     "video_metrics": "qdit.eval.video",
+    "FeatureSpace": "qdit.eval.features",
+    "feature_space": "qdit.eval.features",
 }
 
 __all__ = sorted(_EXPORTS)

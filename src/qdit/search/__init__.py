@@ -37,7 +37,7 @@ _EXPORTS = {
     "run_full": "qdit.search.runner",
     "CheapConfig": "qdit.search.cheap",
     "run_cheap": "qdit.search.cheap",
-    "FeatureSpace": "qdit.search.model",
+    "FeatureSpace": "qdit.eval.features",
     "FitnessConfig": "qdit.search.model",
     "ModelObjective": "qdit.search.model",
     "genome_recipe": "qdit.search.model",

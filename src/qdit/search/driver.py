@@ -13,12 +13,12 @@ from torch import nn
 
 from qdit.diffusion.distributed import DistContext
 from qdit.errors import QditError
+from qdit.eval.features import FeatureSpace
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig, run_cheap
 from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, only_candidate
 from qdit.search.evolution import EvolutionConfig
 from qdit.search.model import (
-    FeatureSpace,
     FitnessConfig,
     ModelObjective,
     build_space,

@@ -1,4 +1,4 @@
-"""The search on a real model: a per-layer bank of quantized weights, the sample-based fitness and the
+"""The search on a real model (its feature spaces are :mod:`qdit.eval.features`): a per-layer bank of quantized weights, the sample-based fitness and the
 noise-prediction proxy, and the export of a genome as a :class:`qdit.recipe.Recipe`.
 
 The model is quantized once, with every candidate group size (and bit-width) precomputed per layer
@@ -22,6 +22,13 @@ from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
+from qdit.eval.features import (  # noqa: F401  (their old home: tests import them from here)
+    FeatureFn,
+    FeatureSpace,
+    domain_feature_space,
+    inception_feature_space,
+    video_feature_space,
+)
 from qdit.models.adapter import get_adapter
 from qdit.nn.swap import quant_layers
 from qdit.recipe import QuantSpec, Recipe
@@ -38,98 +45,6 @@ from qdit.search.space import (
     candidate_groups,
     divisor_groups,
 )
-
-FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] (clips [N, T, H, W, C]) -> float [N, D]
-
-
-@dataclass
-class FeatureSpace:
-    """How samples are scored: a feature extractor and the reference statistics in its space."""
-
-    name: str
-    extract: FeatureFn
-    mu: np.ndarray | None = None  # reference statistics (None: only distances between sample sets)
-    sigma: np.ndarray | None = None
-    # the same features, differentiable, from model-space images [N, C, H, W] (clips [N, C, T, H, W]) in
-    # [-1, 1] (None: the extractor cannot be differentiated, so the gradient sensitivity is not available)
-    differentiable: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def distance(self, features: np.ndarray) -> float:
-        from qdit.eval.metrics import feature_stats, frechet_distance
-
-        if len(features) < 2:
-            raise QditError("the Fréchet distance needs at least 2 samples")
-        if self.mu is None or self.sigma is None:
-            raise QditError(f"{self.name}: no reference statistics (give a reference data set)")
-        mu, sigma = feature_stats(features)
-        return float(frechet_distance(mu, sigma, self.mu, self.sigma))
-
-
-def domain_feature_space(reference: str = "fashion-mnist-test") -> FeatureSpace:
-    """The domain Fréchet distance (qdit's Fashion-MNIST classifier features) against ``reference``."""
-    from qdit.eval.domain import DomainFeatures, domain_refstats
-    from qdit.eval.npz import load_reference
-
-    domain = DomainFeatures(progress=False)
-    stats = domain_refstats(load_reference(reference), domain)
-    classifier = domain.model
-    for p in classifier.parameters():
-        p.requires_grad_(False)
-
-    def differentiable(x: torch.Tensor) -> torch.Tensor:  # as uint8 / 255, without the rounding
-        return classifier.features((x.float().clamp(-1, 1) + 1) / 2)
-
-    return FeatureSpace(
-        "domain_fd", lambda images: domain.extract(images).features, stats.mu, stats.sigma, differentiable
-    )
-
-
-def inception_feature_space(
-    reference: str | None, bf16: bool = False, device: str | torch.device = "cpu"
-) -> FeatureSpace:
-    """Inception FID against ``reference`` (a named data set or a reference ``.npz``; ``None``: no
-    reference statistics, for distances to the float model's samples only)."""
-    from qdit.eval.inception import InceptionFeatures
-
-    inc = InceptionFeatures(bf16=bf16, device=device, progress=False)
-    # the gradient sensitivity differentiates the fp32 network (a bf16 fitness is close, not equal)
-    if reference is None:
-        return FeatureSpace(
-            "fid", lambda images: inc.extract(images).pool, differentiable=inc.differentiable_pool
-        )
-    from qdit.eval.npz import load_reference
-    from qdit.eval.refstats import inception_refstats
-
-    stats = inception_refstats(load_reference(reference), inc)
-    return FeatureSpace(
-        "fid", lambda images: inc.extract(images).pool, stats.mu, stats.sigma, inc.differentiable_pool
-    )
-
-
-def video_feature_space(reference: str | None = "fashion-mnist-clips-test") -> FeatureSpace:
-    """FVD on ClipNet's clip features (qdit's moving-garment clips) against ``reference`` clips (a named
-    clip set or a clips ``.npz``; ``None``: distances to the float model's samples only)."""
-    from qdit.eval.videofeat import VideoFeatures
-
-    video = VideoFeatures(progress=False)
-    net = video.model
-    for p in net.parameters():
-        p.requires_grad_(False)
-
-    def extract(clips: np.ndarray) -> np.ndarray:
-        return video.extract(clips, frames=False).clip_features
-
-    def differentiable(x: torch.Tensor) -> torch.Tensor:  # [N, 1, T, H, W] in [-1, 1] -> uint8 / 255 scale
-        return net((x.float().clamp(-1, 1) + 1).div(2).transpose(1, 2)).clip_features
-
-    if reference is None:
-        return FeatureSpace("fvd", extract, differentiable=differentiable)
-    from qdit.eval.npz import load_reference
-    from qdit.eval.video import video_refstats
-
-    stats = video_refstats(load_reference(reference), video)
-    return FeatureSpace("fvd", extract, stats.mu, stats.sigma, differentiable)
-
 
 REFERENCES = ("data", "fp")
 
