@@ -190,6 +190,55 @@ def iter_batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]
         yield list(indices[start : start + batch_size])
 
 
+def iter_samples(
+    model: nn.Module | ModelFn,
+    sample_shape: Sequence[int],
+    num_classes: int,
+    labels: Sequence[int] | np.ndarray,
+    seed: int,
+    config: SamplerConfig,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    diffusion: GaussianDiffusion | None = None,
+    grad: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    check_finite: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The sampling loop: yields ``(indices of the batch, x_0 of the batch)`` batch by batch, in model space.
+
+    ``labels[k]`` is the class of sample ``indices[k]`` (default indices: all of ``labels``). ``grad``:
+    the reverse process keeps autograd (the search's sensitivity pass backpropagates each batch before
+    the next one is drawn); otherwise it builds no graph. ``on_step(batch size)`` is called after every
+    step. ``check_finite``: see :func:`reverse_process`.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if indices is None:
+        indices = list(range(len(labels)))
+    if len(indices) != len(labels):
+        raise ValueError("labels and indices must have the same length")
+    base = diffusion if diffusion is not None else GaussianDiffusion.linear()
+    spaced = base.respaced(config.steps)
+    fn = guided(model, config.cfg_scale, num_classes, sample_shape[0], config.cfg_channels)
+    pos = 0
+    for chunk in iter_batches(list(indices), batch_size):
+        y = torch.from_numpy(labels[pos : pos + len(chunk)]).to(device)
+        pos += len(chunk)
+        noise = SampleNoise(seed, chunk, device)
+        cb = None
+        if on_step is not None:
+
+            def cb(i: int, x: torch.Tensor, n: int = len(chunk)) -> None:
+                on_step(n)
+
+        with torch.set_grad_enabled(grad):
+            x0 = reverse_process(
+                fn, spaced, sample_shape, y, noise, config.method, config.clip_denoised, sample_shape[0], cb,
+                check_finite,
+            )  # fmt: skip
+        yield chunk, x0
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module | ModelFn,
@@ -211,52 +260,26 @@ def generate(
 
     ``labels[k]`` is the class of sample ``indices[k]``. ``check_finite``: see :func:`reverse_process`.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    if indices is None:
-        indices = list(range(len(labels)))
-    if len(indices) != len(labels):
-        raise ValueError("labels and indices must have the same length")
-    base = diffusion if diffusion is not None else GaussianDiffusion.linear()
-    spaced = base.respaced(config.steps)
-    fn = guided(model, config.cfg_scale, num_classes, sample_shape[0], config.cfg_channels)
-    outs = []
+    n_samples = len(labels) if indices is None else len(indices)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
+        steps = (diffusion if diffusion is not None else GaussianDiffusion.linear()).respaced(config.steps)
         bar = tqdm(
-            total=len(indices) * spaced.num_timesteps,
+            total=n_samples * steps.num_timesteps,
             desc=progress_desc,
             unit="step",
             unit_scale=False,
             leave=False,
         )
-    pos = 0
-    for chunk in iter_batches(list(indices), batch_size):
-        y = torch.from_numpy(labels[pos : pos + len(chunk)]).to(device)
-        pos += len(chunk)
-        noise = SampleNoise(seed, chunk, device)
-        cb = None
-        if bar is not None:
-            n_chunk = len(chunk)
-
-            def cb(i: int, x: torch.Tensor, n: int = n_chunk) -> None:
-                bar.update(n)
-
-        outs.append(
-            sample_batch(
-                fn,
-                spaced,
-                sample_shape,
-                y,
-                noise,
-                config.method,
-                config.clip_denoised,
-                sample_shape[0],
-                cb,
-                check_finite,
-            ).cpu()
-        )
+    outs = [
+        x0.cpu()
+        for _, x0 in iter_samples(
+            model, sample_shape, num_classes, labels, seed, config, indices, batch_size, device, diffusion,
+            on_step=bar.update if bar is not None else None, check_finite=check_finite,
+        )  # fmt: skip
+    ]
     if bar is not None:
         bar.close()
     return torch.cat(outs) if outs else torch.empty(0, *sample_shape)

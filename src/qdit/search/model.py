@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from qdit.calib.quantize import quantize_layers, resolve_specs
-from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
+from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, iter_samples, to_uint8_nhwc
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
 from qdit.eval.features import (  # noqa: F401  (their old home: tests import them from here)
@@ -455,7 +455,6 @@ class ModelObjective:
     ) -> Sensitivity:
         """Every single-gene change's first-order effect on the fitness of ``num_samples`` samples
         (see :mod:`qdit.search.gradient`): one forward and backward pass through the sampler."""
-        from qdit.diffusion.sampler import SampleNoise, guided, reverse_process
         from qdit.eval.metrics import feature_stats
         from qdit.search.gradient import OutputProbe, distance_gradient
 
@@ -496,27 +495,18 @@ class ModelObjective:
 
             return run
 
-        spaced = self.diffusion.respaced(self.config.steps)
-        sampler = self.config.sampler
-        guided_fn = guided(
-            self.model_fn, sampler.cfg_scale, self.num_classes, self.image_shape[0], sampler.cfg_channels
-        )
-
         def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # the graph starts at the noise (no weight needs a gradient)
-            return guided_fn(x if x.requires_grad else x.detach().requires_grad_(True), t, y)
+            return self.model_fn(x if x.requires_grad else x.detach().requires_grad_(True), t, y)
 
         labels = default_labels(num_samples, self.num_classes)
         chunk = max(1, min(self.config.batch_size, 16))
         with OutputProbe(self.layers, {n: alt_fn(n) for n in alternatives}) as probe:
-            for start in range(0, num_samples, chunk):
-                idx = list(range(start, min(num_samples, start + chunk)))
-                y = torch.from_numpy(labels[idx]).to(self.device)
+            for idx, x0 in iter_samples(
+                fn, self.image_shape, self.num_classes, labels, self.config.seed, self.config.sampler,
+                batch_size=chunk, device=self.device, diffusion=self.diffusion, grad=True,
+            ):  # fmt: skip
                 with torch.enable_grad():
-                    x0 = reverse_process(
-                        fn, spaced, self.image_shape, y, SampleNoise(self.config.seed, idx, self.device),
-                        sampler.method, sampler.clip_denoised, self.image_shape[0],
-                    )  # fmt: skip
                     feats = self.features.differentiable(x0)
                     g = torch.from_numpy(grad_features[idx]).to(feats.device, feats.dtype)
                     (feats * g).sum().backward()
