@@ -57,7 +57,6 @@ continues with the first measurement that is missing: nothing is measured twice.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,19 +67,8 @@ from qdit.diffusion.distributed import DistContext, evaluate_in_rounds
 from qdit.errors import QditError
 from qdit.search.cost import Budget, CostModel, baseline_group, repair
 from qdit.search.evolution import EvolutionConfig, RepairingEvolution
-from qdit.search.gradient import Sensitivity
-from qdit.search.objective import Evaluation, Objective
-from qdit.search.runner import (
-    FeatureStore,
-    Progress,
-    SearchLog,
-    SearchResult,
-    StateFile,
-    best_full,
-    fingerprint,
-    restore_reference,
-    stash_reference,
-)
+from qdit.search.objective import Evaluation, Objective, Sensitivity
+from qdit.search.session import SearchLog, SearchResult, SearchSession, best_full, fingerprint
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
 from qdit.search.surrogate import AdditiveSurrogate
 
@@ -218,43 +206,29 @@ def run_cheap(
     fp = fingerprint(
         "cheap", space, cost, budget, objective, seed, {"cheap": config.to_dict(), "num_samples": num_samples}
     )
-    log = SearchLog("cheap", fp)
-    state_file = StateFile(state_path, dist)
-    store = FeatureStore()
-    saved = state_file.read(resume)
-    if saved is not None:
-        log.load_dict(saved)
-        state_file.read_features(store, resume)
-        restore_reference(objective, store)
-    else:
-        state_file.clear_features()
-    setup = getattr(objective, "setup_cost", None)
-    if saved is None and isinstance(setup, Evaluation):  # e.g. the proxy's full-precision trajectories
+    session = SearchSession("cheap", fp, objective, state_path, resume, dist, on_evaluation)
+    log = session.log
+    setup = session.setup_cost
+    if not session.resumed and setup is not None:  # e.g. the proxy's full-precision trajectories
         log.record("setup", "setup", base, 0, setup)
-    use_gradient = config.strategy == "gradient" and bool(getattr(objective, "has_sensitivity", False))
+    use_gradient = config.strategy == "gradient" and objective.has_sensitivity
     log.extra["strategy"] = "gradient" if use_gradient else "bayes"
-    started = time.perf_counter() - log.seconds
     screen_items = [base] + [
         tuple(v if j == i else x for j, x in enumerate(base))
         for i, gene in enumerate(space.genes)
         for v in gene.choices
         if v != base[i]
     ]
-    bar = Progress(
-        progress and dist.is_main,
+    # a resumed run starts the bar where the interrupted one stopped (proxies count 1, samples 1 each)
+    setup_images = sum(h["images"] for h in log.history[:1] if h["kind"] == "setup")
+    session.progress(
+        progress,
         (len(screen_items) + config.pool if config.screen and not use_gradient else 0)
         + planned_images(num_samples, config, use_gradient),
         "search (cheap)",
         unit="img",
+        done=sum(h["kind"] == "proxy" for h in log.history) + log.images - setup_images,
     )
-    # a resumed run starts the bar where the interrupted one stopped (proxies count 1, samples 1 each)
-    setup_images = sum(h["images"] for h in log.history[:1] if h["kind"] == "setup")
-    bar.update(sum(h["kind"] == "proxy" for h in log.history) + log.images - setup_images)
-
-    def save() -> None:
-        log.seconds = time.perf_counter() - started
-        stash_reference(objective, store)
-        state_file.write(log.to_dict(), store)
 
     def best_now() -> float | None:
         b = best_full(log, num_samples)
@@ -265,11 +239,8 @@ def run_cheap(
         todo = [g for g in dict.fromkeys(genomes) if log.lookup("proxy", g) is None]
 
         def on_result(g: Genome, ev: Evaluation) -> None:
-            log.record(stage, "proxy", g, 0, ev)
-            save()
-            bar.update(1, best=best_now(), stage=stage)
-            if on_evaluation is not None:
-                on_evaluation(log)
+            session.record(stage, "proxy", g, 0, ev)
+            session.commit(1, best=best_now(), stage=stage)
 
         evaluate_in_rounds(todo, objective.proxy, on_result, dist)
         return {genome_key(g): float(log.lookup("proxy", g)) for g in genomes}  # type: ignore[arg-type]
@@ -279,15 +250,11 @@ def run_cheap(
         measure = objective.fitness if kind == "fit" else objective.fidelity
 
         def evaluate(g: Genome) -> Evaluation:
-            return measure(g, n, store.get(genome_key(g)))
+            return measure(g, n, session.features(g))
 
         def on_result(g: Genome, ev: Evaluation) -> None:
-            store.put(genome_key(g), ev.features)
-            log.record(stage, kind, g, n, ev)
-            save()
-            bar.update(int(ev.images), best=best_now(), stage=stage)
-            if on_evaluation is not None:
-                on_evaluation(log)
+            session.record(stage, kind, g, n, ev)
+            session.commit(int(ev.images), best=best_now(), stage=stage)
 
         evaluate_in_rounds(todo, evaluate, on_result, dist)
         return {genome_key(g): float(log.lookup(kind, g, n)) for g in genomes}  # type: ignore[arg-type]
@@ -296,21 +263,21 @@ def run_cheap(
         tables = log.extra.setdefault("sensitivity", {})
         key = genome_key(g)
         if key not in tables:
-            sens = objective.sensitivity(g, num_samples, store.get(key))  # type: ignore[attr-defined]
+            sens = objective.sensitivity(g, num_samples, session.features(g))
             tables[key] = sens.to_list()
-            log.record("sensitivity", "sensitivity", g, num_samples, sens.cost)
-            save()
-            bar.update(
-                round(sens.cost.forwards / objective.forwards_per_image), best=best_now(), stage="sensitivity"
-            )
+            session.record("sensitivity", "sensitivity", g, num_samples, sens.cost)
+            session.commit(
+                round(sens.cost.forwards / objective.forwards_per_image), best=best_now(), notify=False,
+                stage="sensitivity",
+            )  # fmt: skip
             return sens
-        return Sensitivity(Sensitivity.table_from_list(tables[key]), Evaluation(math.nan))
+        return Sensitivity.from_list(tables[key])
 
     def gradient_search() -> None:
         """Rounds around the best genome so far (see the module docstring)."""
         n = num_samples
         cap = config.budget_evals * n  # image-equivalents
-        sens_eq = objective.sensitivity_forwards(n) / objective.forwards_per_image  # type: ignore[attr-defined]
+        sens_eq = objective.sensitivity_forwards(n) / objective.forwards_per_image
         measured = dict(fitnesses("baseline", [base], n))
         spent = float(n)
         radius = len(space.genes)
@@ -479,34 +446,20 @@ def run_cheap(
         # 5. the baseline with all samples (reported, and the winner is never worse on these samples)
         fitnesses("baseline", [base], num_samples)
     finally:
-        bar.close()
-    save()
+        session.close()
+    session.save()
     winner = best_full(log, num_samples)
     assert winner is not None
-    base_fit = log.lookup("fit", base, num_samples)
-    fits = [h for h in log.history if h["kind"] in ("fit", "fidelity")]
-    return SearchResult(
-        method="cheap",
-        space=space,
-        best_genome=winner[0],
-        best_fitness=winner[1],
-        baseline_group=g0,
-        baseline_genome=base,
-        baseline_fitness=base_fit if base_fit is not None else math.nan,
-        budget=budget,
-        evaluations=len(fits),
+    return session.result(
+        space, winner, g0, base, log.lookup("fit", base, num_samples), budget,
+        evaluations=sum(1 for h in log.history if h["kind"] in ("fit", "fidelity")),
         proxy_evaluations=sum(1 for h in log.history if h["kind"] == "proxy"),
-        images_sampled=log.images,
-        forwards=log.forwards,
-        forwards_per_image=objective.forwards_per_image,
-        seconds=log.seconds,
-        history=log.history,
         num_samples=num_samples,
         extra={
             "strategy": log.extra["strategy"],
             "sensitivity_passes": sum(1 for h in log.history if h["kind"] == "sensitivity"),
         },
-    )
+    )  # fmt: skip
 
 
 def _hamming(a: Sequence[int], b: Sequence[int]) -> int:

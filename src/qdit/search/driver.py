@@ -26,7 +26,8 @@ from qdit.search.model import (
     genome_recipe,
     searchable_layers,
 )
-from qdit.search.runner import SearchResult, run_full
+from qdit.search.runner import run_full
+from qdit.search.session import SearchResult
 from qdit.search.space import CandidateRule, Genome
 
 METHODS = ("cheap", "full")

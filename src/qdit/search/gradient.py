@@ -21,35 +21,13 @@ measured changes spread by 4.0). Far from the genome where it was taken the pred
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from qdit.errors import QditError
-from qdit.search.objective import Evaluation
-
-SensitivityTable = tuple[dict[int, float], ...]  # per gene: choice -> predicted fitness change
-
-
-@dataclass
-class Sensitivity:
-    """Predicted single-gene fitness changes at a genome and what computing them cost."""
-
-    table: SensitivityTable
-    cost: Evaluation
-
-    def predict(self, base_value: float, genome: Sequence[int]) -> float:
-        """The first-order (additive) prediction of ``genome`` from the linearisation point."""
-        return base_value + float(sum(row[int(v)] for row, v in zip(self.table, genome)))
-
-    def to_list(self) -> list[list[list[float]]]:
-        return [[[float(c), float(d)] for c, d in sorted(row.items())] for row in self.table]
-
-    @staticmethod
-    def table_from_list(rows: list) -> SensitivityTable:
-        return tuple({int(c): float(d) for c, d in row} for row in rows)
+from qdit.search.objective import Sensitivity, SensitivityTable  # noqa: F401  (their home was here)
 
 
 def frechet_distance_torch(

@@ -34,8 +34,7 @@ from qdit.nn.swap import quant_layers
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.cost import Budget, CostModel
-from qdit.search.gradient import Sensitivity
-from qdit.search.objective import Evaluation
+from qdit.search.objective import Evaluation, Sensitivity
 from qdit.search.space import (
     PAPER_GROUPS,
     CandidateRule,

@@ -1,341 +1,20 @@
-"""Running a search: the resumable state file, the evaluation log and the full (paper) search.
-
-The state is one JSON file, written atomically after every evaluation (every round of ``world``
-evaluations under ``torch.distributed``), by rank 0 only. Sample features kept for reuse (the cheap
-search extends a candidate's samples instead of drawing them again) go to the folder
-``<state>.features/`` beside it. A search started again with ``resume=True`` reloads both and
-continues where it stopped, without evaluating anything twice; a state written by a different
-search (other model, weights, budget, seed, settings) is refused.
-"""
+"""The full (paper) search: the authors' evolution with the sample-based fitness, driven in rounds over
+ranks, its bookkeeping in a :class:`~qdit.search.session.SearchSession` (state file, resume, log)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import time
-import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from qdit.diffusion.distributed import DistContext, broadcast, evaluate_in_rounds
+from qdit.diffusion.distributed import DistContext, evaluate_in_rounds
 from qdit.errors import QditError
-from qdit.io.atomic import atomic_path, write_json
 from qdit.search.cost import Budget, CostModel, baseline_group
 from qdit.search.evolution import ALGORITHM, EvolutionConfig, EvolutionSearch
 from qdit.search.objective import Evaluation, Objective
-from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
+from qdit.search.session import SearchLog, SearchResult, SearchSession, fingerprint
+from qdit.search.space import Genome, SearchSpace
 
-STATE_VERSION = 1
-MEASUREMENTS = ("fit", "fidelity", "proxy")  # sample-based fitness, distance to the float model, proxy
-
-
-def _enc(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _dec(x: float | None) -> float:
-    return math.inf if x is None else float(x)
-
-
-class FeatureStore:
-    """Per-genome sample features kept for reuse; on disk one small ``.npz`` per genome in a folder,
-    written when the genome's features grow (so saving costs one file, not the whole store)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, np.ndarray] = {}
-        self.dirty: set[str] = set()
-
-    def get(self, key: str) -> np.ndarray | None:
-        return self.data.get(key)
-
-    def put(self, key: str, feats: np.ndarray | None) -> None:
-        if feats is not None and len(feats) > len(self.data.get(key, ())):
-            self.data[key] = np.asarray(feats, dtype=np.float32)
-            self.dirty.add(key)
-
-    @staticmethod
-    def _file(folder: Path, key: str) -> Path:
-        return folder / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".npz")
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for key in sorted(self.dirty):
-            with atomic_path(self._file(folder, key), ".npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, key=np.array(key), features=self.data[key])
-        self.dirty.clear()
-
-    def load(self, folder: Path) -> None:
-        if not folder.is_dir():
-            return
-        for path in sorted(folder.glob("*.npz")):
-            try:
-                with np.load(path) as z:
-                    self.data[str(z["key"])] = z["features"]
-            except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-                continue  # a damaged file: those samples are drawn again
-        self.dirty.clear()
-
-
-REFERENCE_KEY = "reference-features"  # the store's key prefix for an objective's reference features
-
-
-def stash_reference(objective: Objective, store: FeatureStore) -> None:
-    """Put the objective's reference features (e.g. the float model's samples) into ``store``, so a
-    resumed search does not draw them again."""
-    export = getattr(objective, "reference_cache", None)
-    if export is not None:
-        for key, feats in export().items():
-            store.put(f"{REFERENCE_KEY}:{key}", feats)
-
-
-def restore_reference(objective: Objective, store: FeatureStore) -> None:
-    """Give the objective back the reference features a resumed search saved."""
-    restore = getattr(objective, "restore_reference_cache", None)
-    if restore is not None:
-        prefix = f"{REFERENCE_KEY}:"
-        restore({k[len(prefix) :]: v for k, v in store.data.items() if k.startswith(prefix)})
-
-
-@dataclass
-class SearchLog:
-    """Everything a search measured, in order; the state file's common part."""
-
-    method: str
-    fingerprint: dict
-    cache: dict[str, float] = field(default_factory=dict)  # "<kind>:<samples>:<genome key>" -> value
-    history: list[dict] = field(default_factory=list)
-    images: int = 0
-    forwards: int = 0
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def record(self, stage: str, kind: str, genome: Sequence[int], n: int, ev: Evaluation) -> None:
-        key = genome_key(genome)
-        if kind in MEASUREMENTS:
-            self.cache[f"{kind}:{n}:{key}"] = float(ev.value)
-        self.images += int(ev.images)
-        self.forwards += int(ev.forwards)
-        self.history.append(
-            {
-                "stage": stage,
-                "kind": kind,
-                "key": key,
-                "n": n,
-                "value": _enc(ev.value),
-                "images": self.images,
-                "forwards": self.forwards,
-            }
-        )
-
-    def lookup(self, kind: str, genome: Sequence[int], n: int = 0) -> float | None:
-        key = genome_key(genome)
-        return self.cache.get(f"{kind}:{n}:{key}")
-
-    def to_dict(self) -> dict:
-        return {
-            "version": STATE_VERSION,
-            "method": self.method,
-            "fingerprint": self.fingerprint,
-            "cache": {k: _enc(v) for k, v in self.cache.items()},
-            "history": self.history,
-            "images_sampled": self.images,
-            "forwards": self.forwards,
-            "seconds": self.seconds,
-            "extra": self.extra,
-        }
-
-    def load_dict(self, d: dict) -> None:
-        if d.get("version") != STATE_VERSION:
-            raise QditError(f"search state version {d.get('version')} is not {STATE_VERSION}; start afresh")
-        if d.get("method") != self.method or d.get("fingerprint") != self.fingerprint:
-            diff = sorted(
-                k
-                for k in set(self.fingerprint) | set(d.get("fingerprint", {}))
-                if self.fingerprint.get(k) != d.get("fingerprint", {}).get(k)
-            )
-            what = ", ".join(diff) if diff else "method"
-            raise QditError(
-                f"the saved search state belongs to a different search ({what} differ); start without --resume"
-            )
-        self.cache = {k: _dec(v) for k, v in d["cache"].items()}
-        self.history = list(d["history"])
-        self.images = int(d["images_sampled"])
-        self.forwards = int(d["forwards"])
-        self.seconds = float(d.get("seconds", 0.0))
-        self.extra = dict(d.get("extra", {}))
-
-
-def _normalise(obj: object) -> object:
-    """The JSON form of ``obj`` (tuples become lists), so fingerprints compare equal after a reload."""
-    return json.loads(json.dumps(obj))
-
-
-class StateFile:
-    """The state JSON (plus the features sidecar) of one search; only rank 0 writes."""
-
-    def __init__(self, path: str | Path | None, dist: DistContext) -> None:
-        self.path = Path(path) if path is not None else None
-        self.dist = dist
-
-    @property
-    def features_path(self) -> Path | None:
-        return self.path.with_name(self.path.name + ".features") if self.path is not None else None
-
-    def read(self, resume: bool) -> dict | None:
-        state = None
-        if resume and self.path is not None and self.dist.is_main and self.path.is_file():
-            try:
-                state = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
-                raise QditError(f"cannot read the search state {self.path}: {exc}") from None
-        return broadcast(state, self.dist)
-
-    def clear_features(self) -> None:
-        """Remove the features of an earlier search at this path (a fresh start must not reuse them)."""
-        folder = self.features_path
-        if folder is None or not self.dist.is_main or not folder.is_dir():
-            return
-        for path in folder.glob("*.npz"):
-            path.unlink()
-
-    def read_features(self, store: FeatureStore, resume: bool) -> None:
-        if resume and self.features_path is not None:
-            data = store.data
-            if self.dist.is_main:
-                store.load(self.features_path)
-                data = store.data
-            store.data = broadcast(data, self.dist)
-
-    def write(self, state: dict, store: FeatureStore | None = None) -> None:
-        if self.path is None or not self.dist.is_main:
-            return
-        if store is not None and store.dirty and self.features_path is not None:
-            store.save(self.features_path)
-        write_json(self.path, state)
-
-
-@dataclass
-class SearchResult:
-    method: str
-    space: SearchSpace
-    best_genome: Genome
-    best_fitness: float
-    baseline_group: int
-    baseline_genome: Genome
-    baseline_fitness: float
-    budget: Budget
-    evaluations: int  # sample-based fitness evaluations (any number of samples)
-    proxy_evaluations: int
-    images_sampled: int
-    forwards: int
-    forwards_per_image: int
-    seconds: float
-    history: list[dict]
-    num_samples: int
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def image_equivalents(self) -> float:
-        """All model forwards (screening and proxies included) in units of one generated image."""
-        return self.forwards / max(1, self.forwards_per_image)
-
-    def report(self, cost: CostModel) -> dict:
-        best_cost = cost.report(self.space, self.best_genome)
-        base_cost = cost.report(self.space, self.baseline_genome)
-        settings = self.space.settings(self.best_genome)
-        return {
-            "method": self.method,
-            "best_fitness": _enc(self.best_fitness),
-            "best_genome": list(self.best_genome),
-            "best_layers": {
-                name: {"w_group": s.w_group, "a_group": s.a_group, "w_bits": s.w_bits, "a_bits": s.a_bits}
-                for name, s in settings.items()
-            },
-            "baseline_group_size": self.baseline_group,
-            "baseline_fitness": _enc(self.baseline_fitness),
-            "budget": {
-                **self.budget.to_dict(),
-                "description": self.budget.describe(),
-                "best": self.budget.measure(cost, self.space, self.best_genome),
-                "baseline": self.budget.measure(cost, self.space, self.baseline_genome),
-                "met": self.budget.meets(cost, self.space, self.best_genome),
-            },
-            "cost": {"best": best_cost, "baseline": base_cost},
-            "evaluations": self.evaluations,
-            "proxy_evaluations": self.proxy_evaluations,
-            "images_sampled": self.images_sampled,
-            "model_forwards": self.forwards,
-            "image_equivalents": self.image_equivalents,
-            "num_samples": self.num_samples,
-            "seconds": self.seconds,
-            "history": self.history,
-            **self.extra,
-        }
-
-
-def best_full(log: SearchLog, n: int) -> tuple[Genome, float] | None:
-    """The best genome measured with ``n`` samples (ties: the one measured first)."""
-    best: tuple[str, float] | None = None
-    for h in log.history:
-        if h["kind"] == "fit" and h["n"] == n:
-            v = _dec(h["value"])
-            if best is None or v < best[1]:
-                best = (h["key"], v)
-    return (key_genome(best[0]), best[1]) if best else None
-
-
-class Progress:
-    """A tqdm bar (when asked for) showing the best fitness so far."""
-
-    def __init__(self, enabled: bool, total: int, desc: str, unit: str = "eval") -> None:
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit=unit)
-
-    def update(self, n: int = 1, best: float | None = None, **extra: object) -> None:
-        if self.bar is None:
-            return
-        post = {"best": f"{best:.4g}"} if best is not None and math.isfinite(best) else {}
-        post.update({k: str(v) for k, v in extra.items()})
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def fingerprint(
-    method: str,
-    space: SearchSpace,
-    cost: CostModel,
-    budget: Budget,
-    objective: Objective,
-    seed: int,
-    settings: dict,
-) -> dict:
-    return _normalise(
-        {
-            "method": method,
-            "space": space.describe(),
-            "cost": {
-                "scale_bits": cost.scale_bits,
-                "symmetric": cost.symmetric,
-                "rescale_bits": cost.rescale_bits,
-            },
-            "budget": budget.to_dict(),
-            "objective": objective.describe(),
-            "seed": seed,
-            **settings,
-        }
-    )  # type: ignore[return-value]
+__all__ = ["SearchResult", "run_full"]
 
 
 def run_full(
@@ -370,32 +49,23 @@ def run_full(
         seed,
         {"evolution": config.to_dict(), "num_samples": num_samples},
     )
-    log = SearchLog("full", fp)
-    state_file = StateFile(state_path, dist)
-    store = FeatureStore()  # only the objective's reference features: candidates keep none
-    saved = state_file.read(resume)
-    if saved is not None:
+
+    def check_saved(saved: dict) -> None:
         evo_state = (saved.get("extra") or {}).get("evolution") or {}
         if saved.get("method") == "full" and evo_state.get("algorithm") != ALGORITHM:
             raise QditError(
                 f"the search state {state_path} was written by an earlier version of the full search (before it "
                 "followed the authors' algorithm); start afresh without --resume"
             )
-        log.load_dict(saved)
-        search.load_state_dict(saved["extra"]["evolution"])
-        state_file.read_features(store, resume)
-        restore_reference(objective, store)
-    else:
-        state_file.clear_features()
-    started = time.perf_counter() - log.seconds
-    bar = Progress(progress and dist.is_main, config.evaluations, "search (full)")
-    bar.update(len(search.results), best=search.best[1] if search.best else None)
 
-    def save() -> None:
-        log.seconds = time.perf_counter() - started
-        log.extra["evolution"] = search.state_dict()
-        stash_reference(objective, store)
-        state_file.write(log.to_dict(), store)
+    # the feature store holds only the objective's reference features: candidates keep none
+    session = SearchSession("full", fp, objective, state_path, resume, dist, on_evaluation, check_saved)
+    if session.resumed:
+        search.load_state_dict(session.log.extra["evolution"])
+    session.progress(
+        progress, config.evaluations, "search (full)", done=len(search.results),
+        best=search.best[1] if search.best else None,
+    )  # fmt: skip
 
     def evaluate(genome: Genome) -> Evaluation:
         ev = objective.fitness(genome, num_samples)
@@ -403,39 +73,22 @@ def run_full(
         return ev
 
     def on_result(genome: Genome, ev: Evaluation) -> None:
-        log.record(f"generation {search.generation}", "fit", genome, num_samples, ev)
+        session.record(f"generation {search.generation}", "fit", genome, num_samples, ev)
         search.tell(genome, ev.value)
-        save()
         best = search.best
-        bar.update(1, best=best[1] if best else None, gen=search.generation)
-        if on_evaluation is not None:
-            on_evaluation(log)
+        session.commit(
+            1, best=best[1] if best else None, extra={"evolution": search.state_dict()}, gen=search.generation
+        )
 
     try:
         while not search.done:
             evaluate_in_rounds(search.ask(), evaluate, on_result, dist)
     finally:
-        bar.close()
-    save()
+        session.close()
+    session.save({"evolution": search.state_dict()})
     best = search.best
     assert best is not None
-    base_fit = search.fitness(base)
-    return SearchResult(
-        method="full",
-        space=space,
-        best_genome=best[0],
-        best_fitness=best[1],
-        baseline_group=g0,
-        baseline_genome=base,
-        baseline_fitness=base_fit if base_fit is not None else math.nan,
-        budget=budget,
-        evaluations=len(search.results),
-        proxy_evaluations=0,
-        images_sampled=log.images,
-        forwards=log.forwards,
-        forwards_per_image=objective.forwards_per_image,
-        seconds=log.seconds,
-        history=log.history,
-        num_samples=num_samples,
-        extra={"algorithm": ALGORITHM, "populations": [dict(s) for s in search.stats]},
-    )
+    return session.result(
+        space, best, g0, base, search.fitness(base), budget, len(search.results), 0, num_samples,
+        {"algorithm": ALGORITHM, "populations": [dict(s) for s in search.stats]},
+    )  # fmt: skip
