@@ -3,9 +3,14 @@
 The public API is loaded lazily, so ``import qdit`` stays light (no torch until it is used)::
 
     import qdit
-    model = qdit.quantize(model, qdit.Recipe.baseline("qdit"))
+    model = qdit.load_model("embedded")
+    recipe, report = qdit.search_recipe(model)          # optional: a searched per-layer recipe
+    model = qdit.quantize(model, recipe)                  # or qdit.Recipe.baseline("qdit")
     qdit.save(model, "out/")
-    same = qdit.load("out/")
+    images, labels = qdit.sample(qdit.load("out/"), 64)
+    metrics = qdit.evaluate(images, "fashion-mnist-test", labels=labels)
+
+(``qdit.search`` is the search package; its facade is ``qdit.search_recipe``.)
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "load_model": "qdit.api",
     "quantize": "qdit.api",
+    "search_recipe": "qdit.api",
+    "sample": "qdit.api",
+    "evaluate": "qdit.api",
+    "SearchConfig": "qdit.search.driver",
     "save": "qdit.io.checkpoint",
     "load": "qdit.io.checkpoint",
     "Recipe": "qdit.recipe",

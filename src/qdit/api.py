@@ -1,8 +1,15 @@
-"""The public entry points: ``qdit.quantize(model, recipe, calib)`` and :func:`load_model` (every kind
-of model the CLI's ``--model`` takes)."""
+"""The public entry points, one per stage of the data flow: :func:`load_model` (every kind of model the
+CLI's ``--model`` takes), :func:`search_recipe` (a searched :class:`Recipe`), ``qdit.quantize(model,
+recipe, calib)``, :func:`sample` (images or clips) and :func:`evaluate` (metrics of samples); ``qdit.save``
+/ ``qdit.load`` are :mod:`qdit.io.checkpoint`'s."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -12,7 +19,13 @@ from qdit.errors import QditError
 from qdit.nn.swap import KERNELS, LayerFactory, freeze, quant_layers
 from qdit.recipe import QuantSpec, Recipe
 
-__all__ = ["load_model", "quantize", "resolve_specs"]
+if TYPE_CHECKING:
+    from qdit.diffusion.sampler import SamplerConfig
+    from qdit.eval.features import FeatureSpace
+    from qdit.eval.npz import Reference, Samples
+    from qdit.search.driver import SearchConfig
+
+__all__ = ["evaluate", "load_model", "quantize", "resolve_specs", "sample", "search_recipe"]
 
 
 def quantize(
@@ -66,11 +79,112 @@ def load_model(
     diffusers pipeline or transformer folder, or a quantized folder written by ``qdit.save`` (checked
     against its digests unless ``verify`` is off; its layers on the kernel paths ``kernel`` picks, see
     :func:`qdit.nn.choose_kernel`)."""
-    from pathlib import Path
-
     from qdit.io.checkpoint import is_qdit_dir, load
     from qdit.models.registry import is_builtin, load_base_model
 
     if not is_builtin(spec) and is_qdit_dir(Path(spec)):
         return load(spec, device=device, kernel=kernel, verify=verify)
     return load_base_model(spec, arch, device)
+
+
+def search_recipe(
+    model: nn.Module,
+    features: FeatureSpace | str = "auto",
+    config: SearchConfig | None = None,
+    *,
+    reference: str | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    device: torch.device | str = "cpu",
+    model_name: str = "model",
+    **settings: Any,
+) -> tuple[Recipe, dict]:
+    """Search per-layer group sizes (and bits) of ``model`` (not changed: a copy is quantized); returns
+    the best :class:`Recipe` (``qdit.quantize(model, recipe)`` applies it) and the search's report.
+
+    ``features``: a :class:`~qdit.eval.features.FeatureSpace`, or a name (``domain``, ``inception``,
+    ``clipnet``; ``auto``: by the model's sample shape) scored against ``reference`` (a named data
+    set or a reference ``.npz``; default: the features' own, none for Inception). ``config``: a
+    :class:`~qdit.search.driver.SearchConfig`, or its fields as keywords (``method="full"``,
+    ``num_samples=16``, ...). ``state_path``: a state file the search can be resumed from (``resume``).
+    """
+    from qdit.diffusion.distributed import DistContext
+    from qdit.eval.features import DEFAULT_REFERENCES, default_features, feature_space
+    from qdit.search.driver import search_groups
+    from qdit.search.model import model_geometry
+
+    if isinstance(features, str):
+        kind = default_features(model_geometry(model)[0]) if features == "auto" else features
+        fp_only = config is not None and config.fitness is not None and config.fitness.reference == "fp"
+        fp_only = fp_only or (settings.get("fitness") is not None and settings["fitness"].reference == "fp")
+        ref = reference if reference is not None else DEFAULT_REFERENCES.get(kind)
+        if ref is None and not fp_only:
+            raise QditError(
+                f"{kind} features need a reference: give reference= (a reference .npz or a named data set)"
+            )
+        features = feature_space(kind, ref, device=device)
+    outcome = search_groups(
+        model, features, config, state_path=state_path, resume=resume, dist=DistContext(), progress=progress,
+        model_name=model_name, device=device, **settings,
+    )  # fmt: skip
+    return outcome.recipe, outcome.report
+
+
+def sample(
+    model: nn.Module,
+    num: int,
+    seed: int = 0,
+    config: SamplerConfig | None = None,
+    *,
+    labels: Sequence[int] | np.ndarray | None = None,
+    batch_size: int = 64,
+    decode: bool = True,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``num`` samples of ``model`` (float or quantized) and their labels: uint8 images ``[N, H, W, C]``, or
+    clips ``[N, T, H, W, C]`` of a video model (see :func:`qdit.diffusion.sampler.sample_images`).
+
+    ``config``: steps, method and guidance (default: :class:`~qdit.diffusion.sampler.SamplerConfig`'s, with
+    images clipped to [-1, 1] and latents not). ``labels``: the class of each sample (default: balanced).
+    ``decode``: a latent model's samples go through its VAE (its adapter's ``decoder``), when it has one.
+    """
+    from qdit.diffusion.sampler import SamplerConfig, sample_images
+    from qdit.models.adapter import get_adapter
+
+    decoder = get_adapter(model).decoder(model) if decode else None
+    config = config or SamplerConfig(clip_denoised=decoder is None)
+    with torch.inference_mode():
+        result = sample_images(
+            model, num, seed, config, labels, batch_size, progress=progress, decode=decoder
+        )
+    assert result is not None  # one process: the main rank
+    return result
+
+
+def evaluate(
+    samples: Samples | np.ndarray | str | Path,
+    reference: Reference | str,
+    metrics: Sequence[str] | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    **options: Any,
+) -> dict[str, float]:
+    """Metrics of ``samples`` (a samples ``.npz``, a :class:`~qdit.eval.npz.Samples`, or uint8 images / clips
+    with ``labels``) against ``reference`` (a named data set, a reference ``.npz`` or a loaded
+    :class:`~qdit.eval.npz.Reference`). ``metrics``: default as ``qdit eval``'s (FID, sFID, precision,
+    recall, the domain metrics where they apply; FVD and clip metrics for clips). ``options`` go to
+    :func:`qdit.eval.evaluate.evaluate`."""
+    from qdit.eval.evaluate import default_metrics
+    from qdit.eval.evaluate import evaluate as evaluate_samples
+    from qdit.eval.npz import Samples, load_reference, load_samples
+
+    if isinstance(samples, (str, Path)):
+        samples = load_samples(samples)
+    elif not isinstance(samples, Samples):
+        samples = Samples(np.asarray(samples), None if labels is None else np.asarray(labels, dtype=np.int64))
+    ref = load_reference(reference) if isinstance(reference, str) else reference
+    chosen = list(metrics) if metrics is not None else default_metrics(samples)
+    return evaluate_samples(samples, ref, chosen, device=device, progress=progress, **options)

@@ -343,14 +343,14 @@ def _check(args: argparse.Namespace) -> dict:
 def _features(args: argparse.Namespace, model: object, device: str) -> object:
     from qdit.diffusion.sampler import is_clip_shape
     from qdit.errors import QditError
-    from qdit.eval.features import feature_space
+    from qdit.eval.features import default_features, feature_space
     from qdit.search.model import model_geometry
 
     shape, _ = model_geometry(model)  # type: ignore[arg-type]
     kind = args.features
     video = is_clip_shape(shape)
     if kind == "auto":
-        kind = "clipnet" if video else "domain" if tuple(shape) == (1, 28, 28) else "inception"
+        kind = default_features(tuple(shape))
     if video != (kind == "clipnet"):
         raise QditError(
             f"--features {kind} is for {'images' if video else 'clips'}, and {args.model} makes "
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.io.atomic import write_json
     from qdit.search.cheap import CheapConfig
     from qdit.search.cost import Budget
-    from qdit.search.driver import heldout_fitness, search_groups
+    from qdit.search.driver import SearchConfig, heldout_fitness, search_groups
     from qdit.search.evolution import EvolutionConfig
     from qdit.search.model import FitnessConfig
     from qdit.search.plot import search_plot
@@ -439,6 +439,14 @@ def run(args: argparse.Namespace) -> int:
         reference="fp" if args.fitness == "fd-fp" else "data",
         cfg_channels=args.cfg_channels,
     )
+    config = SearchConfig(
+        w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,
+        fitness=fitness, evolution=evolution, cheap=cheap, choices=parsed["choices"], rule=parsed["rule"],
+        layer_choices=parsed["layer_choices"], separate_act=args.separate_act, bits_choices=parsed["bits_choices"],
+        act_granularity=args.act_granularity, weight_method=args.weight_method, symmetric=args.symmetric,
+        w_symmetric=args.symmetric or args.w_symmetric, a_symmetric=args.symmetric or args.a_symmetric,
+        seed=args.seed,
+    )  # fmt: skip
     dist = init_distributed(device)  # under torchrun: each rank on its own GPU when device is CUDA
     if dist.active:
         device = dist.device
@@ -455,15 +463,9 @@ def run(args: argparse.Namespace) -> int:
     features = _features(args, model, device)
     state = args.state or f"{args.out}.state.json"
     outcome = search_groups(
-        model, features,  # type: ignore[arg-type]
-        w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,
-        fitness=fitness, evolution=evolution, cheap=cheap, choices=parsed["choices"], rule=parsed["rule"],
-        layer_choices=parsed["layer_choices"],
-        separate_act=args.separate_act, bits_choices=parsed["bits_choices"], act_granularity=args.act_granularity,
-        weight_method=args.weight_method, symmetric=args.symmetric,
-        w_symmetric=args.symmetric or args.w_symmetric, a_symmetric=args.symmetric or args.a_symmetric, seed=args.seed, state_path=state,
-        resume=args.resume, dist=dist, progress=not args.no_progress and dist.is_main, model_name=args.model,
-        device=device,
+        model, features, config,  # type: ignore[arg-type]
+        state_path=state, resume=args.resume, dist=dist, progress=not args.no_progress and dist.is_main,
+        model_name=args.model, device=device,
     )  # fmt: skip
     report = outcome.report
     res = outcome.result

@@ -19,6 +19,17 @@ from qdit.errors import QditError
 from qdit.eval.metrics import feature_stats, frechet_distance
 
 FEATURES = ("domain", "inception", "clipnet")
+# the reference each feature space is scored against by default (Inception has none: give one)
+DEFAULT_REFERENCES = {"domain": "fashion-mnist-test", "clipnet": "fashion-mnist-clips-test"}
+
+
+def default_features(sample_shape: tuple[int, ...]) -> str:
+    """The features a model's samples are scored in by default: ClipNet for clips, the domain classifier
+    for 28x28 grayscale images, Inception otherwise."""
+    if len(sample_shape) == 4:
+        return "clipnet"
+    return "domain" if tuple(sample_shape) == (1, 28, 28) else "inception"
+
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, C] (clips [N, T, H, W, C]) -> float [N, D]
 

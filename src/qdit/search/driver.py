@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,52 +42,88 @@ class SearchOutcome:
     objective: ModelObjective = field(repr=False)
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """What a group-size search searches and how (the run's environment, a state file, ranks, device,
+    is not part of it). ``method``: ``"cheap"`` (the default; see :mod:`qdit.search.cheap`) or
+    ``"full"`` (the paper's evolutionary search). The fitness is the Fréchet distance of
+    ``num_samples`` samples drawn as ``fitness`` says. Group choices per layer:
+    ``layer_choices[name]``, else the divisors of its width among ``choices`` (default: the paper's
+    ``{32, 64, 128, 192, 288}``), or ``rule``'s width-derived candidates. ``symmetric`` sets both
+    quantizers; ``w_symmetric`` / ``a_symmetric`` each one alone (the authors' search script's
+    ``--w_sym`` / ``--a_sym``)."""
+
+    w_bits: int = 4
+    a_bits: int = 8
+    method: str = "cheap"
+    budget: Budget | None = None  # default: the paper's mean group >= 128 (see default_budget)
+    num_samples: int = 64
+    fitness: FitnessConfig | None = None  # default: FitnessConfig(seed=seed)
+    evolution: EvolutionConfig | None = None
+    cheap: CheapConfig | None = None
+    choices: Sequence[int] | None = None
+    rule: CandidateRule | None = None
+    layer_choices: Mapping[str, Sequence[int]] | None = None
+    separate_act: bool = False
+    bits_choices: Sequence[int] = ()
+    act_granularity: str = "token"
+    weight_method: str = "rtn"
+    symmetric: bool = False
+    w_symmetric: bool | None = None
+    a_symmetric: bool | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QditError(f"unknown search method {self.method!r}; use {' or '.join(METHODS)}")
+        if self.num_samples < 2:
+            raise QditError(f"the fitness needs at least 2 samples, got {self.num_samples}")
+
+    @property
+    def w_sym(self) -> bool:
+        return self.symmetric if self.w_symmetric is None else self.w_symmetric
+
+    @property
+    def a_sym(self) -> bool:
+        return self.symmetric if self.a_symmetric is None else self.a_symmetric
+
+
 def search_groups(
     model: nn.Module,
     features: FeatureSpace,
+    config: SearchConfig | None = None,
     *,
-    w_bits: int = 4,
-    a_bits: int = 8,
-    method: str = "cheap",
-    budget: Budget | None = None,
-    num_samples: int = 64,
-    fitness: FitnessConfig | None = None,
-    evolution: EvolutionConfig | None = None,
-    cheap: CheapConfig | None = None,
-    choices: Sequence[int] | None = None,
-    rule: CandidateRule | None = None,
-    layer_choices: Mapping[str, Sequence[int]] | None = None,
-    separate_act: bool = False,
-    bits_choices: Sequence[int] = (),
-    act_granularity: str = "token",
-    weight_method: str = "rtn",
-    symmetric: bool = False,
-    w_symmetric: bool | None = None,
-    a_symmetric: bool | None = None,
-    seed: int = 0,
     state_path: str | Path | None = None,
     resume: bool = False,
     dist: DistContext | None = None,
     progress: bool = False,
     model_name: str = "model",
     device: torch.device | str = "cpu",
+    **settings: Any,
 ) -> SearchOutcome:
-    """Search per-layer group sizes (and optionally bits) of ``model`` under ``budget``.
+    """Search per-layer group sizes (and optionally bits) of ``model`` as ``config`` says (or, instead of a
+    config, its fields as keywords: ``search_groups(model, features, method="full", num_samples=16)``).
 
-    ``model`` is not changed (a copy is quantized). ``method``: ``"cheap"`` (the default; see
-    :mod:`qdit.search.cheap`) or ``"full"`` (the paper's evolutionary search). The fitness is the
-    Fréchet distance in ``features`` of ``num_samples`` samples drawn as ``fitness`` says. Group
-    choices per layer: ``layer_choices[name]``, else the divisors of its width among ``choices``
-    (default: the paper's ``{32, 64, 128, 192, 288}``), or ``rule``'s width-derived candidates.
-    ``symmetric`` sets both quantizers; ``w_symmetric`` / ``a_symmetric`` each one alone (the
-    authors' search script's ``--w_sym`` / ``--a_sym``).
+    ``model`` is not changed (a copy is quantized). ``state_path``: the resumable state file (resumed
+    with ``resume``); ``dist``: the ranks to spread candidates over.
     """
-    w_sym = symmetric if w_symmetric is None else w_symmetric
-    a_sym = symmetric if a_symmetric is None else a_symmetric
-    if method not in METHODS:
-        raise QditError(f"unknown search method {method!r}; use {' or '.join(METHODS)}")
-    if num_samples < 2:
-        raise QditError(f"the fitness needs at least 2 samples, got {num_samples}")
+    if config is not None and settings:
+        raise QditError("give a SearchConfig or its fields as keywords, not both")
+    config = config if config is not None else SearchConfig(**settings)
+    c = config
+    w_bits, a_bits, method, budget, num_samples, seed = (
+        c.w_bits,
+        c.a_bits,
+        c.method,
+        c.budget,
+        c.num_samples,
+        c.seed,
+    )
+    w_sym, a_sym = c.w_sym, c.a_sym
+    fitness, evolution, cheap = c.fitness, c.evolution, c.cheap
+    choices, rule, layer_choices = c.choices, c.rule, c.layer_choices
+    separate_act, bits_choices = c.separate_act, c.bits_choices
+    act_granularity, weight_method = c.act_granularity, c.weight_method
     fitness = fitness or FitnessConfig(seed=seed)
     base = QuantSpec(
         w_bits=w_bits, a_bits=a_bits, w_group=0, a_group=0, act_granularity=act_granularity,
