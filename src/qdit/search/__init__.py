@@ -3,13 +3,17 @@
 * :mod:`~qdit.search.space` -- genes, candidate group sizes per layer width, genomes;
 * :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget and its repair;
 * :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
-* :mod:`~qdit.search.runner` -- state file, resume, the full search; :mod:`~qdit.search.cheap` -- the
-  cheap search (default), both spreading candidates over ranks with :mod:`qdit.diffusion.distributed`;
+* :mod:`~qdit.search.objective` -- what a search measures (the :class:`Objective` protocol);
+* :mod:`~qdit.search.session` -- a search's state file, resume, log, feature store, progress and result;
+* :mod:`~qdit.search.runner` -- the full search; :mod:`~qdit.search.cheap` -- the cheap search (default),
+  both spreading candidates over ranks with :mod:`qdit.diffusion.distributed`;
 * :mod:`~qdit.search.gradient` -- the first-order sensitivity of the fitness to single-gene changes
   (one backward pass through the sampler), which drives the cheap search;
   :mod:`~qdit.search.surrogate` -- the additive surrogate of the fitness;
-* :mod:`~qdit.search.model` -- the model side (weight bank, fitness, sensitivity, proxy, recipe export);
-  :mod:`~qdit.search.driver` -- :func:`search_groups`; :mod:`~qdit.search.plot` -- PNG plots.
+* :mod:`~qdit.search.model` -- the model side (fitness, sensitivity, proxy, recipe export; the feature
+  spaces are :mod:`qdit.eval.features`); :mod:`~qdit.search.bank` -- the weight bank;
+  :mod:`~qdit.search.driver` -- :class:`SearchConfig` and :func:`search_groups` (``qdit.search_recipe``
+  is the facade over it); :mod:`~qdit.search.plot` -- PNG plots.
 
 Names are imported lazily, so ``import qdit.search`` loads neither torch nor the model code.
 """
@@ -43,6 +47,7 @@ _EXPORTS = {
     "FitnessConfig": "qdit.search.model",
     "ModelObjective": "qdit.search.model",
     "genome_recipe": "qdit.search.model",
+    "SearchConfig": "qdit.search.driver",
     "search_groups": "qdit.search.driver",
     "heldout_fitness": "qdit.search.driver",
     "search_plot": "qdit.search.plot",
