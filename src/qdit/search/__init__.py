@@ -3,6 +3,7 @@
 * :mod:`~qdit.search.space` -- genes, candidate group sizes per layer width, genomes;
 * :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget and its repair;
 * :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
+  :mod:`~qdit.search.strategy` -- the ask/tell protocol of the cheap search's strategies and its loop;
 * :mod:`~qdit.search.objective` -- what a search measures (the :class:`Objective` protocol);
 * :mod:`~qdit.search.session` -- a search's state file, resume, log, feature store, progress and result;
 * :mod:`~qdit.search.runner` -- the full search; :mod:`~qdit.search.cheap` -- the cheap search (default),
@@ -42,6 +43,11 @@ _EXPORTS = {
     "SearchSession": "qdit.search.session",
     "run_full": "qdit.search.runner",
     "CheapConfig": "qdit.search.cheap",
+    "GradientStrategy": "qdit.search.cheap",
+    "BayesStrategy": "qdit.search.cheap",
+    "Ask": "qdit.search.strategy",
+    "Strategy": "qdit.search.strategy",
+    "drive": "qdit.search.strategy",
     "run_cheap": "qdit.search.cheap",
     "FeatureSpace": "qdit.eval.features",
     "FitnessConfig": "qdit.search.model",

@@ -49,6 +49,8 @@ by the noise-prediction error against the float model on a few float trajectorie
 additive prediction becomes the surrogate's prior and its best candidates the first round's); on the
 embedded model its single-gene deltas were within +-3% and not monotone in the group size.
 
+Each strategy is an ask/tell object (:class:`GradientStrategy`, :class:`BayesStrategy`; see
+:mod:`qdit.search.strategy`) that :func:`run_cheap` drives, measuring what it asks for with the cache.
 Everything measured is cached in the state file by genome (and number of samples). The algorithm is
 deterministic given the seed and the measurements, so a resumed run replays it from the cache and
 continues with the first measurement that is missing: nothing is measured twice.
@@ -70,6 +72,7 @@ from qdit.search.evolution import EvolutionConfig, RepairingEvolution
 from qdit.search.objective import Evaluation, Objective, Sensitivity
 from qdit.search.session import SearchLog, SearchResult, SearchSession, best_full, fingerprint
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
+from qdit.search.strategy import Ask, Steps, StepwiseStrategy, Strategy, Value, drive
 from qdit.search.surrogate import AdditiveSurrogate
 
 STRATEGIES = ("gradient", "bayes")
@@ -273,12 +276,80 @@ def run_cheap(
             return sens
         return Sensitivity.from_list(tables[key])
 
-    def gradient_search() -> None:
-        """Rounds around the best genome so far (see the module docstring)."""
-        n = num_samples
+    def measure(ask: Ask) -> dict[str, Value]:
+        if ask.kind == "sensitivity":
+            return {genome_key(g): sensitivity_at(g) for g in ask.distinct}
+        if ask.kind == "proxy":
+            return dict(proxies(ask.stage, list(ask.genomes)))
+        return dict(fitnesses(ask.stage, list(ask.genomes), ask.n, ask.kind))
+
+    strategy: Strategy
+    if use_gradient:
+        sens_images = objective.sensitivity_forwards(num_samples) / objective.forwards_per_image
+        strategy = GradientStrategy(space, cost, budget, config, seed, num_samples, sens_images)
+    else:
+        strategy = BayesStrategy(space, cost, budget, config, seed, num_samples, screen_items)
+    try:
+        drive(strategy, measure)
+        # the baseline with all samples (reported, and the winner is never worse on these samples)
+        fitnesses("baseline", [base], num_samples)
+    finally:
+        session.close()
+    session.save()
+    winner = best_full(log, num_samples)
+    assert winner is not None
+    return session.result(
+        space, winner, g0, base, log.lookup("fit", base, num_samples), budget,
+        evaluations=sum(1 for h in log.history if h["kind"] in ("fit", "fidelity")),
+        proxy_evaluations=sum(1 for h in log.history if h["kind"] == "proxy"),
+        num_samples=num_samples,
+        extra={
+            "strategy": log.extra["strategy"],
+            "sensitivity_passes": sum(1 for h in log.history if h["kind"] == "sensitivity"),
+        },
+    )  # fmt: skip
+
+
+class _CheapStrategy(StepwiseStrategy):
+    """What both cheap strategies share: the space, its budget, the config, the seed and the baseline."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        cost: CostModel,
+        budget: Budget,
+        config: CheapConfig,
+        seed: int,
+        num_samples: int,
+    ) -> None:
+        super().__init__()
+        self.space, self.cost, self.budget, self.config, self.seed = space, cost, budget, config, seed
+        self.num_samples = num_samples
+        self.base = space.uniform(baseline_group(space, cost, budget))
+
+    def _evolve(
+        self, seed: int, seeds: list[Genome], score: Callable[[list[Genome]], Sequence[float]]
+    ) -> RepairingEvolution:
+        return _free_evolution(self.space, self.cost, self.budget, self.config, seed, seeds, score)
+
+
+class GradientStrategy(_CheapStrategy):
+    """Trust-region rounds around the best genome so far, guided by the first-order sensitivity taken
+    there (see the module docstring); everything within ``budget_evals`` N-sample evaluations' worth of
+    forwards, a sensitivity pass counted as ``sensitivity_images`` images."""
+
+    def __init__(
+        self, space: SearchSpace, cost: CostModel, budget: Budget, config: CheapConfig, seed: int, num_samples: int,
+        sensitivity_images: float,
+    ) -> None:  # fmt: skip
+        super().__init__(space, cost, budget, config, seed, num_samples)
+        self.sensitivity_images = sensitivity_images
+
+    def steps(self) -> Steps:
+        space, config, seed, n, base = self.space, self.config, self.seed, self.num_samples, self.base
         cap = config.budget_evals * n  # image-equivalents
-        sens_eq = objective.sensitivity_forwards(n) / objective.forwards_per_image
-        measured = dict(fitnesses("baseline", [base], n))
+        sens_eq = self.sensitivity_images
+        measured = dict((yield Ask("baseline", "fit", (base,), n)))
         spent = float(n)
         radius = len(space.genes)
         latest: tuple[Genome, Sensitivity] | None = None
@@ -289,7 +360,8 @@ def run_cheap(
             new_point = latest is None or latest[0] != p  # (a resumed run finds it cached)
             if new_point and spent + sens_eq + k * n <= cap:  # else: the rest goes to the latest
                 spent += sens_eq
-                latest = (p, sensitivity_at(p))
+                taken_at = yield Ask("sensitivity", "sensitivity", (p,), n)
+                latest = (p, taken_at[p_key])
             if latest is None:
                 break
             k = min(k, int((cap - spent + 1e-9) // n))
@@ -320,16 +392,14 @@ def run_cheap(
                         float(v) + 1e3 * max(0, _hamming(g, center) - rad) for v, g in zip(predict(gs), gs)
                     ]
 
-                evo = _free_evolution(
-                    space, cost, budget, config, seed + 7919 * r + 104_729 * (j + 1), [center], score
-                )
+                evo = self._evolve(seed + 7919 * r + 104_729 * (j + 1), [center], score)
                 ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
                 pick = [x for x in ranked if x not in taken and evo.results[x] < 1e3][:1]
                 batch += [key_genome(x) for x in pick]
                 taken |= set(pick)
             if not batch:
                 break
-            got = fitnesses(f"round {r}", batch, n)
+            got = yield Ask(f"round {r}", "fit", tuple(batch), n)
             spent += n * len(batch)
             measured.update(got)
             best_new = min(batch, key=lambda g: (got[genome_key(g)], genome_key(g)))
@@ -338,128 +408,117 @@ def run_cheap(
             else:
                 radius = max(1, radius // 2)
 
-    try:
-        if use_gradient:
-            gradient_search()
-        else:
-            # 1.-2. (optional) screening: single-gene proxy deltas, an additive prediction, and a pool
-            # of its best candidates with their proxy measured jointly
-            prior: Callable[[Genome], float] | None = None
-            pool: list[Genome] = []
-            if config.screen:
-                measured = proxies("screen", screen_items)
-                p0 = measured[genome_key(base)]
-                delta: list[dict[int, float]] = [{v: 0.0} for v in base]
-                for item in screen_items[1:]:
-                    i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
-                    delta[i][item[i]] = measured[genome_key(item)] - p0
 
-                def predicted(genome: Genome) -> float:
-                    return p0 + sum(d[v] for d, v in zip(delta, genome))
+class BayesStrategy(_CheapStrategy):
+    """Bayesian optimisation on an additive surrogate in rounds, then exploitation and successive halving
+    (see the module docstring); ``screen_items``: the baseline and its single-gene changes, whose proxy
+    screening measures when the config asks for it."""
 
-                prior = predicted
-                evo = _free_evolution(
-                    space, cost, budget, config, seed, [base], lambda gs: [predicted(g) for g in gs]
-                )
-                ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
-                pool = [key_genome(k) for k in ranked[: config.pool]]
-                joint = proxies("pool", pool)
-                pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
+    def __init__(
+        self, space: SearchSpace, cost: CostModel, budget: Budget, config: CheapConfig, seed: int, num_samples: int,
+        screen_items: Sequence[Genome],
+    ) -> None:  # fmt: skip
+        super().__init__(space, cost, budget, config, seed, num_samples)
+        self.screen_items = list(screen_items)
 
-            # 3. rounds of measurements (paired noise), each round's candidates chosen on an additive
-            # surrogate fitted to all measurements so far
-            lo = config.lofi_samples(num_samples)
-            measured_lo: dict[str, float] = {}
-            rng = np.random.default_rng([seed, 17])
-            explore = round(config.lofi_batch * config.explore)
+    def steps(self) -> Steps:
+        space, cost, budget, config, seed = self.space, self.cost, self.budget, self.config, self.seed
+        num_samples, base, screen_items = self.num_samples, self.base, self.screen_items
+        # 1.-2. (optional) screening: single-gene proxy deltas, an additive prediction, and a pool
+        # of its best candidates with their proxy measured jointly
+        prior: Callable[[Genome], float] | None = None
+        pool: list[Genome] = []
+        if config.screen:
+            measured = yield Ask("screen", "proxy", tuple(screen_items))
+            p0 = measured[genome_key(base)]
+            delta: list[dict[int, float]] = [{v: 0.0} for v in base]
+            for item in screen_items[1:]:
+                i = next(j for j, (a, b) in enumerate(zip(item, base)) if a != b)
+                delta[i][item[i]] = measured[genome_key(item)] - p0
 
-            def random_legal(k: int, taken: set[str]) -> list[Genome]:
-                out: list[Genome] = []
-                for _ in range(50 * max(1, k)):
-                    if len(out) >= k:
-                        break
-                    g = repair(space, cost, budget, space.random(rng), rng)
-                    if genome_key(g) not in taken:
-                        taken.add(genome_key(g))
-                        out.append(g)
-                return out
+            def predicted(genome: Genome) -> float:
+                return p0 + sum(d[v] for d, v in zip(delta, genome))
 
-            def top_measured(k: int) -> list[Genome]:
-                return [key_genome(x) for x in sorted(measured_lo, key=lambda x: (measured_lo[x], x))[:k]]
+            prior = predicted
+            evo = self._evolve(seed, [base], lambda gs: [predicted(g) for g in gs])
+            ranked = sorted(evo.results, key=lambda k: (evo.results[k], k))
+            pool = [key_genome(k) for k in ranked[: config.pool]]
+            joint = yield Ask("pool", "proxy", tuple(pool))
+            pool.sort(key=lambda g: (joint[genome_key(g)], genome_key(g)))
 
-            def best_unmeasured(evo: RepairingEvolution, taken: set[str], k: int) -> list[Genome]:
-                ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
-                return [key_genome(x) for x in ranked if x not in taken][:k]
+        # 3. rounds of measurements (paired noise), each round's candidates chosen on an additive
+        # surrogate fitted to all measurements so far
+        lo = config.lofi_samples(num_samples)
+        measured_lo: dict[str, float] = {}
+        rng = np.random.default_rng([seed, 17])
+        explore = round(config.lofi_batch * config.explore)
 
-            first = list(dict.fromkeys([base] + pool))[: max(1, config.lofi_batch - explore)]
-            batch = first + random_legal(config.lofi_batch - len(first), {genome_key(g) for g in first})
-            surrogate = AdditiveSurrogate(space, base, prior, config.ridge)
-            for r in range(config.lofi_rounds):
-                if r > 0:
-                    keys = list(measured_lo)
-                    surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
-                    taken = set(measured_lo)
-                    batch = []
-                    want = config.lofi_batch - explore
-                    if config.acquisition == "thompson":
-                        draws = np.random.default_rng([seed, 29, r])
-                        for j in range(want):
-                            draw = surrogate.draw(draws)
-                            evo = _free_evolution(
-                                space, cost, budget, config, seed + 7919 * r + 104_729 * (j + 1),
-                                top_measured(config.lofi_batch), draw,
-                            )  # fmt: skip
-                            batch += best_unmeasured(evo, taken, 1)
-                            taken |= {genome_key(g) for g in batch}
-                    else:
-                        evo = _free_evolution(
-                            space, cost, budget, config, seed + 7919 * r,
-                            top_measured(config.lofi_batch), surrogate.predict,
-                        )  # fmt: skip
-                        batch = best_unmeasured(evo, taken, want)
+        def random_legal(k: int, taken: set[str]) -> list[Genome]:
+            out: list[Genome] = []
+            for _ in range(50 * max(1, k)):
+                if len(out) >= k:
+                    break
+                g = repair(space, cost, budget, space.random(rng), rng)
+                if genome_key(g) not in taken:
+                    taken.add(genome_key(g))
+                    out.append(g)
+            return out
+
+        def top_measured(k: int) -> list[Genome]:
+            return [key_genome(x) for x in sorted(measured_lo, key=lambda x: (measured_lo[x], x))[:k]]
+
+        def best_unmeasured(evo: RepairingEvolution, taken: set[str], k: int) -> list[Genome]:
+            ranked = sorted(evo.results, key=lambda x: (evo.results[x], x))
+            return [key_genome(x) for x in ranked if x not in taken][:k]
+
+        first = list(dict.fromkeys([base] + pool))[: max(1, config.lofi_batch - explore)]
+        batch = first + random_legal(config.lofi_batch - len(first), {genome_key(g) for g in first})
+        surrogate = AdditiveSurrogate(space, base, prior, config.ridge)
+        for r in range(config.lofi_rounds):
+            if r > 0:
+                keys = list(measured_lo)
+                surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
+                taken = set(measured_lo)
+                batch = []
+                want = config.lofi_batch - explore
+                if config.acquisition == "thompson":
+                    draws = np.random.default_rng([seed, 29, r])
+                    for j in range(want):
+                        draw = surrogate.draw(draws)
+                        evo = self._evolve(
+                            seed + 7919 * r + 104_729 * (j + 1), top_measured(config.lofi_batch), draw
+                        )
+                        batch += best_unmeasured(evo, taken, 1)
                         taken |= {genome_key(g) for g in batch}
-                    batch += random_legal(config.lofi_batch - len(batch), taken)
-                if not batch:
-                    break
-                measured_lo.update(fitnesses(f"round {r} ({lo} samples)", batch, lo, config.lofi_measure))
+                else:
+                    evo = self._evolve(seed + 7919 * r, top_measured(config.lofi_batch), surrogate.predict)
+                    batch = best_unmeasured(evo, taken, want)
+                    taken |= {genome_key(g) for g in batch}
+                batch += random_legal(config.lofi_batch - len(batch), taken)
+            if not batch:
+                break
+            measured_lo.update(
+                (yield Ask(f"round {r} ({lo} samples)", config.lofi_measure, tuple(batch), lo))
+            )
 
-            # 4. exploitation: the best unmeasured genomes of the surrogate's mean (it averages the noise
-            # of all measurements), near-optimal variants of one another
-            keys = list(measured_lo)
-            surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
-            if config.exploit:
-                evo = _free_evolution(
-                    space, cost, budget, config, seed + 7919 * config.lofi_rounds,
-                    top_measured(config.lofi_batch), surrogate.predict,
-                )  # fmt: skip
-                batch = best_unmeasured(evo, set(measured_lo), config.exploit)
-                measured_lo.update(fitnesses(f"exploit ({lo} samples)", batch, lo, config.lofi_measure))
-            # 5. the best measured: successive halving up to N samples (nothing to do when lo == N)
-            alive = top_measured(config.shortlist)
-            for r, n in enumerate(rung_samples(lo, num_samples) or [num_samples]):
-                fit = fitnesses(f"rung {r} ({n} samples)", alive, n)
-                if n == num_samples:
-                    break
-                alive.sort(key=lambda g: (fit[genome_key(g)], genome_key(g)))
-                alive = alive[: max(1, math.ceil(len(alive) / 2))]
-
-        # 5. the baseline with all samples (reported, and the winner is never worse on these samples)
-        fitnesses("baseline", [base], num_samples)
-    finally:
-        session.close()
-    session.save()
-    winner = best_full(log, num_samples)
-    assert winner is not None
-    return session.result(
-        space, winner, g0, base, log.lookup("fit", base, num_samples), budget,
-        evaluations=sum(1 for h in log.history if h["kind"] in ("fit", "fidelity")),
-        proxy_evaluations=sum(1 for h in log.history if h["kind"] == "proxy"),
-        num_samples=num_samples,
-        extra={
-            "strategy": log.extra["strategy"],
-            "sensitivity_passes": sum(1 for h in log.history if h["kind"] == "sensitivity"),
-        },
-    )  # fmt: skip
+        # 4. exploitation: the best unmeasured genomes of the surrogate's mean (it averages the noise
+        # of all measurements), near-optimal variants of one another
+        keys = list(measured_lo)
+        surrogate.fit([key_genome(k) for k in keys], [measured_lo[k] for k in keys])
+        if config.exploit:
+            evo = self._evolve(
+                seed + 7919 * config.lofi_rounds, top_measured(config.lofi_batch), surrogate.predict
+            )
+            batch = best_unmeasured(evo, set(measured_lo), config.exploit)
+            measured_lo.update((yield Ask(f"exploit ({lo} samples)", config.lofi_measure, tuple(batch), lo)))
+        # 5. the best measured: successive halving up to N samples (nothing to do when lo == N)
+        alive = top_measured(config.shortlist)
+        for r, n in enumerate(rung_samples(lo, num_samples) or [num_samples]):
+            fit = yield Ask(f"rung {r} ({n} samples)", "fit", tuple(alive), n)
+            if n == num_samples:
+                break
+            alive.sort(key=lambda g: (fit[genome_key(g)], genome_key(g)))
+            alive = alive[: max(1, math.ceil(len(alive) / 2))]
 
 
 def _hamming(a: Sequence[int], b: Sequence[int]) -> int:
