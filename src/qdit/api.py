@@ -108,16 +108,18 @@ def search_recipe(
     set or a reference ``.npz``; default: the features' own, none for Inception). ``config``: a
     :class:`~qdit.search.driver.SearchConfig`, or its fields as keywords (``method="full"``,
     ``num_samples=16``, ...). ``state_path``: a state file the search can be resumed from (``resume``).
+    Under ``torch.distributed`` the candidates are spread over the ranks.
     """
-    from qdit.diffusion.distributed import DistContext
     from qdit.eval.features import DEFAULT_REFERENCES, default_features, feature_space
-    from qdit.search.driver import search_groups
+    from qdit.search.driver import SearchConfig, search_groups
     from qdit.search.model import model_geometry
 
+    if config is not None and settings:
+        raise QditError("give a SearchConfig or its fields as keywords, not both")
+    config = config if config is not None else SearchConfig(**settings)
     if isinstance(features, str):
         kind = default_features(model_geometry(model)[0]) if features == "auto" else features
-        fp_only = config is not None and config.fitness is not None and config.fitness.reference == "fp"
-        fp_only = fp_only or (settings.get("fitness") is not None and settings["fitness"].reference == "fp")
+        fp_only = config.fitness is not None and config.fitness.reference == "fp"
         ref = reference if reference is not None else DEFAULT_REFERENCES.get(kind)
         if ref is None and not fp_only:
             raise QditError(
@@ -125,8 +127,8 @@ def search_recipe(
             )
         features = feature_space(kind, ref, device=device)
     outcome = search_groups(
-        model, features, config, state_path=state_path, resume=resume, dist=DistContext(), progress=progress,
-        model_name=model_name, device=device, **settings,
+        model, features, config, state_path=state_path, resume=resume, progress=progress,
+        model_name=model_name, device=device,
     )  # fmt: skip
     return outcome.recipe, outcome.report
 
