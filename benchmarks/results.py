@@ -283,8 +283,10 @@ def plot(tables: dict[str, list[dict]], metric: str, path: Path) -> None:
         pts = sorted(set(pts))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "o", label=label)
     ax.set_xlabel("bits per weight (codes + scales + zero points)")
-    ax.set_ylabel(metric)
-    ax.set_yscale("log")
+    ax.set_ylabel({"fid": "FID", "domain_fd": "domain FD"}.get(metric, metric))
+    values = [p[1] for pts in series.values() for p in pts]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
