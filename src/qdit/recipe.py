@@ -27,7 +27,8 @@ from qdit.quant.rules import WEIGHT_METHODS, check_bits, check_divides, check_gr
 RECIPE_VERSION = 1
 ACT_GRANULARITIES = ("token", "sample", "frame", "static")  # see qdit.quant.activation
 DYNAMIC_GRANULARITIES = ("token", "sample", "frame")  # ranges computed at run time (no calibration)
-BASELINES = ("rtn", "rtn-token", "smoothquant", "gptq", "qdit")
+BASELINES = ("rtn", "rtn-token", "smoothquant", "ptq4dit", "gptq", "qdit")
+BALANCE_METHODS = ("smoothquant", "csb")  # see qdit.quant.balance
 
 
 class RecipeError(QditError, ValueError):
@@ -54,7 +55,12 @@ class QuantSpec:
     clip over all of its frames), ``frame`` (dynamic, per frame of each clip and group over the frame's
     tokens; the same as ``sample`` for image models) or ``static`` (calibrated per group). What a clip and
     a frame are comes from the model's adapter, not from the recipe. ``weight_method``: ``rtn`` (min/max), ``mse`` (clip search) or ``gptq``.
-    ``smooth_alpha``: SmoothQuant channel balancing strength in [0, 1] (needs calibration).
+    ``balance``: activation-weight channel balancing (needs calibration; :mod:`qdit.quant.balance`):
+    ``None`` (``"none"`` is accepted), ``"smoothquant"`` (factors ``max|X_j|^alpha / max|W_j|^(1-alpha)``,
+    ``alpha = smooth_alpha``, 0.5 when not given) or ``"csb"`` (PTQ4DiT-style channel-wise salience
+    balancing with timestep-weighted activation maxima; takes no alpha). ``smooth_alpha``: SmoothQuant's
+    strength in [0, 1]. A spec with ``smooth_alpha`` and no ``balance`` (what recipes written before
+    ``balance`` existed hold) means ``balance="smoothquant"``.
     """
 
     w_bits: int = 4
@@ -66,6 +72,7 @@ class QuantSpec:
     w_symmetric: bool = False
     a_symmetric: bool = False
     smooth_alpha: float | None = None
+    balance: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits"):
@@ -86,6 +93,22 @@ class QuantSpec:
         a = self.smooth_alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
             raise RecipeError(f"smooth_alpha must be a number in [0, 1] or null, got {a!r}")
+        b = self.balance
+        if b == "none":
+            b = None
+        if b is not None and b not in BALANCE_METHODS:
+            raise RecipeError(
+                f"balance must be one of none, {', '.join(BALANCE_METHODS)}, got {b!r}"
+                f"{_close(str(b), BALANCE_METHODS)}"
+            )
+        if b is None and a is not None:
+            b = "smoothquant"  # the meaning of smooth_alpha before balance existed
+        if b == "smoothquant" and a is None:
+            a = 0.5
+        if b == "csb" and a is not None:
+            raise RecipeError("balance 'csb' takes no smooth_alpha (its factors are sqrt(max|X| / max|W|))")
+        object.__setattr__(self, "balance", b)  # one spelling per meaning, so specs compare equal
+        object.__setattr__(self, "smooth_alpha", a)
 
     @property
     def quantizes_activations(self) -> bool:
@@ -98,7 +121,7 @@ class QuantSpec:
     @property
     def needs_calibration(self) -> bool:
         static = self.a_bits is not None and self.act_granularity not in DYNAMIC_GRANULARITIES
-        return self.needs_hessian or static or self.smooth_alpha is not None
+        return self.needs_hessian or static or self.balance is not None
 
     def check_width(self, layer: str, width: int) -> None:
         """Raise unless both group sizes divide the layer's input width."""
@@ -111,12 +134,21 @@ class QuantSpec:
     def label(self) -> str:
         """Short description, e.g. ``W4A8 g128/128 token rtn``."""
         a = f"A{self.a_bits}" if self.a_bits is not None else "A16"
-        extra = f" smooth{self.smooth_alpha:g}" if self.smooth_alpha is not None else ""
+        extra = ""
+        if self.balance == "smoothquant":
+            extra = f" smooth{self.smooth_alpha:g}"
+        elif self.balance is not None:
+            extra = f" {self.balance}"
         gran = f" {self.act_granularity}" if self.a_bits is not None else ""
         return f"W{self.w_bits}{a} g{self.w_group}/{self.a_group}{gran} {self.weight_method}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON data; ``balance`` only where ``smooth_alpha`` does not imply it (``csb``),
+        so specs without it keep the JSON, and the checksums, they had before the field existed."""
+        data = asdict(self)
+        if data["balance"] is None or data["balance"] == "smoothquant":
+            del data["balance"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantSpec:
@@ -175,7 +207,9 @@ class Recipe:
             if not isinstance(key, str) or not key:
                 raise RecipeError(f"recipe override keys must be non-empty strings, got {key!r}")
             if isinstance(value, QuantSpec):
-                value = value.to_dict()
+                spec, value = value, value.to_dict()
+                if spec.balance != self.default.balance:  # all of its fields, balance included
+                    value["balance"] = spec.balance
             if not isinstance(value, Mapping):
                 raise RecipeError(
                     f"override {key!r}: expected an object of spec fields, got {type(value).__name__}"
@@ -203,6 +237,8 @@ class Recipe:
         * ``rtn``: RTN weights, static per-tensor activations (the paper's RTN row);
         * ``rtn-token``: RTN weights, dynamic per-token activations;
         * ``smoothquant``: SmoothQuant (alpha 0.5), RTN weights, static per-tensor activations;
+        * ``ptq4dit``: PTQ4DiT-style channel-wise salience balancing (``balance="csb"``), RTN weights,
+          static per-tensor activations (no block reconstruction; see :mod:`qdit.quant.balance`);
         * ``gptq``: GPTQ weights, dynamic per-token activations;
         * ``qdit``: Q-DiT without search: group 128 for weights and activations, per-token dynamic.
         """
@@ -210,7 +246,8 @@ class Recipe:
         presets: dict[str, dict[str, Any]] = {
             "rtn": dict(act_granularity="static", weight_method="rtn"),
             "rtn-token": dict(act_granularity="token", weight_method="rtn"),
-            "smoothquant": dict(act_granularity="static", weight_method="rtn", smooth_alpha=0.5),
+            "smoothquant": dict(act_granularity="static", weight_method="rtn", balance="smoothquant"),
+            "ptq4dit": dict(act_granularity="static", weight_method="rtn", balance="csb"),
             "gptq": dict(act_granularity="token", weight_method="gptq"),
             "qdit": dict(act_granularity="token", weight_method="rtn", w_group=128, a_group=128),
         }

@@ -14,7 +14,7 @@ from typing import Any
 
 from qdit.commands.common import add_cfg_channels, check_cfg_channels
 from qdit.quant.rules import WEIGHT_METHODS, bits_range
-from qdit.recipe import ACT_GRANULARITIES
+from qdit.recipe import ACT_GRANULARITIES, BALANCE_METHODS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", default=None, help="a recipe JSON (per-layer specs)")
     p.add_argument(
-        "--baseline", default=None, help="start from a baseline: rtn, rtn-token, smoothquant, gptq, qdit"
+        "--baseline", default=None, help="start from a baseline: rtn, rtn-token, smoothquant, ptq4dit, gptq, qdit"
     )
     p.add_argument(
         "--act-granularity",
@@ -55,7 +55,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--symmetric", action="store_true", default=None, help="symmetric weight and activation quantizers"
     )
-    p.add_argument("--smooth-alpha", default=None, help="SmoothQuant channel balancing strength in [0, 1]")
+    p.add_argument(
+        "--balance",
+        default=None,
+        help=f"activation-weight channel balancing: none | {' | '.join(BALANCE_METHODS)} (csb: PTQ4DiT-style "
+        "salience balancing over timesteps; needs calibration)",
+    )
+    p.add_argument(
+        "--smooth-alpha",
+        "--balance-alpha",
+        dest="smooth_alpha",
+        default=None,
+        help="SmoothQuant strength alpha in [0, 1] (default 0.5; implies --balance smoothquant)",
+    )
     p.add_argument(
         "--include",
         action="append",
@@ -66,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--exclude", action="append", default=[], help="leave a layer group or pattern in float; repeatable"
     )
     p.add_argument(
-        "--calib-samples", type=int, default=16, help="calibration trajectories (GPTQ / static / smoothing)"
+        "--calib-samples", type=int, default=16, help="calibration trajectories (GPTQ / static / balancing)"
     )
     p.add_argument("--calib-steps", type=int, default=25, help="DDIM steps per calibration trajectory")
     p.add_argument("--calib-seed", type=int, default=1)
@@ -127,6 +139,14 @@ def build_recipe(args: argparse.Namespace) -> Any:
             changes["smooth_alpha"] = float(args.smooth_alpha)
         except ValueError:
             raise QditError(f"--smooth-alpha must be a number, got {args.smooth_alpha!r}") from None
+    balance = getattr(args, "balance", None)
+    if balance is not None:
+        if balance not in ("none", *BALANCE_METHODS):
+            raise QditError(f"--balance must be one of none, {', '.join(BALANCE_METHODS)}, got {balance!r}")
+        if balance != "smoothquant" and "smooth_alpha" in changes:
+            raise QditError(f"--smooth-alpha applies to --balance smoothquant, not {balance}")
+        changes["balance"] = None if balance == "none" else balance
+        changes.setdefault("smooth_alpha", None)  # smoothquant: 0.5; the others take none
     if args.recipe:
         recipe = Recipe.load(args.recipe)
     elif args.baseline:

@@ -3,7 +3,8 @@
 The weight lives only as integer codes (4-bit codes two per byte, other widths one per byte) plus
 per-(row, group) scales and zero points: never as a float copy. The input activations go through an
 :class:`ActQuantizer` (dynamic per token, per sample or per frame, or static calibrated ranges), after an
-optional SmoothQuant division by per-channel factors that were folded into the weights.
+optional division by per-channel balancing factors (SmoothQuant or PTQ4DiT-style salience balancing,
+:mod:`qdit.quant.balance`) that were folded into the weight columns before quantizing them.
 
 Two ways to run the product:
 
@@ -30,6 +31,7 @@ from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
 from qdit.quant.activation import LAYOUT_GRANULARITIES, ActLayout, activation_range, as_layout, clip_shape
+from qdit.quant.balance import csb_factors, smooth_factors
 from qdit.quant.finite import check_finite
 from qdit.quant.methods import quantize_by_method
 from qdit.quant.primitives import fake_quantize_range, num_groups
@@ -130,21 +132,14 @@ def keep_dtypes(module: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
             setattr(module, name, old.to(new.device))
 
 
-def smooth_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SmoothQuant factors ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (1 where undefined)."""
-    s = act_absmax.float().pow(alpha) / w_absmax.float().pow(1.0 - alpha)
-    s = torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
-    return s.clamp(min=1e-5)
-
-
 WeightKey = tuple[int, int]  # (bits, group)
 FAKE = "fake"
 
 
 @dataclass
 class FloatWeight:
-    """What quantizing a linear's weight starts from: the float weight (smoothed), the SmoothQuant
-    factors and the (smoothed) GPTQ Hessian. :meth:`quantize` makes one :class:`QWeight` of it, so
+    """What quantizing a linear's weight starts from: the float weight (balanced), the balancing
+    factors (``smooth``) and the (balanced) GPTQ Hessian. :meth:`quantize` makes one :class:`QWeight` of it, so
     callers that want several variants of one layer (the search) share the preparation."""
 
     weight: torch.Tensor
@@ -165,9 +160,14 @@ class FloatWeight:
             check_finite(linear.bias.detach(), f"{label}.bias")
         w = linear.weight.detach().float()
         smooth = None
-        if spec.smooth_alpha is not None:
+        if spec.balance is not None:
             assert stats is not None
-            smooth = smooth_factors(stats.absmax.to(w.device), w.abs().amax(0), float(spec.smooth_alpha))
+            w_absmax = w.abs().amax(0)
+            if spec.balance == "csb":
+                smooth = csb_factors(stats.step_absmax.to(w.device), w_absmax)
+            else:
+                assert spec.smooth_alpha is not None
+                smooth = smooth_factors(stats.absmax.to(w.device), w_absmax, float(spec.smooth_alpha))
             w = w * smooth
         hessian = None
         if spec.needs_hessian:
@@ -227,7 +227,7 @@ class QuantLinear(nn.Module):
             )
         else:
             self.register_parameter("bias", None)
-        smooth = torch.ones(in_features, device=device) if spec.smooth_alpha is not None else None
+        smooth = torch.ones(in_features, device=device) if spec.balance is not None else None
         self.register_buffer("smooth", smooth)
         self.act_quant: ActQuantizer | None = None
         if spec.a_bits is not None:
@@ -250,7 +250,7 @@ class QuantLinear(nn.Module):
         name: str = "",
     ) -> QuantLinear:
         """Quantize ``linear`` by ``spec``. ``stats`` (calibrated inputs) are needed for GPTQ, static
-        activations and smoothing."""
+        activations and balancing."""
         prepared = FloatWeight.prepare(linear, spec, stats, name)
         w = prepared.weight
         layer = cls(
@@ -311,7 +311,7 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized weight (with smoothing, the smoothed ``W * s`` that multiplies ``x / s``)."""
+        """The dequantized weight (with balancing, the balanced ``W * s`` that multiplies ``x / s``)."""
         return self.dequantized_weight()
 
     def weight_nbytes(self) -> int:
@@ -465,7 +465,11 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         s = self.spec
         sym = " sym" if s.w_symmetric else ""
-        smooth = f", smooth={s.smooth_alpha:g}" if s.smooth_alpha is not None else ""
+        smooth = ""
+        if s.balance == "smoothquant":
+            smooth = f", smooth={s.smooth_alpha:g}"
+        elif s.balance is not None:
+            smooth = f", balance={s.balance}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"W{s.w_bits}{sym} group={s.w_group} {s.weight_method}{smooth}, kernel={self.kernel}"

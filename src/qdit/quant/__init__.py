@@ -11,6 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "csb_factors": "qdit.quant.balance",
+    "smooth_factors": "qdit.quant.balance",
+    "spearman": "qdit.quant.balance",
     "NonFiniteError": "qdit.quant.finite",
     "check_finite": "qdit.quant.finite",
     "check_finite_tensors": "qdit.quant.finite",

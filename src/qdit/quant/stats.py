@@ -11,6 +11,11 @@ import torch
 class LayerStats:
     """Per-input-channel min/max, optionally the Hessian ``mean(x x^T)``, and a uniform row sample.
 
+    ``step_absmax`` ``[calls, width]``: the per-channel absolute maximum of each call's input, in call
+    order. During calibration a call is one denoising timestep of one calibration batch, so these are the
+    per-timestep activation maxima that timestep-aware balancing (:func:`qdit.quant.balance.csb_factors`)
+    weighs.
+
     The row sample keeps at most ``max_rows`` input rows, a uniform sample without replacement of all rows
     seen (each row gets a random key from a seeded generator; the ``max_rows`` smallest keys are kept).
     """
@@ -27,6 +32,7 @@ class LayerStats:
         self.rows: torch.Tensor | None = None
         self._keys: torch.Tensor | None = None
         self._gen = torch.Generator().manual_seed(seed)
+        self._steps: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -37,6 +43,8 @@ class LayerStats:
             self.ch_min, self.ch_max = self.ch_min.to(x2.device), self.ch_max.to(x2.device)
         self.ch_min = torch.minimum(self.ch_min, x2.amin(0))
         self.ch_max = torch.maximum(self.ch_max, x2.amax(0))
+        if x2.shape[0]:
+            self._steps.append(x2.abs().amax(0))
         if self.hessian_sum is not None:
             if self.hessian_sum.device != x2.device:
                 self.hessian_sum = self.hessian_sum.to(x2.device)
@@ -62,6 +70,15 @@ class LayerStats:
     def absmax(self) -> torch.Tensor:
         return torch.maximum(self.ch_min.abs(), self.ch_max.abs())
 
+    @property
+    def step_absmax(self) -> torch.Tensor:
+        """``[calls, width]`` per-call channel maxima (one row, ``absmax``, for statistics saved before
+        they were kept)."""
+        if not self._steps:
+            return self.absmax.unsqueeze(0)
+        device = self._steps[-1].device
+        return torch.cat([t.to(device).reshape(-1, self.width) for t in self._steps])
+
     def state(self) -> dict[str, torch.Tensor]:
         out = {
             "ch_min": self.ch_min.cpu(),
@@ -72,6 +89,8 @@ class LayerStats:
             out["hessian_sum"] = self.hessian_sum.cpu()
         if self.rows is not None:
             out["rows"] = self.rows.cpu()
+        if self._steps:
+            out["step_absmax"] = self.step_absmax.cpu()
         return out
 
     @classmethod
@@ -81,4 +100,6 @@ class LayerStats:
         stats.rows_seen = int(state["rows_seen"])
         stats.hessian_sum = state["hessian_sum"].double() if "hessian_sum" in state else None
         stats.rows = state["rows"].float() if "rows" in state else None
+        if "step_absmax" in state:
+            stats._steps = [state["step_absmax"].float()]
         return stats

@@ -1,0 +1,389 @@
+"""The results table of issue 12: every baseline and every Q-DiT step at several bit-widths.
+
+Rows, for each setting (``W8A8``, ``W6A8``, ``W4A8``; ``--hard`` adds ``W4A6``, ``W3A8``, ``W4A4``):
+
+* ``fp``: full precision (once; the reference row of every setting);
+* ``rtn``: per-channel RTN weights, static per-tensor activations (the paper's RTN row);
+* ``smoothquant``: SmoothQuant balancing (alpha 0.5), per-channel RTN, static per-tensor activations;
+* ``gptq``: GPTQ weights (per channel), dynamic per-token activations;
+* ``ptq4dit``: PTQ4DiT-style channel-wise salience balancing (``--balance csb``), per-channel RTN, static
+  per-tensor activations (no block reconstruction: see ``qdit.quant.balance``);
+* ``qdit_g128``: Q-DiT step 1, group 128 for weights and activations, static activations;
+* ``qdit_dynamic``: step 2, + dynamic per-token activations (Q-DiT without search);
+* ``qdit_full``: step 3, + the paper's evolutionary search of per-layer group sizes (``qdit search
+  --method full``; its cost is set by ``--full-search-args``);
+* ``qdit_cheap``: + qdit's cheap search instead (``qdit search --method cheap``).
+
+Every model is sampled with DDIM (``--steps``, default 50), guidance 1.5, for each seed (the same noise
+and labels across rows), and scored against the Fashion-MNIST test set: Inception FID, sFID, precision,
+recall, plus the domain Fréchet distance and class accuracy. Rows in ``--key-rows`` get every seed of
+``--seeds`` (mean ± std), the others the first seed. For each quantized row, "RTN's loss recovered" is
+``(M_rtn - M_row) / (M_rtn - M_fp)`` of the first metric (FID, or domain FD without Inception metrics).
+
+    python benchmarks/results.py [--quick] [--hard] [--num 1000] [--steps 50] [--seeds 0,1,2]
+        [--rows fp,rtn,...] [--settings W8A8,W6A8,W4A8] [--out-dir benchmarks/results] [--threads 2]
+
+Writes ``<out-dir>/<setting>.json`` (e.g. ``w4a8.json``; ``fp.json`` for full precision), each updated
+after every row, so a rerun skips the rows already there (``--force`` redoes them); quantized folders,
+searched recipes and samples go to ``<out-dir>/work/`` and are reused too. Then ``results.md`` (the
+table, the machine, the date, torch's version), ``fid_vs_bpw.png`` and ``grid.png`` (the same seed's
+first images in every row of the grid setting). Every step is a ``qdit`` command (printed), so each can
+be rerun alone. ``--quick``: 100 samples, 10 steps, one seed, W4A8 only, no searches, domain metrics only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ("W8A8", "W6A8", "W4A8")
+HARD_SETTINGS = ("W4A6", "W3A8", "W4A4")
+ROWS: dict[str, tuple[str, list[str]]] = {  # key -> (label, qdit quantize flags); search rows add --recipe
+    "rtn": ("RTN (per-channel, static act.)", ["--baseline", "rtn"]),
+    "smoothquant": ("SmoothQuant (alpha 0.5, static act.)", ["--baseline", "smoothquant"]),
+    "gptq": ("GPTQ + per-token act.", ["--baseline", "gptq"]),
+    "ptq4dit": ("PTQ4DiT-style CSB (static act.)", ["--baseline", "ptq4dit"]),
+    "qdit_g128": ("Q-DiT: group 128 (static act.)", ["--group-size", "128", "--act-granularity", "static"]),
+    "qdit_dynamic": ("Q-DiT: + dynamic act. (token)", ["--group-size", "128", "--act-granularity", "token"]),
+    "qdit_full": ("Q-DiT: + full search", []),
+    "qdit_cheap": ("Q-DiT: + cheap search", []),
+}
+SEARCH_ROWS = {"qdit_full": "full", "qdit_cheap": "cheap"}
+ALL_ROWS = ("fp", *ROWS)
+QUICK_ROWS = ("fp", "rtn", "smoothquant", "gptq", "ptq4dit", "qdit_g128", "qdit_dynamic")
+FULL_METRICS = ("fid", "sfid", "precision", "recall", "domain_fd", "class_acc")
+QUICK_METRICS = ("domain_fd", "class_acc")
+LOWER_IS_BETTER = {"fid", "sfid", "domain_fd"}
+
+
+def qdit(*args: str) -> None:
+    print("$ qdit", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "qdit", *args], check=True)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # a killed run never leaves half a file
+
+
+def parse_setting(setting: str) -> tuple[int, int]:
+    s = setting.upper()
+    if not (s.startswith("W") and "A" in s):
+        raise SystemExit(f"results.py: a setting is like W4A8, got {setting!r}")
+    w, a = s[1:].split("A", 1)
+    return int(w), int(a)
+
+
+def recovered(rtn: float | None, fp: float | None, value: float | None) -> float | None:
+    """The fraction of RTN's loss (against full precision) a method recovers: 1 = all of it, 0 = none,
+    negative = worse than RTN; ``None`` when a number is missing or RTN lost nothing."""
+    if rtn is None or fp is None or value is None or rtn == fp:
+        return None
+    return (rtn - value) / (rtn - fp)
+
+
+def bits_per_weight(summary: dict) -> float | None:
+    """Bits per weight of the quantized layers (codes, scales and zero points) from a quantize summary."""
+    packed, bf16 = summary.get("quantized_layers_mb_packed"), summary.get("quantized_layers_mb_bf16")
+    return 16.0 * packed / bf16 if packed and bf16 else None
+
+
+class Runner:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.out = Path(a.out_dir)
+        self.work = self.out / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.config = {"model": a.model, "num": a.num, "steps": a.steps, "cfg": 1.5,
+                       "metrics": list(a.metrics), "calib_samples": a.calib_samples,
+                       "calib_steps": a.calib_steps}  # fmt: skip
+
+    # --- one row -------------------------------------------------------------------------------
+    def sample_and_score(self, model: str, name: str, seed: int) -> dict[str, float]:
+        a = self.a
+        npz = self.work / f"{name}_s{seed}.npz"
+        metrics_path = self.work / f"{name}_s{seed}.metrics.json"
+        cached = read_json(metrics_path)
+        if cached.get("config") == self.config and npz.is_file():
+            return cached["values"]
+        t0 = time.perf_counter()
+        qdit("sample", "--model", model, "--num", str(a.num), "--steps", str(a.steps), "--cfg", "1.5",
+             "--seed", str(seed), "--batch-size", str(a.batch_size), "--out", str(npz))  # fmt: skip
+        seconds = time.perf_counter() - t0
+        tmp = self.work / f"{name}_s{seed}.eval.json"
+        extra = ["--bf16"] if a.bf16 else []
+        qdit("eval", str(npz), "--ref", "fashion-mnist-test", "--metrics", ",".join(a.metrics),
+             "--no-progress", *extra, "--json", str(tmp))  # fmt: skip
+        values = {k: float(v) for k, v in read_json(tmp)["metrics"].items() if k in a.metrics}
+        values["sample_seconds"] = round(seconds, 2)
+        write_json(metrics_path, {"config": self.config, "values": values})
+        return values
+
+    def quantized_model(self, key: str, w_bits: int, a_bits: int) -> tuple[str, dict]:
+        a = self.a
+        name = f"w{w_bits}a{a_bits}_{key}"
+        folder = self.work / name
+        summary_path = self.work / f"{name}.quantize.json"
+        flags = list(ROWS[key][1])
+        if key in SEARCH_ROWS:
+            recipe = self.work / f"{name}.recipe.json"
+            if not recipe.is_file():
+                state = self.work / f"{name}.recipe.state.json"
+                resume = ["--resume"] if state.is_file() else []
+                extra = (a.full_search_args if key == "qdit_full" else a.cheap_search_args).split()
+                qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
+                     "--method", SEARCH_ROWS[key], "--steps", str(a.steps), "--no-progress", *extra,
+                     "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
+            flags = ["--recipe", str(recipe)]
+        summary = read_json(summary_path)
+        if not (folder / "qdit.json").is_file() or summary.get("config") != self.config:
+            qdit("quantize", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits), *flags,
+                 "--calib-samples", str(a.calib_samples), "--calib-steps", str(a.calib_steps),
+                 "--out", str(folder), "--json", str(summary_path))  # fmt: skip
+            summary = {**read_json(summary_path), "config": self.config}
+            write_json(summary_path, summary)
+        return str(folder), summary
+
+    def row(self, key: str, setting: str | None) -> dict:
+        a = self.a
+        seeds = a.seeds if key in a.key_rows else a.seeds[:1]
+        t0 = time.perf_counter()
+        if setting is None:
+            model, summary, name = a.model, {}, "fp"
+            w_bits = a_bits = None
+        else:
+            w_bits, a_bits = parse_setting(setting)
+            model, summary = self.quantized_model(key, w_bits, a_bits)
+            name = Path(model).name
+        per_seed = [self.sample_and_score(model, name, s) for s in seeds]
+        row: dict = {"row": key, "label": "full precision" if key == "fp" else ROWS[key][0],
+                     "setting": setting or "FP", "w_bits": w_bits, "a_bits": a_bits, "seeds": seeds,
+                     "per_seed": per_seed, "bits_per_weight": bits_per_weight(summary) if summary else 16.0,
+                     "config": self.config}  # fmt: skip
+        for m in (*a.metrics, "sample_seconds"):
+            vals = [r[m] for r in per_seed if m in r]
+            row[m] = float(np.mean(vals)) if vals else None
+            row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        return row
+
+    # --- the table -----------------------------------------------------------------------------
+    def run(self) -> dict[str, list[dict]]:
+        a = self.a
+        tables: dict[str, list[dict]] = {}
+        fp_path = self.out / "fp.json"
+        fp_rows = [r for r in read_json(fp_path).get("rows", []) if r.get("config") == self.config]
+        if "fp" in a.rows and (not fp_rows or a.force):
+            print("== full precision", flush=True)
+            fp_rows = [self.row("fp", None)]
+            write_json(fp_path, {"rows": fp_rows, "meta": meta(a)})
+        elif fp_rows:
+            print("== full precision: done already (skipped)", flush=True)
+        for setting in a.settings:
+            path = self.out / f"{setting.lower()}.json"
+            done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
+            for key in a.rows:
+                if key == "fp":
+                    continue
+                if key in done and not a.force:
+                    print(f"== {setting} {key}: done already (skipped)", flush=True)
+                    continue
+                print(f"== {setting} {key}", flush=True)
+                done[key] = self.row(key, setting)
+                ordered = [done[k] for k in ALL_ROWS if k in done]
+                write_json(path, {"rows": ordered, "meta": meta(a)})
+            tables[setting] = [*fp_rows, *(done[k] for k in ALL_ROWS if k in done)]
+        return tables
+
+
+def add_recovery(tables: dict[str, list[dict]], metric: str) -> None:
+    for rows in tables.values():
+        by = {r["row"]: r for r in rows}
+        fp, rtn = by.get("fp", {}).get(metric), by.get("rtn", {}).get(metric)
+        for r in rows:
+            r["recovered"] = None if r["row"] in ("fp", "rtn") else recovered(rtn, fp, r.get(metric))
+            r["recovered_metric"] = metric
+
+
+def meta(a: argparse.Namespace) -> dict:
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"machine": platform.processor() or platform.machine(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit,
+            "args": {k: v for k, v in vars(a).items()}}  # fmt: skip
+
+
+def fmt(r: dict, m: str) -> str:
+    v, std = r.get(m), r.get(f"{m}_std")
+    if v is None:
+        return "—"
+    digits = 3 if m in ("precision", "recall", "class_acc") else 2
+    return f"{v:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, info: dict) -> str:
+    metric = a.metrics[0]
+    names = {"fid": "FID", "sfid": "sFID", "precision": "precision", "recall": "recall",
+             "domain_fd": "domain FD", "class_acc": "class acc"}  # fmt: skip
+    head = ["setting", "method", "bits/weight", *(names.get(m, m) for m in a.metrics),
+            f"RTN's {names.get(metric, metric)} loss recovered", "seeds"]  # fmt: skip
+    lines = [
+        f"{a.model}: {a.num} samples per seed, DDIM {a.steps} steps, CFG 1.5, against the Fashion-MNIST "
+        f"test set; machine {info['machine']} ({info['cpus']} CPUs, {a.threads} threads), torch "
+        f"{info['torch']}, {info['date']}, commit {info['commit']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for setting, rows in tables.items():
+        for r in rows:
+            rec = r.get("recovered")
+            bpw = r.get("bits_per_weight")
+            cells = [setting if r["row"] != "fp" else "FP", r["label"], "—" if bpw is None else f"{bpw:.2f}",
+                     *(fmt(r, m) for m in a.metrics), "—" if rec is None else f"{rec:.2f}",
+                     str(len(r["seeds"]))]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(tables: dict[str, list[dict]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for setting, rows in tables.items():
+        for r in rows:
+            if r.get(metric) is not None and r.get("bits_per_weight") is not None:
+                series.setdefault(r["label"], []).append((r["bits_per_weight"], r[metric], setting))
+    for label, pts in series.items():
+        pts = sorted(set(pts))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "o", label=label)
+    ax.set_xlabel("bits per weight (codes + scales + zero points)")
+    ax.set_ylabel({"fid": "FID", "domain_fd": "domain FD"}.get(metric, metric))
+    values = [p[1] for pts in series.values() for p in pts]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def grid(tables: dict[str, list[dict]], setting: str, work: Path, path: Path, count: int) -> None:
+    from PIL import Image, ImageDraw
+
+    strips = []
+    for r in tables.get(setting, []):
+        name = "fp" if r["row"] == "fp" else f"w{r['w_bits']}a{r['a_bits']}_{r['row']}"
+        npz = work / f"{name}_s{r['seeds'][0]}.npz"
+        if npz.is_file():
+            with np.load(npz) as f:
+                imgs = f["arr_0"][:count, ..., 0]
+            strips.append((r["label"], np.concatenate(list(imgs), axis=1)))
+    if not strips:
+        return
+    pad, label_w = 2, 230
+    h, w = strips[0][1].shape
+    canvas = Image.new("L", (label_w + w, len(strips) * (h + pad)), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, strip) in enumerate(strips):
+        draw.text((2, i * (h + pad) + h // 2 - 5), label, fill=255)
+        canvas.paste(Image.fromarray(strip), (label_w, i * (h + pad)))
+    canvas.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="100 samples, 10 steps, one seed, W4A8, no search, domain metrics")
+    p.add_argument("--hard", action="store_true", help=f"also {', '.join(HARD_SETTINGS)}")
+    p.add_argument("--settings", default=None, help=f"comma-separated (default {','.join(SETTINGS)})")
+    p.add_argument("--rows", default=None, help=f"comma-separated rows of {','.join(ALL_ROWS)} (default all)")
+    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_cheap",
+                   help="rows sampled with every seed (the others: the first seed)")  # fmt: skip
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--num", type=int, default=None, help="samples per seed (default 1000; --quick 100)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; --quick 10)")
+    p.add_argument("--metrics", default=None, help=f"default {','.join(FULL_METRICS)} (--quick: {','.join(QUICK_METRICS)})")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--calib-samples", type=int, default=None, help="default 16 (--quick 4)")
+    p.add_argument("--calib-steps", type=int, default=None, help="default 25 (--quick 10)")
+    p.add_argument("--full-search-args", default="", help="extra qdit search flags of the full search row")
+    p.add_argument("--cheap-search-args", default="", help="extra qdit search flags of the cheap search row")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bf16", action="store_true", help="Inception features under bf16 autocast")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--grid-setting", default="W4A8", help="the setting whose rows make grid.png")
+    p.add_argument("--grid-count", type=int, default=8, help="images per row of grid.png")
+    p.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: benchmarks/results/quick)")
+    p.add_argument("--force", action="store_true", help="redo rows that are done already")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.num = a.num or (100 if q else 1000)
+    a.steps = a.steps or (10 if q else 50)
+    a.calib_samples = a.calib_samples or (4 if q else 16)
+    a.calib_steps = a.calib_steps or (10 if q else 25)
+    a.metrics = [m for m in (a.metrics or ",".join(QUICK_METRICS if q else FULL_METRICS)).split(",") if m]
+    a.settings = [s.upper() for s in (a.settings or ("W4A8" if q else ",".join(SETTINGS))).split(",") if s]
+    if a.hard:
+        a.settings += [s for s in HARD_SETTINGS if s not in a.settings]
+    for s in a.settings:
+        parse_setting(s)
+    a.rows = [r for r in (a.rows or ",".join(QUICK_ROWS if q else ALL_ROWS)).split(",") if r]
+    unknown = sorted(set(a.rows) - set(ALL_ROWS))
+    if unknown:
+        p.error(f"unknown rows: {', '.join(unknown)} (rows: {', '.join(ALL_ROWS)})")
+    a.key_rows = [r for r in a.key_rows.split(",") if r]
+    a.seeds = [int(s) for s in (a.seeds.split(",")[:1] if q else a.seeds.split(","))]
+    a.out_dir = a.out_dir or str(ROOT / "benchmarks" / "results" / ("quick" if q else ""))
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    t0 = time.perf_counter()
+    tables = Runner(a).run()
+    add_recovery(tables, a.metrics[0])
+    info = meta(a)
+    out = Path(a.out_dir)
+    for setting, rows in tables.items():  # the recovery fractions go into the JSON too
+        path = out / f"{setting.lower()}.json"
+        data = read_json(path)
+        if data:
+            by = {r["row"]: r for r in rows}
+            for r in data["rows"]:
+                r["recovered"], r["recovered_metric"] = by[r["row"]]["recovered"], a.metrics[0]
+            write_json(path, data)
+    text = markdown(tables, a, info)
+    (out / "results.md").write_text(text)
+    plot(tables, a.metrics[0], out / "fid_vs_bpw.png")
+    grid(tables, a.grid_setting.upper(), out / "work", out / "grid.png", a.grid_count)
+    print()
+    print(text)
+    print(f"wrote {out}/results.md, fid_vs_bpw.png, grid.png and the per-setting JSON in "
+          f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Smoke test of ``benchmarks/results.py`` (the results table): a tiny quick run, then a resumed one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
+
+
+def load_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("results_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recovered_fraction() -> None:
+    results = load_script()
+    assert results.recovered(rtn=100.0, fp=20.0, value=40.0) == pytest.approx(0.75)
+    assert results.recovered(rtn=100.0, fp=20.0, value=120.0) == pytest.approx(-0.25)
+    assert results.recovered(rtn=20.0, fp=20.0, value=20.0) is None
+    assert results.recovered(rtn=None, fp=20.0, value=20.0) is None
+    assert results.parse_setting("w4a6") == (4, 6)
+
+
+def test_quick_table_runs_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main() sets it for its qdit commands; restored after
+    results = load_script()
+    args = ["--quick", "--num", "8", "--steps", "2", "--calib-samples", "2", "--calib-steps", "2",
+            "--rows", "fp,rtn,smoothquant", "--threads", "1", "--grid-count", "4",
+            "--out-dir", str(tmp_path)]  # fmt: skip
+    assert results.main(args) == 0
+    first = capsys.readouterr().out
+    assert "$ qdit quantize --model embedded --w-bits 4 --a-bits 8 --baseline smoothquant" in first
+    table = json.loads((tmp_path / "w4a8.json").read_text())
+    rows = {r["row"]: r for r in table["rows"]}
+    assert set(rows) == {"rtn", "smoothquant"}
+    fp = json.loads((tmp_path / "fp.json").read_text())["rows"][0]
+    for r in (*rows.values(), fp):
+        assert r["seeds"] == [0] and set(r["per_seed"][0]) >= {"domain_fd", "class_acc"}
+        assert r["domain_fd"] > 0 and 0 <= r["class_acc"] <= 1
+    assert 4 < rows["rtn"]["bits_per_weight"] < 5
+    sq = rows["smoothquant"]
+    want = (rows["rtn"]["domain_fd"] - sq["domain_fd"]) / (rows["rtn"]["domain_fd"] - fp["domain_fd"])
+    assert sq["recovered"] == pytest.approx(want) and sq["recovered_metric"] == "domain_fd"
+    meta = table["meta"]
+    assert meta["torch"] and meta["date"] and meta["machine"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| W4A8 | SmoothQuant (alpha 0.5, static act.) |" in md and "torch" in md
+    assert (tmp_path / "fid_vs_bpw.png").stat().st_size > 0 and (tmp_path / "grid.png").stat().st_size > 0
+    # resumable: a second run does no work and writes the same rows
+    assert results.main(args) == 0
+    second = capsys.readouterr().out
+    assert "$ qdit" not in second and second.count("done already") == 3
+    again = json.loads((tmp_path / "w4a8.json").read_text())
+    assert [r["domain_fd"] for r in again["rows"]] == [r["domain_fd"] for r in table["rows"]]
