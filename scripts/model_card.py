@@ -39,7 +39,7 @@ def _stage_line(i: int, run: Path, cfg: dict, log: list[dict]) -> str:
     steps = log[-1]["step"] if log else 0
     decay = f"linear decay to 10% over the last {t['decay_steps']:,} steps" if t["decay_steps"] else "constant"
     return (
-        f"{i}. `{run}`: warm start from `{t['init']}`; {steps:,} steps at batch {t['batch_size']} "
+        f"{i}. `{run}`: warm start from stage {i - 1}'s EMA weights (then at `{t['init']}`); {steps:,} steps at batch {t['batch_size']} "
         f"({steps * t['batch_size'] / 60000:.1f} epochs), lr {t['lr']} ({decay}, warm-up {t['warmup_steps']}), "
         f"EMA {t['ema_decay']}, {log[-1]['minutes'] if log else 0:.0f} min on 1 torch thread"
     )
