@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 
 from qdit.commands.common import add_cfg_channels
-from qdit.quant.rules import WEIGHT_METHODS, bits_range
-from qdit.recipe import ACT_GRANULARITIES, DYNAMIC_GRANULARITIES
+from qdit.quant.rules import WEIGHT_METHODS, bits_range, parse_act_granularity
+from qdit.recipe import DYNAMIC_GRANULARITIES
 
 DEFAULT_SAMPLES = 64
 DEFAULT_STEPS = 20
@@ -249,11 +249,7 @@ def _check(args: argparse.Namespace) -> dict:
         raise QditError(f"--budget-group must be > 0, got {args.budget_group}")
     if args.budget_bpw is not None and args.budget_bpw <= 0:
         raise QditError(f"--budget-bpw must be > 0, got {args.budget_bpw}")
-    if args.act_granularity not in ACT_GRANULARITIES:
-        raise QditError(
-            f"--act-granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {args.act_granularity!r}"
-        )
-    if args.act_granularity not in DYNAMIC_GRANULARITIES:
+    if not parse_act_granularity(args.act_granularity, "--act-granularity", QditError).dynamic:
         raise QditError(
             "the search evaluates dynamic activation quantizers; use --act-granularity "
             f"{', '.join(DYNAMIC_GRANULARITIES[:-1])} or {DYNAMIC_GRANULARITIES[-1]}"
