@@ -13,7 +13,6 @@ from qdit.errors import QditError
 from qdit.search.cheap import CheapConfig, planned_images, run_cheap, rung_samples
 from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, repair
 from qdit.search.evolution import EvolutionConfig, EvolutionSearch
-from qdit.search.model import build_space
 from qdit.search.objective import Evaluation
 from qdit.search.runner import run_full
 from qdit.search.space import (
@@ -22,6 +21,7 @@ from qdit.search.space import (
     Genome,
     LayerInfo,
     SearchSpace,
+    build_space,
     candidate_groups,
     divisor_groups,
     genome_key,

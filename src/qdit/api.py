@@ -112,7 +112,7 @@ def search_recipe(
     """
     from qdit.eval.features import DEFAULT_REFERENCES, default_features, feature_space
     from qdit.search.driver import SearchConfig, search_groups
-    from qdit.search.model import model_geometry
+    from qdit.search.fitness import model_geometry
 
     if config is not None and settings:
         raise QditError("give a SearchConfig or its fields as keywords, not both")

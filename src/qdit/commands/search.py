@@ -340,7 +340,7 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
     from qdit.diffusion.sampler import is_clip_shape
     from qdit.errors import QditError
     from qdit.eval.features import default_features, feature_space
-    from qdit.search.model import model_geometry
+    from qdit.search.fitness import model_geometry
 
     shape, _ = model_geometry(model)  # type: ignore[arg-type]
     kind = args.features
@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.search.cost import Budget
     from qdit.search.driver import SearchConfig, heldout_fitness, search_groups
     from qdit.search.evolution import EvolutionConfig
-    from qdit.search.model import FitnessConfig
+    from qdit.search.fitness import FitnessConfig
     from qdit.search.plot import search_plot
 
     if args.threads is not None:
@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized; search on the float model")
     from qdit.models.adapter import get_adapter
-    from qdit.search.model import model_geometry
+    from qdit.search.fitness import model_geometry
 
     shape, _ = model_geometry(model)  # the adapter's geometry: a one-line error for a model it cannot sample
     check_cfg_channels(args.cfg_channels, shape[0])

@@ -17,19 +17,13 @@ from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig, run_cheap
-from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, only_candidate
+from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, default_budget, only_candidate
 from qdit.search.evolution import EvolutionConfig
-from qdit.search.model import (
-    FitnessConfig,
-    ModelObjective,
-    build_space,
-    default_budget,
-    genome_recipe,
-    searchable_layers,
-)
+from qdit.search.fitness import FitnessConfig, ModelObjective
+from qdit.search.recipes import genome_recipe, searchable_layers
 from qdit.search.runner import run_full
 from qdit.search.session import SearchResult
-from qdit.search.space import CandidateRule, Genome
+from qdit.search.space import CandidateRule, Genome, build_space
 
 METHODS = ("cheap", "full")
 
