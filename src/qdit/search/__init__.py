@@ -4,7 +4,7 @@
 * :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget (and the default one)
   and its repair;
 * :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
-  :mod:`~qdit.search.strategy` -- the ask/tell protocol of the cheap search's strategies and its loop;
+  :mod:`~qdit.search.strategy` -- the ask/tell protocol of every strategy and the loop that drives them;
 * :mod:`~qdit.search.objective` -- what a search measures (the :class:`Objective` protocol);
 * :mod:`~qdit.search.session` -- a search's state file, resume, log, feature store, progress and result;
 * :mod:`~qdit.search.runner` -- the full search; :mod:`~qdit.search.cheap` -- the cheap search (default),
