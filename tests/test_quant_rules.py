@@ -215,3 +215,10 @@ def test_quant_spec_takes_granularity_values_and_keeps_the_spellings() -> None:
         QuantSpec(a_group=-2)
     with pytest.raises(RecipeError, match=r"^act_granularity must be one of token, sample, frame, static, got 'row'$"):
         QuantSpec(act_granularity="row")
+    # the search's config too
+    from qdit.quant.rules import PerSample
+    from qdit.search.driver import SearchConfig
+
+    assert SearchConfig(act_granularity=PerSample()) == SearchConfig(act_granularity="sample")
+    with pytest.raises(QditError, match=r"^act_granularity must be one of token, sample, frame, static, got 'x'$"):
+        SearchConfig(act_granularity="x")
