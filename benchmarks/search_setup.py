@@ -13,22 +13,17 @@ class SearchSetup:
     cost: Any  # qdit.search.cost.CostModel
     budget: Any  # qdit.search.cost.Budget
     baseline_group: int
-    objective: Any  # qdit.search.model.ModelObjective
+    objective: Any  # qdit.search.fitness.ModelObjective
 
 
 def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool = False) -> SearchSetup:
     from qdit.api import load_model
     from qdit.eval.features import domain_feature_space
     from qdit.recipe import QuantSpec
-    from qdit.search.cost import CostModel, baseline_group
-    from qdit.search.model import (
-        FitnessConfig,
-        ModelObjective,
-        build_space,
-        default_budget,
-        searchable_layers,
-    )
-    from qdit.search.space import CandidateRule
+    from qdit.search.cost import CostModel, baseline_group, default_budget
+    from qdit.search.fitness import FitnessConfig, ModelObjective
+    from qdit.search.recipes import searchable_layers
+    from qdit.search.space import CandidateRule, build_space
 
     model = load_model(model_name)
     # the width-derived choices ({32, 64, 128, 256} on the embedded model's widths), as in the committed

@@ -382,7 +382,7 @@ def toy_latent_features(dim: int = 6) -> Any:
     reference statistics: the search's default gradient strategy needs them (Inception needs weights)."""
     import numpy as np
 
-    from qdit.search.model import FeatureSpace
+    from qdit.eval.features import FeatureSpace
 
     proj = np.random.default_rng(0).standard_normal((4 * 8 * 8, dim)).astype(np.float32)
     ref = np.random.default_rng(1).standard_normal((200, dim))
@@ -405,7 +405,7 @@ def test_cli_search_on_a_pipeline_folder_and_quantize_by_its_recipe(
     linears and ``qdit quantize --model FOLDER --recipe`` applies it."""
     import qdit.commands.search as cmd
     from qdit.cli import main
-    from qdit.search.model import ModelObjective
+    from qdit.search.fitness import ModelObjective
 
     monkeypatch.setattr(cmd, "_features", lambda args, model, device: toy_latent_features())
     schedules = []
@@ -446,7 +446,9 @@ def test_search_objective_samples_with_the_adapters_schedule_and_model_function(
     """The search's objective asks the adapter: a pipeline whose scheduler is not qdit's linear default
     is sampled with its own betas, through diffusers' forward signature."""
     from qdit.diffusion.schedule import GaussianDiffusion
-    from qdit.search.model import ModelObjective, build_space, model_geometry, searchable_layers
+    from qdit.search.fitness import ModelObjective, model_geometry
+    from qdit.search.recipes import searchable_layers
+    from qdit.search.space import build_space
 
     model = load_model(str(dit_folder))
     schedule = dict(model.qdit_schedule, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)

@@ -61,3 +61,32 @@ def test_search_recipe_returns_the_drivers_recipe_and_report(tiny_dit, tmp_path)
         SearchConfig(method="grid")
     with pytest.raises(QditError, match="need a reference"):
         qdit.search_recipe(tiny_dit, "inception", **SMALL)
+
+
+def test_sample_and_eval_commands_call_the_facade(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``qdit sample`` and ``qdit eval`` parse their flags and call ``qdit.api.sample`` / ``qdit.api.evaluate``."""
+    from qdit.cli import main
+
+    calls: dict[str, tuple] = {}
+
+    def fake_sample(model, num, seed=0, config=None, **options):
+        calls["sample"] = (num, seed, config, options)
+        return np.zeros((num, 28, 28, 1), np.uint8), np.arange(num, dtype=np.int64) % 10
+
+    def fake_evaluate(samples, reference, metrics=None, **options):
+        calls["evaluate"] = (samples, reference, metrics, options)
+        return {name: 1.0 for name in metrics}
+
+    monkeypatch.setattr("qdit.api.sample", fake_sample)
+    monkeypatch.setattr("qdit.api.evaluate", fake_evaluate)
+    out = tmp_path / "s.npz"
+    argv = ["sample", "-n", "3", "--steps", "2", "--seed", "4", "--cfg", "2", "--classes", "1,2", "--out", str(out)]
+    assert main([*argv, "--batch-size", "2", "--precision", "bf16"]) == 0
+    num, seed, config, options = calls["sample"]
+    assert (num, seed) == (3, 4) and (config.steps, config.cfg_scale, config.clip_denoised) == (2, 2.0, True)
+    assert options["labels"].tolist() == [1, 2, 1] and options["batch_size"] == 2
+    assert options["precision"] == "bf16" and options["dist"] is not None
+    assert main(["eval", str(out), "--ref", str(out), "--metrics", "fid", "--no-progress"]) == 0
+    samples, reference, metrics, options = calls["evaluate"]
+    assert isinstance(samples, Samples) and isinstance(reference, Reference) and metrics == ["fid"]
+    assert options["batch_size"] == 50 and options["progress"] is False

@@ -153,3 +153,72 @@ def test_the_scan_sees_second_copies() -> None:
         "if width % g: raise ValueError(f'group {g} does not divide {width}')\n"
     )
     assert sorted(line for line, _ in _second_copies(ast.parse(code))) == [1, 1, 2, 3, 3]
+
+
+def test_granularities_are_values_with_one_parser() -> None:
+    from qdit.quant.rules import (
+        ACT_GRANULARITIES,
+        DYNAMIC_GRANULARITIES,
+        LAYOUT_GRANULARITIES,
+        PerChannel,
+        PerFrame,
+        PerGroup,
+        PerSample,
+        PerToken,
+        Static,
+        parse_act_granularity,
+        parse_group,
+    )
+
+    # the spellings round-trip through the values, and a value parses to itself
+    for spelling in (0, 1, 32, 128):
+        value = parse_group(spelling)
+        assert value.spelling == spelling and parse_group(value) is value
+    assert parse_group(0) == PerChannel() and parse_group(64) == PerGroup(64)
+    values = [PerToken(), PerSample(), PerFrame(), Static()]
+    assert [parse_act_granularity(s) for s in ACT_GRANULARITIES] == values
+    assert tuple(v.spelling for v in values) == ACT_GRANULARITIES == ("token", "sample", "frame", "static")
+    assert DYNAMIC_GRANULARITIES == ("token", "sample", "frame") and LAYOUT_GRANULARITIES == ("sample", "frame")
+    assert PerToken() != PerSample() and hash(PerGroup(8)) == hash(PerGroup(8))
+    # bad values: the messages the recipe and the CLI always gave
+    with pytest.raises(ValueError, match=r"^act_granularity must be one of token, sample, frame, static, got 'tensor'$"):
+        parse_act_granularity("tensor")
+    with pytest.raises(QditError, match=r"^--act-granularity must be one of token, sample, frame, static, got 3$"):
+        parse_act_granularity(3, "--act-granularity", QditError)
+    with pytest.raises(ValueError, match=r"^group size must be an integer >= 0 \(0 = one group per row\), got -8$"):
+        parse_group(-8)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"^PerGroup size must be an integer >= 1"):
+            PerGroup(bad)
+
+
+def test_quant_spec_takes_granularity_values_and_keeps_the_spellings() -> None:
+    from qdit.quant.rules import PerChannel, PerFrame, PerGroup, PerToken, Static
+    from qdit.recipe import Recipe
+
+    spec = QuantSpec(w_group=PerChannel(), a_group=PerGroup(32), act_granularity=PerFrame())
+    assert spec == QuantSpec(w_group=0, a_group=32, act_granularity="frame")
+    assert (spec.w_group, spec.a_group, spec.act_granularity) == (0, 32, "frame")
+    assert spec.to_dict()["act_granularity"] == "frame" and spec.to_dict()["a_group"] == 32
+    assert spec.weight_granularity == PerChannel() and spec.act_group_granularity == PerGroup(32)
+    assert spec.activation_granularity == PerFrame() and not spec.needs_calibration
+    assert QuantSpec(act_granularity=Static()).needs_calibration
+    # overrides hold spellings too, so the recipe's JSON is the one a string-spelled recipe writes
+    by_value = Recipe(spec, overrides={"blocks.*": {"w_group": PerGroup(16), "act_granularity": PerToken()}})
+    by_name = Recipe(
+        QuantSpec(w_group=0, a_group=32, act_granularity="frame"),
+        overrides={"blocks.*": {"w_group": 16, "act_granularity": "token"}},
+    )
+    assert by_value == by_name and by_value.to_json() == by_name.to_json()
+    assert Recipe.from_json(by_value.to_json()) == by_value
+    with pytest.raises(RecipeError, match=r"^a_group must be an integer >= 0 \(0 = one group per row\), got -2$"):
+        QuantSpec(a_group=-2)
+    with pytest.raises(RecipeError, match=r"^act_granularity must be one of token, sample, frame, static, got 'row'$"):
+        QuantSpec(act_granularity="row")
+    # the search's config too
+    from qdit.quant.rules import PerSample
+    from qdit.search.driver import SearchConfig
+
+    assert SearchConfig(act_granularity=PerSample()) == SearchConfig(act_granularity="sample")
+    with pytest.raises(QditError, match=r"^act_granularity must be one of token, sample, frame, static, got 'x'$"):
+        SearchConfig(act_granularity="x")

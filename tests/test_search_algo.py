@@ -12,8 +12,7 @@ from qdit.diffusion.distributed import DistContext, all_gather, rounds, shard
 from qdit.errors import QditError
 from qdit.search.cheap import CheapConfig, planned_images, run_cheap, rung_samples
 from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, repair
-from qdit.search.evolution import EvolutionConfig, EvolutionSearch
-from qdit.search.model import build_space
+from qdit.search.evolution import EvolutionConfig, EvolutionSearch, EvolutionStrategy
 from qdit.search.objective import Evaluation
 from qdit.search.runner import run_full
 from qdit.search.space import (
@@ -22,12 +21,14 @@ from qdit.search.space import (
     Genome,
     LayerInfo,
     SearchSpace,
+    build_space,
     candidate_groups,
     divisor_groups,
     genome_key,
     key_genome,
     parse_int_list,
 )
+from qdit.search.strategy import Ask, drive
 from qdit.search.surrogate import AdditiveSurrogate
 from search_doubles import SyntheticObjective
 
@@ -346,6 +347,28 @@ def test_evolution_ask_tell_baseline_first_legal_distinct_and_full():
         evo.tell(base, 0.0)
     with pytest.raises(QditError, match="does not meet the budget"):
         EvolutionSearch(space, cost, budget, SMALL_EVO, seeds=[space.uniform(32)])
+
+
+@pytest.mark.parametrize("batch", [0, 1, 5])
+def test_evolution_driven_as_a_strategy_is_the_plain_ask_tell_loop(batch):
+    space = embedded_like()
+    cost, budget = CostModel(), Budget("mean_group", 128)
+    obj = TableObjective(space)
+    plain = EvolutionSearch(space, cost, budget, SMALL_EVO, seed=3, seeds=[space.uniform(128)])
+    run_evolution(plain, obj)
+    evo = EvolutionSearch(space, cost, budget, SMALL_EVO, seed=3, seeds=[space.uniform(128)])
+    told: list[tuple[str, float]] = []
+    asks: list[Ask] = []
+
+    def measure(ask: Ask) -> dict[str, float]:
+        asks.append(ask)
+        return {genome_key(g): obj.value(g) for g in ask.genomes}
+
+    drive(EvolutionStrategy(evo, 8, batch, on_tell=lambda g, v: told.append((genome_key(g), v))), measure)
+    assert evo.done and evo.order == plain.order and evo.results == plain.results and evo.top == plain.top
+    assert [k for k, _ in told] == plain.order and all(v == plain.results[k] for k, v in told)
+    assert all(a.kind == "fit" and a.n == 8 and (batch == 0 or len(a.genomes) <= batch) for a in asks)
+    assert asks[0].stage == "generation 0" and asks[-1].stage == f"generation {SMALL_EVO.generations}"
 
 
 def test_evolution_state_roundtrip_through_json_continues_identically():

@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from qdit.errors import QditError
+from qdit.eval.features import FeatureSpace
 from qdit.eval.metrics import feature_stats, frechet_distance
 from qdit.nn.quant_linear import ActQuantizer
 from qdit.recipe import QuantSpec
+from qdit.search.fitness import FitnessConfig, ModelObjective
 from qdit.search.gradient import Sensitivity, distance_gradient
-from qdit.search.model import FeatureSpace, FitnessConfig, ModelObjective, build_space, searchable_layers
+from qdit.search.recipes import searchable_layers
+from qdit.search.space import build_space
 
 FIT = FitnessConfig(steps=4, batch_size=16)
 BASE = QuantSpec(w_bits=4, a_bits=8, w_group=64, a_group=64)

@@ -12,21 +12,15 @@ import torch
 
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, to_uint8_nhwc
 from qdit.errors import QditError
+from qdit.eval.features import FeatureSpace
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig
-from qdit.search.cost import Budget, CostModel
+from qdit.search.cost import Budget, CostModel, default_budget
 from qdit.search.driver import heldout_fitness, search_groups
 from qdit.search.evolution import EvolutionConfig
-from qdit.search.model import (
-    FeatureSpace,
-    FitnessConfig,
-    ModelObjective,
-    build_space,
-    default_budget,
-    genome_recipe,
-    searchable_layers,
-)
-from qdit.search.space import CandidateRule
+from qdit.search.fitness import FitnessConfig, ModelObjective
+from qdit.search.recipes import genome_recipe, searchable_layers
+from qdit.search.space import CandidateRule, build_space
 
 FIT = FitnessConfig(steps=4, batch_size=16, proxy_samples=2, proxy_steps=4)
 BASE = QuantSpec(w_bits=4, a_bits=8, w_group=64, a_group=64)

@@ -359,7 +359,7 @@ def test_cli_search_on_the_video_model_with_fvd(search_video, tmp_path, capsys, 
 def test_video_fvd_features_are_differentiable_like_the_extractor(search_video) -> None:
     """The search's differentiable FVD features equal the extractor's on the same clips (up to the
     rounding to uint8 that the extractor sees)."""
-    from qdit.search.model import video_feature_space
+    from qdit.eval.features import video_feature_space
 
     space = video_feature_space(None)
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ from qdit.nn.swap import KERNELS, LayerFactory, freeze, quant_layers
 from qdit.recipe import QuantSpec, Recipe
 
 if TYPE_CHECKING:
+    from qdit.diffusion.distributed import DistContext
     from qdit.diffusion.sampler import SamplerConfig
     from qdit.eval.features import FeatureSpace
     from qdit.eval.npz import Reference, Samples
@@ -112,7 +113,7 @@ def search_recipe(
     """
     from qdit.eval.features import DEFAULT_REFERENCES, default_features, feature_space
     from qdit.search.driver import SearchConfig, search_groups
-    from qdit.search.model import model_geometry
+    from qdit.search.fitness import model_geometry
 
     if config is not None and settings:
         raise QditError("give a SearchConfig or its fields as keywords, not both")
@@ -143,6 +144,8 @@ def sample(
     batch_size: int = 64,
     decode: bool = True,
     progress: bool = False,
+    precision: str = "fp32",
+    dist: DistContext | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``num`` samples of ``model`` (float or quantized) and their labels: uint8 images ``[N, H, W, C]``, or
     clips ``[N, T, H, W, C]`` of a video model (see :func:`qdit.diffusion.sampler.sample_images`).
@@ -150,18 +153,22 @@ def sample(
     ``config``: steps, method and guidance (default: :class:`~qdit.diffusion.sampler.SamplerConfig`'s, with
     images clipped to [-1, 1] and latents not). ``labels``: the class of each sample (default: balanced).
     ``decode``: a latent model's samples go through its VAE (its adapter's ``decoder``), when it has one.
+    ``precision``: ``fp32``, or ``bf16`` autocast of the model. ``dist``: the ranks to shard the samples
+    over (:func:`qdit.diffusion.distributed.init_distributed`); every rank calls this, the main rank gets
+    all the samples and the others ``None``.
     """
-    from qdit.diffusion.sampler import SamplerConfig, sample_images
+    from qdit.diffusion.sampler import SamplerConfig, precision_context, sample_images
     from qdit.models.adapter import get_adapter
 
     decoder = get_adapter(model).decoder(model) if decode else None
     config = config or SamplerConfig(clip_denoised=decoder is None)
-    with torch.inference_mode():
+    device = dist.device if dist is not None else next(model.parameters(), torch.empty(0)).device
+    with torch.inference_mode(), precision_context(precision, device):
         result = sample_images(
-            model, num, seed, config, labels, batch_size, progress=progress, decode=decoder
+            model, num, seed, config, labels, batch_size, progress=progress, ctx=dist, decode=decoder
         )
-    assert result is not None  # one process: the main rank
-    return result
+    assert result is not None or (dist is not None and not dist.is_main)  # one process: the main rank
+    return result  # type: ignore[return-value]  # None only on the other ranks of ``dist``
 
 
 def evaluate(

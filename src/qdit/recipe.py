@@ -22,11 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from qdit.errors import QditError
-from qdit.quant.rules import WEIGHT_METHODS, check_bits, check_divides, check_group_size, weight_method
+from qdit.quant import rules
+from qdit.quant.rules import (
+    WEIGHT_METHODS,
+    ActGranularity,
+    GroupGranularity,
+    check_bits,
+    check_divides,
+    parse_act_granularity,
+    parse_group,
+    weight_method,
+)
 
 RECIPE_VERSION = 1
-ACT_GRANULARITIES = ("token", "sample", "frame", "static")  # see qdit.quant.activation
-DYNAMIC_GRANULARITIES = ("token", "sample", "frame")  # ranges computed at run time (no calibration)
+ACT_GRANULARITIES = rules.ACT_GRANULARITIES  # the spellings (token, sample, frame, static), kept here too
+DYNAMIC_GRANULARITIES = rules.DYNAMIC_GRANULARITIES  # ranges computed at run time (no calibration)
 BASELINES = ("rtn", "rtn-token", "smoothquant", "ptq4dit", "gptq", "qdit")
 BALANCE_METHODS = ("smoothquant", "csb")  # see qdit.quant.balance
 
@@ -50,6 +60,10 @@ class QuantSpec:
 
     ``w_group`` / ``a_group``: group size along the input dimension; 0 means one group per output
     channel for weights and per token (the whole row) for activations (per tensor when ``static``).
+    Either is given as its spelling (an int) or as a value of :mod:`qdit.quant.rules` (``PerGroup(128)``,
+    ``PerChannel()``), and ``act_granularity`` as ``"token"`` or ``PerToken()`` and so on; the spec keeps
+    the spellings (the JSON of recipes and ``qdit.json`` is unchanged) and :attr:`weight_granularity`,
+    :attr:`act_group_granularity` and :attr:`activation_granularity` give the values.
     ``a_bits=None`` leaves activations in floating point. ``act_granularity``: ``token`` (dynamic, per
     token and group), ``sample`` (dynamic, per sample and group over all of its tokens; for video, per
     clip over all of its frames), ``frame`` (dynamic, per frame of each clip and group over the frame's
@@ -65,9 +79,9 @@ class QuantSpec:
 
     w_bits: int = 4
     a_bits: int | None = 8
-    w_group: int = 128
-    a_group: int = 128
-    act_granularity: str = "token"
+    w_group: int | GroupGranularity = 128
+    a_group: int | GroupGranularity = 128
+    act_granularity: str | ActGranularity = "token"
     weight_method: str = "rtn"
     w_symmetric: bool = False
     a_symmetric: bool = False
@@ -80,12 +94,10 @@ class QuantSpec:
             if name == "a_bits" and v is None:
                 continue
             check_bits(v, name, RecipeError)
-        for name in ("w_group", "a_group"):
-            check_group_size(getattr(self, name), name, RecipeError)
-        if self.act_granularity not in ACT_GRANULARITIES:
-            raise RecipeError(
-                f"act_granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {self.act_granularity!r}"
-            )
+        for name in ("w_group", "a_group"):  # kept as spellings: the fields compare, hash and save as before
+            object.__setattr__(self, name, parse_group(getattr(self, name), name, RecipeError).spelling)
+        gran = parse_act_granularity(self.act_granularity, "act_granularity", RecipeError)
+        object.__setattr__(self, "act_granularity", gran.spelling)
         weight_method(self.weight_method, RecipeError)
         for name in ("w_symmetric", "a_symmetric"):
             if not isinstance(getattr(self, name), bool):
@@ -111,6 +123,21 @@ class QuantSpec:
         object.__setattr__(self, "smooth_alpha", a)
 
     @property
+    def weight_granularity(self) -> GroupGranularity:
+        """``PerGroup(w_group)``, or ``PerChannel()`` for ``w_group`` 0."""
+        return parse_group(self.w_group)
+
+    @property
+    def act_group_granularity(self) -> GroupGranularity:
+        """``PerGroup(a_group)``, or ``PerChannel()`` (the whole row) for ``a_group`` 0."""
+        return parse_group(self.a_group)
+
+    @property
+    def activation_granularity(self) -> ActGranularity:
+        """``PerToken()``, ``PerSample()``, ``PerFrame()`` or ``Static()``."""
+        return parse_act_granularity(self.act_granularity)
+
+    @property
     def quantizes_activations(self) -> bool:
         return self.a_bits is not None
 
@@ -120,7 +147,7 @@ class QuantSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        static = self.a_bits is not None and self.act_granularity not in DYNAMIC_GRANULARITIES
+        static = self.a_bits is not None and not self.activation_granularity.dynamic
         return self.needs_hessian or static or self.balance is not None
 
     def check_width(self, layer: str, width: int) -> None:
@@ -216,10 +243,10 @@ class Recipe:
                 )
             check_spec_fields(value, f"override {key!r}")
             try:
-                replace(self.default, **value)
+                spec = replace(self.default, **value)
             except RecipeError as exc:
                 raise RecipeError(f"override {key!r}: {exc}") from None
-            normalized[key] = dict(value)
+            normalized[key] = {k: getattr(spec, k) for k in value}  # granularity values as their spellings
         self.overrides = normalized
         for name in ("include", "exclude"):
             items = getattr(self, name)

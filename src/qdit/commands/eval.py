@@ -73,9 +73,10 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qdit.api import evaluate
     from qdit.commands.common import resolve_device
     from qdit.errors import QditError
-    from qdit.eval.evaluate import default_metrics, evaluate, parse_metrics, video_extractor
+    from qdit.eval.evaluate import default_metrics, parse_metrics, video_extractor
     from qdit.eval.npz import load_reference, load_samples
     from qdit.io.atomic import check_outputs
 
@@ -100,14 +101,14 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             progress=not args.no_progress,
         )
-    values = evaluate(
+    values = evaluate(  # the facade, on the samples and reference loaded above (the report names them)
         samples,
         ref,
         metrics,
-        batch_size=args.batch_size if args.batch_size is not None else 50,
-        bf16=args.bf16,
         device=device,
         progress=not args.no_progress,
+        batch_size=args.batch_size if args.batch_size is not None else 50,
+        bf16=args.bf16,
         video_features=video_features,
         i3d_path=args.i3d,
         i3d_features=args.i3d_features,

@@ -97,17 +97,9 @@ def parse_classes(text: str | None, num: int, num_classes: int) -> np.ndarray | 
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from qdit.api import load_model
+    from qdit.api import load_model, sample
     from qdit.diffusion.distributed import finalize, init_distributed
-    from qdit.diffusion.sampler import (
-        SamplerConfig,
-        check_cfg_scale,
-        is_clip_shape,
-        precision_context,
-        sample_images,
-    )
+    from qdit.diffusion.sampler import SamplerConfig, check_cfg_scale, is_clip_shape
     from qdit.errors import QditError
     from qdit.eval.npz import save_samples
     from qdit.io.atomic import atomic_path, check_outputs, write_json
@@ -163,11 +155,10 @@ def run(args: argparse.Namespace) -> int:
         check_cfg_channels(args.cfg_channels, channels)
         labels = parse_classes(args.classes, args.num, num_classes)
         t0 = time.time()
-        with torch.inference_mode(), precision_context(args.precision, ctx.device):
-            result = sample_images(
-                model, args.num, args.seed, sampler, labels, args.batch_size, progress=True, ctx=ctx,
-                decode=decode,
-            )
+        result = sample(
+            model, args.num, args.seed, sampler, labels=labels, batch_size=args.batch_size, progress=True,
+            precision=args.precision, dist=ctx,
+        )  # fmt: skip
         seconds = time.time() - t0
         if result is None:  # not the main rank
             return 0

@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 
 from qdit.commands.common import add_cfg_channels
-from qdit.quant.rules import WEIGHT_METHODS, bits_range
-from qdit.recipe import ACT_GRANULARITIES, DYNAMIC_GRANULARITIES
+from qdit.quant.rules import WEIGHT_METHODS, bits_range, parse_act_granularity
+from qdit.recipe import DYNAMIC_GRANULARITIES
 
 DEFAULT_SAMPLES = 64
 DEFAULT_STEPS = 20
@@ -249,11 +249,7 @@ def _check(args: argparse.Namespace) -> dict:
         raise QditError(f"--budget-group must be > 0, got {args.budget_group}")
     if args.budget_bpw is not None and args.budget_bpw <= 0:
         raise QditError(f"--budget-bpw must be > 0, got {args.budget_bpw}")
-    if args.act_granularity not in ACT_GRANULARITIES:
-        raise QditError(
-            f"--act-granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {args.act_granularity!r}"
-        )
-    if args.act_granularity not in DYNAMIC_GRANULARITIES:
+    if not parse_act_granularity(args.act_granularity, "--act-granularity", QditError).dynamic:
         raise QditError(
             "the search evaluates dynamic activation quantizers; use --act-granularity "
             f"{', '.join(DYNAMIC_GRANULARITIES[:-1])} or {DYNAMIC_GRANULARITIES[-1]}"
@@ -344,7 +340,7 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
     from qdit.diffusion.sampler import is_clip_shape
     from qdit.errors import QditError
     from qdit.eval.features import default_features, feature_space
-    from qdit.search.model import model_geometry
+    from qdit.search.fitness import model_geometry
 
     shape, _ = model_geometry(model)  # type: ignore[arg-type]
     kind = args.features
@@ -396,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     from qdit.search.cost import Budget
     from qdit.search.driver import SearchConfig, heldout_fitness, search_groups
     from qdit.search.evolution import EvolutionConfig
-    from qdit.search.model import FitnessConfig
+    from qdit.search.fitness import FitnessConfig
     from qdit.search.plot import search_plot
 
     if args.threads is not None:
@@ -455,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
     if any(type(m).__name__ == "QuantLinear" for m in model.modules()):
         raise QditError(f"{args.model} is already quantized; search on the float model")
     from qdit.models.adapter import get_adapter
-    from qdit.search.model import model_geometry
+    from qdit.search.fitness import model_geometry
 
     shape, _ = model_geometry(model)  # the adapter's geometry: a one-line error for a model it cannot sample
     check_cfg_channels(args.cfg_channels, shape[0])

@@ -1,5 +1,6 @@
 """Pure tensor math of quantization: qparams, (fake) quantization, MSE clip, GPTQ, bit packing, and the
-rules every setting obeys (:mod:`qdit.quant.rules`).
+rules every setting obeys (:mod:`qdit.quant.rules`), granularities as values (``PerGroup(128)``,
+``PerChannel()``, ``PerToken()``, ``PerSample()``, ``PerFrame()``, ``Static()``) included.
 
 Names are imported lazily, so that ``qdit.quant.rules`` (torch-free) can be used by the recipe and the
 CLI without loading torch.
@@ -34,6 +35,7 @@ _EXPORTS = {
     "mse_clip_range": "qdit.quant.primitives",
     "qparams": "qdit.quant.primitives",
     "quantize": "qdit.quant.primitives",
+    "ACT_GRANULARITIES": "qdit.quant.rules",
     "MAX_BITS": "qdit.quant.rules",
     "MIN_BITS": "qdit.quant.rules",
     "WEIGHT_METHODS": "qdit.quant.rules",
@@ -41,6 +43,14 @@ _EXPORTS = {
     "check_divides": "qdit.quant.rules",
     "check_group_size": "qdit.quant.rules",
     "divides": "qdit.quant.rules",
+    "parse_act_granularity": "qdit.quant.rules",
+    "parse_group": "qdit.quant.rules",
+    "PerChannel": "qdit.quant.rules",
+    "PerFrame": "qdit.quant.rules",
+    "PerGroup": "qdit.quant.rules",
+    "PerSample": "qdit.quant.rules",
+    "PerToken": "qdit.quant.rules",
+    "Static": "qdit.quant.rules",
     "QWeight": "qdit.quant.weight",
     "quantize_weight": "qdit.quant.weight",
 }

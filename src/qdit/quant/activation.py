@@ -31,11 +31,11 @@ from typing import NamedTuple
 import torch
 
 from qdit.quant.primitives import group_view, minmax
+from qdit.quant.rules import LAYOUT_GRANULARITIES as LAYOUT_GRANULARITIES
 
 FRAME_MAJOR = "frame-major"
 TOKEN_MAJOR = "token-major"
 LAYOUT_ORDERS = (FRAME_MAJOR, TOKEN_MAJOR)
-LAYOUT_GRANULARITIES = ("sample", "frame")  # the granularities whose ranges a layout changes
 
 
 class ActLayout(NamedTuple):

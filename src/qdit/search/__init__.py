@@ -1,9 +1,10 @@
 """Automatic granularity allocation: search per-layer group sizes (and bits) under a cost budget.
 
-* :mod:`~qdit.search.space` -- genes, candidate group sizes per layer width, genomes;
-* :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget and its repair;
+* :mod:`~qdit.search.space` -- genes, candidate group sizes per layer width, genomes, building a space;
+* :mod:`~qdit.search.cost` -- bits per weight (scales included), BitOps, the budget (and the default one)
+  and its repair;
 * :mod:`~qdit.search.evolution` -- the paper's evolutionary search as a resumable ask/tell loop;
-  :mod:`~qdit.search.strategy` -- the ask/tell protocol of the cheap search's strategies and its loop;
+  :mod:`~qdit.search.strategy` -- the ask/tell protocol of every strategy and the loop that drives them;
 * :mod:`~qdit.search.objective` -- what a search measures (the :class:`Objective` protocol);
 * :mod:`~qdit.search.session` -- a search's state file, resume, log, feature store, progress and result;
 * :mod:`~qdit.search.runner` -- the full search; :mod:`~qdit.search.cheap` -- the cheap search (default),
@@ -11,8 +12,9 @@
 * :mod:`~qdit.search.gradient` -- the first-order sensitivity of the fitness to single-gene changes
   (one backward pass through the sampler), which drives the cheap search;
   :mod:`~qdit.search.surrogate` -- the additive surrogate of the fitness;
-* :mod:`~qdit.search.model` -- the model side (fitness, sensitivity, proxy, recipe export; the feature
-  spaces are :mod:`qdit.eval.features`); :mod:`~qdit.search.bank` -- the weight bank;
+* :mod:`~qdit.search.fitness` -- the objective on a real model (fitness, sensitivity, proxy; the feature
+  spaces are :mod:`qdit.eval.features`); :mod:`~qdit.search.recipes` -- the layers a spec searches on a
+  model and a genome exported as a recipe; :mod:`~qdit.search.bank` -- the weight bank;
   :mod:`~qdit.search.driver` -- :class:`SearchConfig` and :func:`search_groups` (``qdit.search_recipe``
   is the facade over it); :mod:`~qdit.search.plot` -- PNG plots.
 
@@ -30,9 +32,11 @@ _EXPORTS = {
     "LayerInfo": "qdit.search.space",
     "SearchSpace": "qdit.search.space",
     "candidate_groups": "qdit.search.space",
+    "build_space": "qdit.search.space",
     "Budget": "qdit.search.cost",
     "CostModel": "qdit.search.cost",
     "baseline_group": "qdit.search.cost",
+    "default_budget": "qdit.search.cost",
     "EvolutionConfig": "qdit.search.evolution",
     "EvolutionSearch": "qdit.search.evolution",
     "Evaluation": "qdit.search.objective",
@@ -50,9 +54,10 @@ _EXPORTS = {
     "drive": "qdit.search.strategy",
     "run_cheap": "qdit.search.cheap",
     "FeatureSpace": "qdit.eval.features",
-    "FitnessConfig": "qdit.search.model",
-    "ModelObjective": "qdit.search.model",
-    "genome_recipe": "qdit.search.model",
+    "FitnessConfig": "qdit.search.fitness",
+    "ModelObjective": "qdit.search.fitness",
+    "genome_recipe": "qdit.search.recipes",
+    "searchable_layers": "qdit.search.recipes",
     "SearchConfig": "qdit.search.driver",
     "search_groups": "qdit.search.driver",
     "heldout_fitness": "qdit.search.driver",

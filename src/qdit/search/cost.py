@@ -163,3 +163,10 @@ def baseline_group(space: SearchSpace, cost: CostModel, budget: Budget) -> int:
         if budget.meets(cost, space, space.uniform(g)):
             return g
     raise QditError(f"no uniform group size meets the budget {budget.describe()}")
+
+
+def default_budget(space: SearchSpace, cost: CostModel, group: float = 128.0) -> Budget:
+    """The paper's budget, mean group size >= 128, lowered to the coarsest uniform group every layer
+    has when the model is too narrow for 128."""
+    common = min(max(g.choices) for g in space.genes if g.kind != "w_bits")
+    return Budget("mean_group", float(min(group, common)))

@@ -15,21 +15,16 @@ from torch import nn
 from qdit.diffusion.distributed import DistContext
 from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
+from qdit.quant.rules import ActGranularity, parse_act_granularity
 from qdit.recipe import QuantSpec, Recipe
 from qdit.search.cheap import CheapConfig, run_cheap
-from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, only_candidate
+from qdit.search.cost import Budget, CostModel, baseline_group, check_feasible, default_budget, only_candidate
 from qdit.search.evolution import EvolutionConfig
-from qdit.search.model import (
-    FitnessConfig,
-    ModelObjective,
-    build_space,
-    default_budget,
-    genome_recipe,
-    searchable_layers,
-)
+from qdit.search.fitness import FitnessConfig, ModelObjective
+from qdit.search.recipes import genome_recipe, searchable_layers
 from qdit.search.runner import run_full
 from qdit.search.session import SearchResult
-from qdit.search.space import CandidateRule, Genome
+from qdit.search.space import CandidateRule, Genome, build_space
 
 METHODS = ("cheap", "full")
 
@@ -66,7 +61,7 @@ class SearchConfig:
     layer_choices: Mapping[str, Sequence[int]] | None = None
     separate_act: bool = False
     bits_choices: Sequence[int] = ()
-    act_granularity: str = "token"
+    act_granularity: str | ActGranularity = "token"  # kept as its spelling ("token"; PerToken() accepted)
     weight_method: str = "rtn"
     symmetric: bool = False
     w_symmetric: bool | None = None
@@ -78,6 +73,8 @@ class SearchConfig:
             raise QditError(f"unknown search method {self.method!r}; use {' or '.join(METHODS)}")
         if self.num_samples < 2:
             raise QditError(f"the fitness needs at least 2 samples, got {self.num_samples}")
+        gran = parse_act_granularity(self.act_granularity, "act_granularity", QditError)
+        object.__setattr__(self, "act_granularity", gran.spelling)  # frozen: stored as its spelling
 
     @property
     def w_sym(self) -> bool:

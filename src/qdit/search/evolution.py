@@ -19,7 +19,9 @@ Once-for-All's searcher) step for step:
 
 All randomness comes from one :class:`numpy.random.Generator` whose state is part of
 :meth:`EvolutionSearch.state_dict`, so a search restored from its state continues exactly as the
-uninterrupted one would have. :class:`RepairingEvolution` is the earlier variant (over-budget
+uninterrupted one would have. :class:`EvolutionStrategy` puts it behind the
+:class:`~qdit.search.strategy.Strategy` protocol, so :func:`~qdit.search.strategy.drive` runs it like the
+cheap search's strategies. :class:`RepairingEvolution` is the earlier variant (over-budget
 children repaired by random coarsening, duplicates dropped, ``generations`` counting population 0),
 kept for the cheap search's evolutions on functions that cost nothing to evaluate.
 """
@@ -35,6 +37,7 @@ import numpy as np
 from qdit.errors import QditError
 from qdit.search.cost import Budget, CostModel, check_feasible, repair
 from qdit.search.space import Genome, SearchSpace, genome_key, key_genome
+from qdit.search.strategy import Ask, Value
 
 ALGORITHM = "authors-v2"  # the state's marker: states of the earlier full search lack it
 
@@ -306,6 +309,39 @@ class EvolutionSearch:
         self.results = {k: _decode(v) for k, v in state["results"].items()}
         self.order = list(state["results"])
         self._rank = {k: i for i, k in enumerate(self.order)}
+
+
+class EvolutionStrategy:
+    """An :class:`EvolutionSearch` as a :class:`~qdit.search.strategy.Strategy`: each ask is the fitness
+    with ``n`` samples of the current population's next unevaluated candidates (at most ``batch`` of them,
+    0 = all; the full search asks for one round over its ranks, so the state can be saved after every
+    round), each tell is the search's, followed by ``on_tell(genome, value)``. The search decides alone:
+    driving it this way asks for the same candidates in the same order as its own :meth:`~EvolutionSearch.ask`."""
+
+    def __init__(
+        self,
+        search: EvolutionSearch,
+        n: int,
+        batch: int = 0,
+        on_tell: Callable[[Genome, float], None] | None = None,
+    ) -> None:
+        self.search, self.n, self.batch, self.on_tell = search, n, batch, on_tell
+
+    @property
+    def done(self) -> bool:
+        return self.search.done
+
+    def ask(self) -> Ask:
+        pending = self.search.ask()
+        if self.batch > 0:
+            pending = pending[: self.batch]
+        return Ask(f"generation {self.search.generation}", "fit", tuple(pending), self.n)
+
+    def tell(self, genome: Genome, value: Value) -> None:
+        fitness = float(value)  # type: ignore[arg-type]  # a fitness, never a Sensitivity
+        self.search.tell(genome, fitness)
+        if self.on_tell is not None:
+            self.on_tell(genome, fitness)
 
 
 class RepairingEvolution(EvolutionSearch):

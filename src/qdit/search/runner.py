@@ -9,10 +9,11 @@ from pathlib import Path
 from qdit.diffusion.distributed import DistContext, evaluate_in_rounds
 from qdit.errors import QditError
 from qdit.search.cost import Budget, CostModel, baseline_group
-from qdit.search.evolution import ALGORITHM, EvolutionConfig, EvolutionSearch
+from qdit.search.evolution import ALGORITHM, EvolutionConfig, EvolutionSearch, EvolutionStrategy
 from qdit.search.objective import Evaluation, Objective
 from qdit.search.session import SearchLog, SearchResult, SearchSession, fingerprint
-from qdit.search.space import Genome, SearchSpace
+from qdit.search.space import Genome, SearchSpace, genome_key
+from qdit.search.strategy import Ask, Value, drive
 
 __all__ = ["SearchResult", "run_full"]
 
@@ -72,17 +73,24 @@ def run_full(
         ev.features = None  # not needed again: every candidate has all its samples at once
         return ev
 
-    def on_result(genome: Genome, ev: Evaluation) -> None:
-        session.record(f"generation {search.generation}", "fit", genome, num_samples, ev)
-        search.tell(genome, ev.value)
+    def measure(ask: Ask) -> dict[str, Value]:  # one round: a candidate per rank
+        values: dict[str, Value] = {}
+
+        def on_result(genome: Genome, ev: Evaluation) -> None:
+            session.record(ask.stage, ask.kind, genome, ask.n, ev)
+            values[genome_key(genome)] = ev.value
+
+        evaluate_in_rounds(list(ask.genomes), evaluate, on_result, dist)
+        return values
+
+    def on_tell(genome: Genome, fitness: float) -> None:  # the state after every evaluation, for --resume
         best = search.best
         session.commit(
             1, best=best[1] if best else None, extra={"evolution": search.state_dict()}, gen=search.generation
         )
 
     try:
-        while not search.done:
-            evaluate_in_rounds(search.ask(), evaluate, on_result, dist)
+        drive(EvolutionStrategy(search, num_samples, batch=dist.world_size, on_tell=on_tell), measure)
     finally:
         session.close()
     session.save({"evolution": search.state_dict()})

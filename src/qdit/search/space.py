@@ -275,3 +275,36 @@ def genome_key(genome: Iterable[int]) -> str:
 
 def key_genome(key: str) -> Genome:
     return tuple(int(v) for v in key.split(",")) if key else ()
+
+
+def build_space(
+    layers: Sequence[LayerInfo],
+    w_bits: int,
+    a_bits: int,
+    choices: Sequence[int] | None = None,
+    rule: CandidateRule | None = None,
+    separate_act: bool = False,
+    bits_choices: Sequence[int] = (),
+    layer_choices: Mapping[str, Sequence[int]] | None = None,
+) -> SearchSpace:
+    """The search space over ``layers``: per layer, ``layer_choices[name]`` if given, else the
+    divisors of its width among ``choices`` (default: the paper's ``{32, 64, 128, 192, 288}``), or
+    the width-derived candidates of ``rule`` when a rule is given instead of choices."""
+    if choices and rule is not None:
+        raise QditError("give either group-size choices or a candidate rule, not both")
+    layer_choices = dict(layer_choices or {})
+    unknown = sorted(set(layer_choices) - {layer.name for layer in layers})
+    if unknown:
+        raise QditError(f"per-layer group choices name a layer that is not searched: {unknown[0]}")
+    group_choices = {}
+    for layer in layers:
+        if layer.name in layer_choices:  # exactly these: SearchSpace checks that each divides the width
+            legal = tuple(sorted(set(layer_choices[layer.name])))
+        elif rule is not None:
+            legal = candidate_groups(layer.in_features, rule)
+        else:
+            legal = divisor_groups(layer.in_features, choices or PAPER_GROUPS, layer.name)
+        group_choices[layer.name] = legal
+    return SearchSpace(  # which checks the bits
+        tuple(layers), w_bits, a_bits, group_choices, separate_act, tuple(sorted(set(bits_choices)))
+    )

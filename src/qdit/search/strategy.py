@@ -4,8 +4,9 @@ A strategy asks for a batch of measurements (:class:`Ask`: genomes, and what to 
 the sample-based fitness or fidelity with ``n`` samples, the proxy, or the first-order
 sensitivity), is told each genome's value, and asks again until it is :attr:`~Strategy.done`.
 Measuring (caching, the state file, ranks) is the caller's: :func:`drive` hands every ask to a
-``measure`` function. :class:`~qdit.search.evolution.EvolutionSearch` is the same shape with the
-fitness as its only measurement; the cheap search's strategies are in :mod:`qdit.search.cheap`.
+``measure`` function. :class:`~qdit.search.evolution.EvolutionStrategy` is the full search's
+evolution in this shape (the fitness its only measurement); the cheap search's strategies are in
+:mod:`qdit.search.cheap`.
 
 :class:`StepwiseStrategy` writes a strategy as the algorithm reads: a generator that yields an
 :class:`Ask` and gets back the values of its genomes by key.

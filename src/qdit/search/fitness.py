@@ -1,5 +1,8 @@
-"""The search on a real model (its feature spaces are :mod:`qdit.eval.features`): a per-layer bank of quantized weights, the sample-based fitness and the
-noise-prediction proxy, and the export of a genome as a :class:`qdit.recipe.Recipe`.
+"""The fitness of a candidate on a real model: :class:`ModelObjective` (the sample-based fitness, the
+noise-prediction proxy and its data, the first-order sensitivity) and its :class:`FitnessConfig`. The
+feature spaces it scores samples in are :mod:`qdit.eval.features`; the search space is
+:mod:`qdit.search.space`, and the layers searched and the export of a genome as a recipe are
+:mod:`qdit.search.recipes`.
 
 The model is quantized once, with every candidate group size (and bit-width) precomputed per layer
 (:mod:`qdit.search.bank`), so switching to a candidate is a few pointer swaps and a candidate costs
@@ -11,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,27 +25,16 @@ from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, iter_samples, to_uint8_nhwc
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
-from qdit.eval.features import (  # noqa: F401  (their old home: tests import them from here)
-    FeatureFn,
-    FeatureSpace,
-    domain_feature_space,
-    inception_feature_space,
-    video_feature_space,
-)
+from qdit.eval.features import FeatureSpace
 from qdit.models.adapter import get_adapter
 from qdit.nn.swap import quant_layers
-from qdit.recipe import QuantSpec, Recipe
+from qdit.recipe import QuantSpec
 from qdit.search.bank import BankedQuantLinear, bank_factory
-from qdit.search.cost import Budget, CostModel
 from qdit.search.objective import Evaluation, Sensitivity
+from qdit.search.recipes import genome_recipe
 from qdit.search.space import (
-    PAPER_GROUPS,
-    CandidateRule,
     Genome,
-    LayerInfo,
     SearchSpace,
-    candidate_groups,
-    divisor_groups,
 )
 
 REFERENCES = ("data", "fp")
@@ -100,67 +92,6 @@ def _schedule(model: nn.Module) -> GaussianDiffusion:
     """The model's training noise schedule (its adapter's; qdit's linear 1000 steps by default)."""
     config = get_adapter(model).noise_schedule(model)
     return GaussianDiffusion.from_scheduler_config(config) if config else GaussianDiffusion.linear()
-
-
-def searchable_layers(model: nn.Module, base: QuantSpec) -> list[LayerInfo]:
-    """The linears that ``base`` quantizes on ``model`` (its adapter's default set), in model order."""
-    specs = resolve_specs(model, Recipe(default=replace(base, w_group=0, a_group=0)))
-    modules = dict(model.named_modules())
-    tokens = get_adapter(model).tokens_per_sample(model) or 1  # for the cost model; 1 when unknown
-    return [LayerInfo(n, modules[n].in_features, modules[n].out_features, tokens) for n in specs]
-
-
-def build_space(
-    layers: Sequence[LayerInfo],
-    w_bits: int,
-    a_bits: int,
-    choices: Sequence[int] | None = None,
-    rule: CandidateRule | None = None,
-    separate_act: bool = False,
-    bits_choices: Sequence[int] = (),
-    layer_choices: Mapping[str, Sequence[int]] | None = None,
-) -> SearchSpace:
-    """The search space over ``layers``: per layer, ``layer_choices[name]`` if given, else the
-    divisors of its width among ``choices`` (default: the paper's ``{32, 64, 128, 192, 288}``), or
-    the width-derived candidates of ``rule`` when a rule is given instead of choices."""
-    if choices and rule is not None:
-        raise QditError("give either group-size choices or a candidate rule, not both")
-    layer_choices = dict(layer_choices or {})
-    unknown = sorted(set(layer_choices) - {layer.name for layer in layers})
-    if unknown:
-        raise QditError(f"per-layer group choices name a layer that is not searched: {unknown[0]}")
-    group_choices = {}
-    for layer in layers:
-        if layer.name in layer_choices:  # exactly these: SearchSpace checks that each divides the width
-            legal = tuple(sorted(set(layer_choices[layer.name])))
-        elif rule is not None:
-            legal = candidate_groups(layer.in_features, rule)
-        else:
-            legal = divisor_groups(layer.in_features, choices or PAPER_GROUPS, layer.name)
-        group_choices[layer.name] = legal
-    return SearchSpace(  # which checks the bits
-        tuple(layers), w_bits, a_bits, group_choices, separate_act, tuple(sorted(set(bits_choices)))
-    )
-
-
-def default_budget(space: SearchSpace, cost: CostModel, group: float = 128.0) -> Budget:
-    """The paper's budget, mean group size >= 128, lowered to the coarsest uniform group every layer
-    has when the model is too narrow for 128."""
-    common = min(max(g.choices) for g in space.genes if g.kind != "w_bits")
-    return Budget("mean_group", float(min(group, common)))
-
-
-def genome_recipe(space: SearchSpace, genome: Sequence[int], base: QuantSpec) -> Recipe:
-    """A recipe that ``qdit quantize --recipe`` applies: ``base`` plus each searched layer's groups/bits."""
-    settings = space.settings(genome)
-    overrides = {}
-    for layer in space.layers:
-        s = settings[layer.name]
-        o: dict[str, int] = {"w_group": s.w_group, "a_group": s.a_group}
-        if s.w_bits != base.w_bits:
-            o["w_bits"] = s.w_bits
-        overrides[layer.name] = o
-    return Recipe(default=base, overrides=overrides)
 
 
 def weights_digest(model: nn.Module, names: Sequence[str], per_layer: int = 4096) -> str:
