@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
+DEFAULT_INCEPTION_MODE = "fast"  # within 1% of fp32's FID (benchmarks/bench_eval.py), about 5x faster
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -58,7 +60,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="images or clips per batch (default: 50 for Inception, 256 for ClipNet, 4 for I3D)",
     )
-    p.add_argument("--bf16", action="store_true", help="Inception features under bf16 autocast (faster)")
+    p.add_argument(
+        "--inception-mode",
+        choices=("fp32", "bf16", "fast", "compile"),
+        default=None,
+        help="how Inception features are computed: fast (default; the rebuilt net in bf16, about 5x fp32 on "
+        "CPU), compile (fast under torch.compile: faster per image after a compile of tens of seconds; for "
+        "thousands of images), fp32 (the reference), bf16 (fp32's network under bf16 autocast). Reference "
+        "statistics are cached per mode; compare FIDs only within one mode",
+    )
+    p.add_argument("--bf16", action="store_true", help="same as --inception-mode bf16")
     p.add_argument("--device", default="cpu", help="torch device for feature extraction (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
@@ -81,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise QditError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.bf16 and args.inception_mode not in (None, "bf16"):
+        raise QditError(f"--bf16 and --inception-mode {args.inception_mode} disagree; give one of them")
+    inception_mode = "bf16" if args.bf16 else (args.inception_mode or DEFAULT_INCEPTION_MODE)
     video_features = args.video_features or ("i3d" if args.i3d is not None else "clipnet")
     check_outputs({"--json": args.json}, {"SAMPLES": args.samples, "--ref": args.ref, "--i3d": args.i3d})
     device = resolve_device(args.device)
@@ -105,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         ref,
         metrics,
         batch_size=args.batch_size if args.batch_size is not None else 50,
-        bf16=args.bf16,
+        inception_mode=inception_mode,
         device=device,
         progress=not args.no_progress,
         video_features=video_features,
@@ -134,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             report["inception"] = {
-                "dtype": "bfloat16" if args.bf16 else "float32",
+                "mode": inception_mode,
+                "dtype": "float32" if inception_mode == "fp32" else "bfloat16",
                 "batch_size": args.batch_size if args.batch_size is not None else 50,
             }
         report["seconds"] = round(seconds, 3)
