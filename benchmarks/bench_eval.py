@@ -24,6 +24,7 @@ Writes a JSON result (``--json``) and prints markdown tables. Usage::
 
     python benchmarks/bench_eval.py [--num 1000] [--modes fp32,bf16,fast,compile] [--threads 1]
     python benchmarks/bench_eval.py --num 20 --batch-size 10 --agree 10   # smoke test
+    python benchmarks/bench_eval.py --quick   # 50 samples, modes fp32, bf16, fast (benchmarks/run_all.py)
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ def run_modes(images: np.ndarray, modes: list[str], batch_size: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=1000, help="samples, and as many reference images (1000)")
-    parser.add_argument("--modes", default=",".join(INCEPTION_MODES), help="comma-separated Inception modes")
+    parser.add_argument(
+        "--quick", action="store_true", help="50 samples, no compile mode unless --modes says so"
+    )
+    parser.add_argument("--modes", default=None, help="comma-separated Inception modes (default: all four)")
     parser.add_argument("--agree", type=int, default=200, help="samples for the feature agreement (200)")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -120,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.quick:
+        args.num, args.agree = 50, 50
+    default_modes = [m for m in INCEPTION_MODES if not (args.quick and m == "compile")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else default_modes
     if not modes or not set(modes) <= set(INCEPTION_MODES):
         parser.error(f"--modes takes some of {','.join(INCEPTION_MODES)}")
     if "fp32" not in modes:
