@@ -36,11 +36,13 @@ Modes (:data:`INCEPTION_MODES`), the same features computed four ways:
 - ``bf16``: the same under ``torch.autocast(bfloat16)``;
 - ``fast``: :mod:`qdit.eval.inception_net`, the network rebuilt as plain modules with the batch norms
   folded into the convolutions, its weights cast to bfloat16 once, channels-last (oneDNN's AMX kernels
-  where the CPU has them). About 5x ``fp32`` and 2.5x ``bf16`` on one core; its features differ from
-  ``fp32`` about as much as ``bf16``'s do (see ``benchmarks/bench_eval.py`` for both);
+  where the CPU has them). About 4x ``fp32`` and 2.5x ``bf16`` on one core; its features differ from
+  ``fp32`` a little more than ``bf16``'s do (~3.6% relative against ~3%: the folded biases are rounded
+  to bf16 too), and FIDs by about 1% (``benchmarks/bench_eval.py`` measures both);
 - ``compile``: ``fast`` under ``torch.compile`` (inductor, weights frozen into the graph: convolution and
-  ReLU fused, weights prepacked). Faster again per image, but compiling takes tens of seconds per
-  process (inductor's on-disk cache shortens later ones), so it pays off on thousands of images. Batches
+  ReLU fused, weights prepacked). About 1.25x ``fast`` per image with the same features, but compiling
+  takes a minute or more per process (inductor's on-disk cache shortens later ones), so it pays off on
+  thousands of images. Batches
   are padded to ``batch_size`` so that one compiled graph serves them all; if compiling fails the
   extractor warns and runs ``fast``.
 
