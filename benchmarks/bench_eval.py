@@ -1,18 +1,30 @@
-"""Time ``qdit eval`` on CPU: Inception features (fp32 and bf16) and metrics for N images.
+"""Time ``qdit eval`` on CPU: Inception features in each mode side by side, their agreement, and metrics.
 
-Samples: N Fashion-MNIST training images (stand-ins for generated samples), 28x28 grayscale upsampled
-to 299x299 as in ``qdit eval``. Timed per dtype:
+Images: 2N Fashion-MNIST training images, 28x28 grayscale upsampled to 299x299 as in ``qdit eval``: N
+"samples" and N other "reference" images. Each Inception mode (``fp32``, the reference; ``bf16``;
+``fast``; ``compile``, see :mod:`qdit.eval.inception`) extracts pool + sFID spatial features of all 2N
+images, batch by batch with the modes interleaved (batch 1 in every mode, then batch 2, ...), so that a
+busy machine slows every mode alike. Reported per mode:
 
-- ``extract``: Inception pool + sFID spatial features of the N images (the dominant cost);
-- ``metrics``: FID, sFID and precision/recall (k=3) against a 10,000-row reference, the size of the
-  Fashion-MNIST test-set reference. To keep the benchmark short the reference is synthetic (the
-  sample features repeated with noise, so its covariance is full rank like a real 10k reference): the
-  metric *values* are meaningless, only the times are reported. Computing the real reference statistics
-  (10,000 images, with their k-NN radii) is a one-off cost, cached, and is not timed here.
+- ``images_per_s`` / ``ms_per_image`` (wall clock) and ``cpu_images_per_s`` (process CPU time, which a
+  busy machine distorts less), ``speedup`` vs ``fp32`` on both; ``compile_s`` (``compile`` mode: the
+  first call, excluded from the times; inductor's on-disk cache shortens it in a later process);
+- agreement with ``fp32`` on the first ``--agree`` samples: max absolute and relative (Frobenius) error
+  of the pool and spatial features;
+- ``fid``: FID of the N samples against the N reference images, both in this mode, and its relative
+  difference from the ``fp32`` FID (``fid_rel_diff``); ``fid_vs_fp32_ref``: the mode's samples against the
+  ``fp32`` statistics of the reference (mixing modes, which ``qdit eval`` never does); the same for sFID.
 
-Writes a JSON result (``--json``) and prints markdown table rows. Usage::
+Then the metric times, once (mode-independent): FID, sFID and precision/recall (k=3) of the ``fp32``
+sample features against a synthetic 10,000-row reference (the size of the Fashion-MNIST test-set
+reference; the sample features repeated with noise, so that its covariance is full rank): the values are
+meaningless, only the times count.
 
-    python benchmarks/bench_eval.py [--num 1000] [--dtypes fp32,bf16] [--threads T] [--json PATH]
+Writes a JSON result (``--json``) and prints markdown tables. Usage::
+
+    python benchmarks/bench_eval.py [--num 1000] [--modes fp32,bf16,fast,compile] [--threads 1]
+    python benchmarks/bench_eval.py --num 20 --batch-size 10 --agree 10   # smoke test
+    python benchmarks/bench_eval.py --quick   # 50 samples, modes fp32, bf16, fast (benchmarks/run_all.py)
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import numpy as np
 import torch
 
 from qdit.data import load_fashion_mnist
-from qdit.eval.inception import InceptionFeatures
+from qdit.eval.inception import INCEPTION_MODES, InceptionFeatures
 from qdit.eval.metrics import feature_stats, frechet_distance, knn_radii, precision_recall
 from qdit.io.atomic import write_json
 
@@ -44,56 +56,125 @@ def synthetic_reference(feats: np.ndarray, rows: int, seed: int) -> np.ndarray:
     )
 
 
-def bench_one(images: np.ndarray, bf16: bool, batch_size: int) -> dict:
-    extractor = InceptionFeatures(bf16=bf16, batch_size=batch_size, progress=True)
-    extractor.extract(images[:2], spatial=True, desc="warm-up")  # TorchScript profiling runs
-    t0 = time.perf_counter()
-    out = extractor.extract(images, spatial=True, desc="bf16" if bf16 else "fp32")
-    t_extract = time.perf_counter() - t0
-    assert out.spatial is not None
-    ref_pool = synthetic_reference(out.pool, REF_ROWS, 0)
-    ref_sp = synthetic_reference(out.spatial, REF_ROWS, 1)
+def time_metrics(pool: np.ndarray, spatial: np.ndarray) -> dict:
+    ref_pool = synthetic_reference(pool, REF_ROWS, 0)
+    ref_sp = synthetic_reference(spatial, REF_ROWS, 1)
     ref_stats, ref_sp_stats = feature_stats(ref_pool), feature_stats(ref_sp)
     ref_radii = knn_radii(ref_pool, 3)  # cached with the reference statistics in qdit eval
-    t1 = time.perf_counter()
-    frechet_distance(*feature_stats(out.pool), *ref_stats)
-    t_fid = time.perf_counter() - t1
-    frechet_distance(*feature_stats(out.spatial), *ref_sp_stats)
-    t_sfid = time.perf_counter() - t1 - t_fid
-    precision_recall(ref_pool, out.pool, k=3, real_radii=ref_radii)
-    t_pr = time.perf_counter() - t1 - t_fid - t_sfid
-    n = images.shape[0]
+    t0 = time.perf_counter()
+    frechet_distance(*feature_stats(pool), *ref_stats)
+    t_fid = time.perf_counter() - t0
+    frechet_distance(*feature_stats(spatial), *ref_sp_stats)
+    t_sfid = time.perf_counter() - t0 - t_fid
+    precision_recall(ref_pool, pool, k=3, real_radii=ref_radii)
+    t_pr = time.perf_counter() - t0 - t_fid - t_sfid
+    return {"fid_s": round(t_fid, 2), "sfid_s": round(t_sfid, 2), "precision_recall_s": round(t_pr, 2)}
+
+
+def errors(got: np.ndarray, ref: np.ndarray) -> dict:
     return {
-        "dtype": "bf16" if bf16 else "fp32",
-        "num_images": n,
-        "extract_s": round(t_extract, 2),
-        "ms_per_image": round(1000 * t_extract / n, 1),
-        "fid_s": round(t_fid, 2),
-        "sfid_s": round(t_sfid, 2),
-        "precision_recall_s": round(t_pr, 2),
-        "total_s": round(t_extract + t_fid + t_sfid + t_pr, 2),
+        "max_abs": float(np.abs(got - ref).max()),
+        "ref_max_abs": float(np.abs(ref).max()),
+        "rel": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
     }
+
+
+def fid(a: np.ndarray, b: np.ndarray) -> float:
+    return float(frechet_distance(*feature_stats(a), *feature_stats(b)))
+
+
+def run_modes(images: np.ndarray, modes: list[str], batch_size: int) -> dict[str, dict]:
+    """Features of ``images`` in every mode, batches interleaved across modes; wall and CPU times."""
+    extractors = {m: InceptionFeatures(mode=m, batch_size=batch_size, progress=False) for m in modes}
+    out: dict[str, dict] = {}
+    for m, ex in extractors.items():
+        t0 = time.perf_counter()
+        ex.extract(images[:batch_size], spatial=True)  # warm-up; compile mode compiles here
+        out[m] = {"warmup_s": time.perf_counter() - t0, "wall": 0.0, "cpu": 0.0, "pool": [], "spatial": []}
+        if m == "compile":
+            out[m]["compile_s"] = ex.compile_seconds
+            out[m]["compile_error"] = ex.compile_error
+    n = images.shape[0]
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        for m, ex in extractors.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            feats = ex.extract(chunk, spatial=True)
+            out[m]["wall"] += time.perf_counter() - w0
+            out[m]["cpu"] += time.process_time() - c0
+            out[m]["pool"].append(feats.pool)
+            out[m]["spatial"].append(feats.spatial)
+        print(f"  {min(start + batch_size, n)}/{n} images", file=sys.stderr, flush=True)
+    for r in out.values():
+        r["pool"], r["spatial"] = np.concatenate(r["pool"]), np.concatenate(r["spatial"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num", type=int, default=1000, help="images to evaluate (default 1000)")
-    parser.add_argument("--quick", action="store_true", help="100 images")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16")
+    parser.add_argument("--num", type=int, default=1000, help="samples, and as many reference images (1000)")
+    parser.add_argument(
+        "--quick", action="store_true", help="50 samples, no compile mode unless --modes says so"
+    )
+    parser.add_argument("--modes", default=None, help="comma-separated Inception modes (default: all four)")
+    parser.add_argument("--agree", type=int, default=200, help="samples for the feature agreement (200)")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_eval.json"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    num = 100 if args.quick else args.num
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if not set(dtypes) <= {"fp32", "bf16"}:
-        parser.error("--dtypes takes fp32 and/or bf16")
+    if args.quick:
+        args.num, args.agree = 50, 50
+    default_modes = [m for m in INCEPTION_MODES if not (args.quick and m == "compile")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else default_modes
+    if not modes or not set(modes) <= set(INCEPTION_MODES):
+        parser.error(f"--modes takes some of {','.join(INCEPTION_MODES)}")
+    if "fp32" not in modes:
+        modes.insert(0, "fp32")  # the reference of every comparison
+    if args.num < 2 or args.agree < 1 or args.batch_size < 1:
+        parser.error("--num must be >= 2, --agree and --batch-size >= 1")
 
     train, _ = load_fashion_mnist("train")
-    images = train[np.random.default_rng(0).choice(len(train), num, replace=False)]
-    rows = [bench_one(images, d == "bf16", args.batch_size) for d in dtypes]
+    idx = np.random.default_rng(0).choice(len(train), 2 * args.num, replace=False)
+    images = np.asarray(train[np.sort(idx[: args.num])])
+    ref_images = np.asarray(train[np.sort(idx[args.num :])])
+    both = np.concatenate([images, ref_images])
+    res = run_modes(both, modes, args.batch_size)
+
+    base = res["fp32"]
+    n = args.num
+    agree = min(args.agree, n)
+    base_fid = fid(base["pool"][:n], base["pool"][n:])
+    base_sfid = fid(base["spatial"][:n], base["spatial"][n:])
+    rows = []
+    for m in modes:
+        r = res[m]
+        pool, sp = r["pool"], r["spatial"]
+        f, sf = fid(pool[:n], pool[n:]), fid(sp[:n], sp[n:])
+        rows.append(
+            {
+                "mode": m,
+                "num_images": 2 * n,
+                "images_per_s": round(2 * n / r["wall"], 2),
+                "ms_per_image": round(1000 * r["wall"] / (2 * n), 1),
+                "cpu_images_per_s": round(2 * n / r["cpu"], 2),
+                "speedup": round(base["wall"] / r["wall"], 2),
+                "cpu_speedup": round(base["cpu"] / r["cpu"], 2),
+                "warmup_s": round(r["warmup_s"], 1),
+                "compile_s": None if r.get("compile_s") is None else round(r["compile_s"], 1),
+                "compile_error": r.get("compile_error"),
+                "pool_error": errors(pool[:agree], base["pool"][:agree]),
+                "spatial_error": errors(sp[:agree], base["spatial"][:agree]),
+                "fid": round(f, 4),
+                "fid_rel_diff": round((f - base_fid) / base_fid, 5),
+                "fid_vs_fp32_ref": round(fid(pool[:n], base["pool"][n:]), 4),
+                "sfid": round(sf, 4),
+                "sfid_rel_diff": round((sf - base_sfid) / base_sfid, 5),
+                "sfid_vs_fp32_ref": round(fid(sp[:n], base["spatial"][n:]), 4),
+            }
+        )
+    metrics = time_metrics(base["pool"][:n], base["spatial"][:n])
     env = {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -102,16 +183,30 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
-    write_json(args.json, {"benchmark": "eval", "results": rows, "env": env})
+    write_json(
+        args.json,
+        {"benchmark": "eval", "batch_size": args.batch_size, "results": rows, "metrics": metrics, "env": env},
+    )
     threads = f"{env['torch_threads']} thread" + ("s" if env["torch_threads"] != 1 else "")
-    print("| benchmark | dtype | images | extract s | ms/img | FID s | sFID s | P/R s | total s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"Inception features of {2 * n} images ({threads}, batch {args.batch_size}, load {env['load_avg_1m']})"
+    )
+    print(
+        "| mode | img/s | ms/img | CPU img/s | speedup (CPU) | compile s | pool max err | pool rel err "
+        "| sFID-feat rel err | FID | FID diff | sFID | sFID diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| eval (Inception, {threads}) | {r['dtype']} | {r['num_images']} | "
-            f"{r['extract_s']} | {r['ms_per_image']} | {r['fid_s']} | {r['sfid_s']} | "
-            f"{r['precision_recall_s']} | {r['total_s']} |"
+            f"| {r['mode']} | {r['images_per_s']} | {r['ms_per_image']} | {r['cpu_images_per_s']} | "
+            f"{r['speedup']} ({r['cpu_speedup']}) | {r['compile_s'] if r['compile_s'] is not None else '-'} | "
+            f"{r['pool_error']['max_abs']:.3g} | {r['pool_error']['rel']:.2e} | {r['spatial_error']['rel']:.2e} | "
+            f"{r['fid']:.3f} | {100 * r['fid_rel_diff']:+.2f}% | {r['sfid']:.3f} | {100 * r['sfid_rel_diff']:+.2f}% |"
         )
+    print(
+        f"metrics of {n} samples vs a {REF_ROWS}-row reference: FID {metrics['fid_s']} s, "
+        f"sFID {metrics['sfid_s']} s, precision/recall {metrics['precision_recall_s']} s"
+    )
     print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

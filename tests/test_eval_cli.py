@@ -72,6 +72,12 @@ def test_bad_samples_and_options(tmp_path: Path, samples: Path) -> None:
     )
     assert_one_line_error(qdit_eval(str(samples), "--ref", "imagenet", cache=tmp_path), "unknown reference")
     assert_one_line_error(
+        qdit_eval(
+            str(samples), "--ref", "fashion-mnist-test", "--bf16", "--inception-mode", "fast", cache=tmp_path
+        ),
+        "--bf16 and --inception-mode fast disagree",
+    )
+    assert_one_line_error(
         qdit_eval(str(samples), "--ref", str(tmp_path / "ref.npz"), cache=tmp_path),
         "reference file not found",
     )
@@ -109,7 +115,7 @@ def test_json_written(tmp_path: Path, samples: Path, cache_with_weights: Path) -
     assert result["num_samples"] == 12 and result["ref"] == str(ref)
     assert list(result["metrics"]) == ["fid", "precision", "recall"]
     assert result["metrics"]["fid"] > 0 and 0 <= result["metrics"]["precision"] <= 1
-    assert result["inception"] == {"dtype": "float32", "batch_size": 8}
+    assert result["inception"] == {"mode": "fp32", "dtype": "float32", "batch_size": 8}  # the default
     for name in ("fid", "precision", "recall"):
         assert name in proc.stdout
     assert len(list((cache_with_weights / "refstats").glob("file-*-inception.npz"))) == 1

@@ -194,3 +194,87 @@ def test_differentiable_pool_matches_extract_and_has_gradients(extractor: Incept
     # the same features up to the uint8 rounding of the pixels
     assert np.abs(pool.detach().numpy() - ref).max() < 0.05 * np.abs(ref).max()
     assert xg.grad is not None and xg.grad.abs().sum() > 0 and torch.isfinite(xg.grad).all()
+
+
+def test_mode_option_is_checked(tmp_path: Path) -> None:
+    """Checked before the weights are read, so no weights are needed."""
+    with pytest.raises(
+        QditError, match=r"unknown Inception mode 'int8'; choose from fp32, bf16, fast, compile"
+    ):
+        InceptionFeatures(tmp_path / "none.pt", mode="int8")
+    with pytest.raises(QditError, match="bf16=True asks for mode 'bf16', but mode is 'fast'"):
+        InceptionFeatures(tmp_path / "none.pt", bf16=True, mode="fast")
+
+
+@needs_weights
+def test_rebuilt_net_matches_the_scripted_layers(extractor: InceptionFeatures) -> None:
+    """The folded fp32 net is the file's network: pool and spatial features equal within float rounding."""
+    from qdit.eval.inception_net import fold_from_scripted
+
+    imgs = np.random.default_rng(2).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    ref = extractor.extract(imgs, spatial=True)
+    net = fold_from_scripted(extractor._layers)
+    x = to_inception_input(torch.from_numpy(imgs)).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        pool, spatial = net(x, True)
+    np.testing.assert_allclose(pool.numpy(), ref.pool, rtol=0, atol=1e-4)  # measured ~5e-6
+    np.testing.assert_allclose(spatial.numpy(), ref.spatial, rtol=0, atol=1e-4)
+
+
+FAST_REL_TOL = 0.06  # relative (Frobenius) error vs fp32: measured ~0.02-0.03, bf16 autocast ~0.015-0.03
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+@needs_weights
+def test_fast_mode_is_close_to_fp32(extractor: InceptionFeatures) -> None:
+    imgs = np.random.default_rng(3).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    ref = extractor.extract(imgs, spatial=True)
+    fast = InceptionFeatures(WEIGHTS, mode="fast", batch_size=2, progress=False)
+    assert fast.key == "inception-fast" and fast.fingerprint == extractor.fingerprint
+    out = fast.extract(imgs, spatial=True)
+    assert out.pool.dtype == np.float32 and out.spatial is not None and out.spatial.shape == (3, 2023)
+    assert rel_err(out.pool, ref.pool) < FAST_REL_TOL
+    assert rel_err(out.spatial, ref.spatial) < FAST_REL_TOL
+    assert fast.extract(imgs, spatial=False).spatial is None
+
+
+@needs_weights
+def test_compile_mode_pads_batches_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without compiling (too slow for a test): a stand-in "compiled" net sees only full batches; a compile
+    that fails warns and leaves the fast path's features."""
+    imgs = np.random.default_rng(4).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    fast = InceptionFeatures(WEIGHTS, mode="fast", batch_size=2, progress=False).extract(imgs)
+    seen: list[int] = []
+
+    def fake_compile(net, **kwargs):
+        def run(x, spatial):
+            seen.append(x.shape[0])
+            return net(x, spatial)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    comp = InceptionFeatures(WEIGHTS, mode="compile", batch_size=2, progress=False)
+    assert comp.key == "inception-fast"
+    out = comp.extract(imgs, spatial=False)
+    assert seen == [2, 2] and out.spatial is None and comp.compile_seconds is not None
+    assert rel_err(out.pool, fast.pool) < 0.02  # other batch compositions, other kernels: bf16 rounding
+
+    def failing_compile(net, **kwargs):
+        def run(x, spatial):
+            raise RuntimeError("no C++ compiler\nmore")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    broken = InceptionFeatures(WEIGHTS, mode="compile", batch_size=2, progress=False)
+    with pytest.warns(
+        RuntimeWarning, match=r"torch.compile of the Inception net failed \(RuntimeError: no C"
+    ):
+        out = broken.extract(imgs, spatial=True)
+    assert broken.compile_error == "RuntimeError: no C++ compiler"
+    np.testing.assert_array_equal(out.pool, fast.pool)
+    assert out.spatial is not None and np.array_equal(out.spatial, fast.spatial)

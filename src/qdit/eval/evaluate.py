@@ -65,6 +65,7 @@ def evaluate(
     *,
     batch_size: int = 50,
     bf16: bool = False,
+    inception_mode: str | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
     inception: InceptionFeatures | None = None,
@@ -78,7 +79,8 @@ def evaluate(
     """The requested metrics of ``samples`` against ``ref`` (see :data:`ALL_METRICS`).
 
     ``inception``/``domain`` replace the default extractors (otherwise built from ``device``,
-    ``progress`` and, for Inception, ``batch_size`` and ``bf16``). Reference statistics come from the
+    ``progress`` and, for Inception, ``batch_size`` and ``inception_mode``, one of
+    :data:`qdit.eval.inception.INCEPTION_MODES`, default ``fp32``; ``bf16=True`` means ``"bf16"``). Reference statistics come from the
     cache or are computed once (see :mod:`qdit.eval.refstats`). ``domain_is`` also adds ``domain_is_std``.
 
     Clip samples take the video metrics (:mod:`qdit.eval.video`); FVD's features are ClipNet's
@@ -140,7 +142,9 @@ def evaluate(
         if inception is None:
             from qdit.eval.inception import InceptionFeatures
 
-            inception = InceptionFeatures(batch_size=batch_size, bf16=bf16, device=device, progress=progress)
+            inception = InceptionFeatures(
+                batch_size=batch_size, bf16=bf16, mode=inception_mode, device=device, progress=progress
+            )
         if "is" in inc and not inception.has_logits:
             raise QditError(
                 "Inception Score needs the Inception classification layer, which the local Inception file "

@@ -1,4 +1,4 @@
-"""``python -m qdit.eval.fill_refstats fashion-mnist-test [--bf16] [--domain]``: fill the reference-statistics
+"""``python -m qdit.eval.fill_refstats fashion-mnist-test [--inception-mode MODE] [--domain]``: fill the reference-statistics
 cache (:mod:`qdit.eval.refstats`) ahead of time; for a clips reference (``fashion-mnist-clips-test``, a
 clips ``.npz``) the FVD statistics of ClipNet, or of I3D with ``--i3d PATH``.
 
@@ -15,7 +15,7 @@ from qdit.errors import QditError
 from qdit.eval.cache import refstats_path
 from qdit.eval.domain import DomainFeatures, domain_refstats
 from qdit.eval.evaluate import video_extractor
-from qdit.eval.inception import InceptionFeatures
+from qdit.eval.inception import INCEPTION_MODES, InceptionFeatures
 from qdit.eval.npz import load_reference
 from qdit.eval.refstats import inception_refstats
 from qdit.eval.video import video_refstats
@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         "ref",
         help="fashion-mnist-test, fashion-mnist-train, fashion-mnist-clips-test, ... or a reference .npz",
     )
-    parser.add_argument("--bf16", action="store_true", help="Inception in bf16 (cached separately)")
+    parser.add_argument("--bf16", action="store_true", help="same as --inception-mode bf16")
+    parser.add_argument(
+        "--inception-mode",
+        choices=INCEPTION_MODES,
+        default=None,
+        help="fp32 (default), bf16, fast or compile (cached per mode; qdit eval's default is fast)",
+    )
     parser.add_argument(
         "--domain", action="store_true", help="domain-classifier statistics instead of Inception"
     )
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = domain_refstats(ref, DomainFeatures(), refresh=args.refresh)
             key = DomainFeatures.name
         else:
-            ex = InceptionFeatures(bf16=args.bf16, batch_size=args.batch_size)
+            ex = InceptionFeatures(bf16=args.bf16, mode=args.inception_mode, batch_size=args.batch_size)
             stats = inception_refstats(ref, ex, refresh=args.refresh)
             key = ex.key
     except (QditError, OSError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 File: ``<cache>/refstats/<dataset>-<extractor>.npz`` (see :func:`qdit.eval.cache.refstats_path`), e.g.
 ``fashion-mnist-test-inception.npz``, ``fashion-mnist-test-inception-bf16.npz``,
+``fashion-mnist-test-inception-fast.npz`` (modes ``fast`` and ``compile``),
 ``fashion-mnist-test-fmnist-classifier.npz``; a reference file given by path is keyed ``file-<sha256[:16]>``.
 Arrays: ``mu``, ``sigma`` (float64), ``mu_s``/``sigma_s`` (sFID spatial features, Inception only),
 ``features`` (float32, at most :data:`MAX_FEATURES` rows, a fixed random subset, for precision/recall)
@@ -9,7 +10,7 @@ and ``radii`` (their squared k-th-neighbour distances, k = :data:`PR_K`),
 ``count`` (images used), ``version``, ``extractor`` and ``fingerprint`` (a stale or foreign file, e.g.
 after the domain classifier was retrained, is recomputed and replaced).
 
-``python -m qdit.eval.refstats fashion-mnist-test [--bf16] [--domain]`` (the command of
+``python -m qdit.eval.refstats fashion-mnist-test [--inception-mode MODE] [--domain]`` (the command of
 :mod:`qdit.eval.fill_refstats`) fills the cache ahead of time;
 for a clips reference (``fashion-mnist-clips-test``, a clips ``.npz``) it computes the FVD statistics of
 ClipNet, or of I3D with ``--i3d PATH`` (keys ``clipnet``, ``i3d-logits``, ``i3d-pool``).
