@@ -112,6 +112,8 @@ class Runner:
         self.config = {"model": a.model, "num": a.num, "steps": a.steps, "cfg": 1.5,
                        "metrics": list(a.metrics), "calib_samples": a.calib_samples,
                        "calib_steps": a.calib_steps}  # fmt: skip
+        if a.bf16:  # bf16 Inception features give other FIDs: never reuse fp32 numbers for them (or back)
+            self.config["inception"] = "bf16"
 
     # --- one row -------------------------------------------------------------------------------
     def sample_and_score(self, model: str, name: str, seed: int) -> dict[str, float]:
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         data = read_json(path)
         if data:
             by = {r["row"]: r for r in rows}
-            for r in data["rows"]:
+            for r in (r for r in data["rows"] if r["row"] in by):  # rows of another config: left as they are
                 r["recovered"], r["recovered_metric"] = by[r["row"]]["recovered"], a.metrics[0]
             write_json(path, data)
     text = markdown(tables, a, info)

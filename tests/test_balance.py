@@ -161,6 +161,26 @@ def test_spec_balance_options_and_old_recipes() -> None:
         QuantSpec(balance="csb", smooth_alpha=0.5)
 
 
+def test_override_balance_and_alpha_change_together() -> None:
+    sq = QuantSpec(4, 8, 0, 0, "static", smooth_alpha=0.3)
+    # an old recipe turning SmoothQuant off for a layer ({"smooth_alpha": null}) still does
+    recipe = Recipe(
+        sq, overrides={"a": {"smooth_alpha": None}, "b": {"balance": "none"}, "c": {"balance": "csb"}}
+    )
+    assert recipe.spec_for("a").balance is None and recipe.spec_for("a").smooth_alpha is None
+    assert recipe.spec_for("b").balance is None and recipe.spec_for("b").smooth_alpha is None
+    assert recipe.spec_for("c").balance == "csb" and recipe.spec_for("c").smooth_alpha is None
+    assert Recipe.from_json(recipe.to_json()).spec_for("a") == recipe.spec_for("a")
+    # from csb, an alpha means SmoothQuant with it; from smoothquant, balance smoothquant keeps the alpha
+    csb = Recipe(QuantSpec(balance="csb"), overrides={"a": {"smooth_alpha": 0.7}, "b": {"w_bits": 8}})
+    assert csb.spec_for("a") == QuantSpec(balance="smoothquant", smooth_alpha=0.7)
+    assert csb.spec_for("b").balance == "csb"
+    assert Recipe(sq, overrides={"a": {"balance": "smoothquant"}}).spec_for("a").smooth_alpha == 0.3
+    # the exact name wins over a pattern, for the pair as for any field
+    later = Recipe(sq, overrides={"blocks.*": {"smooth_alpha": 0.9}, "blocks.0": {"balance": "none"}})
+    assert later.spec_for("blocks.0").balance is None and later.spec_for("blocks.1").smooth_alpha == 0.9
+
+
 @pytest.mark.parametrize("balance", ["smoothquant", "csb"])
 def test_balanced_model_save_load_round_trip(tmp_path: Path, balance: str) -> None:
     recipe = Recipe(QuantSpec(8, 8, 0, 0, "static", balance=balance))

@@ -188,6 +188,23 @@ class QuantSpec:
 SPEC_FIELDS = tuple(f.name for f in fields(QuantSpec))
 
 
+def updated(spec: QuantSpec, changes: Mapping[str, Any]) -> QuantSpec:
+    """``replace(spec, **changes)`` with ``balance`` and ``smooth_alpha`` changed together, as recipe
+    overrides mean them: ``smooth_alpha`` alone keeps its meaning from before ``balance`` existed (a number:
+    SmoothQuant with it; null: no SmoothQuant), and ``balance`` alone drops an alpha that no longer
+    applies (keeping it from smoothquant to smoothquant)."""
+    changes = dict(changes)
+    if "balance" in changes and "smooth_alpha" not in changes:
+        keep = changes["balance"] == "smoothquant" and spec.balance == "smoothquant"
+        changes["smooth_alpha"] = spec.smooth_alpha if keep else None
+    elif "smooth_alpha" in changes and "balance" not in changes:
+        if changes["smooth_alpha"] is not None:
+            changes["balance"] = "smoothquant"
+        elif spec.balance == "smoothquant":
+            changes["balance"] = None
+    return replace(spec, **changes)
+
+
 def check_spec_fields(data: Mapping[str, Any], where: str) -> None:
     for key in data:
         if key not in SPEC_FIELDS:
@@ -243,7 +260,7 @@ class Recipe:
                 )
             check_spec_fields(value, f"override {key!r}")
             try:
-                spec = replace(self.default, **value)
+                spec = updated(self.default, value)
             except RecipeError as exc:
                 raise RecipeError(f"override {key!r}: {exc}") from None
             normalized[key] = {k: getattr(spec, k) for k in value}  # granularity values as their spellings
@@ -327,12 +344,11 @@ class Recipe:
 
     def spec_for(self, name: str) -> QuantSpec:
         """The spec of layer ``name`` (without checking that it exists)."""
-        merged: dict[str, Any] = {}
-        for key, value in self.overrides.items():
+        spec = self.default
+        for key, value in self.overrides.items():  # one after another: a later balance / smooth_alpha wins
             if key != name and fnmatchcase(name, key):
-                merged.update(value)
-        merged.update(self.overrides.get(name, {}))
-        return replace(self.default, **merged) if merged else self.default
+                spec = updated(spec, value)
+        return updated(spec, self.overrides[name]) if name in self.overrides else spec
 
     def resolve(
         self, layers: Mapping[str, int], groups: Mapping[str, Collection[str]] | None = None
