@@ -49,13 +49,25 @@ def real_metrics(num: int) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
+def log_rows(log: Path) -> list[dict]:
+    """The run's log, one row per step: a run killed between checkpoints and resumed logs the steps after
+    its last checkpoint twice, and the later row (the run that continued) is the one that counts."""
+    rows: dict[int, dict] = {}
+    for line in log.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows.pop(r["step"], None)
+            rows[r["step"]] = r
+    return sorted(rows.values(), key=lambda r: r["step"])
+
+
 def loss_plot(log: Path, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = log_rows(log)
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
@@ -76,6 +88,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--docs", default=str(ROOT / "docs"))
     a = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -83,15 +96,15 @@ def main() -> int:
     (docs / "img").mkdir(parents=True, exist_ok=True)
     run(sys.executable, str(ROOT / "scripts" / "export_asset.py"), str(run_dir / "ema.safetensors"), str(ASSET))
     config = json.loads((run_dir / "config.json").read_text())
-    log_rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    last = log_rows[-1] if log_rows else {"step": 0, "minutes": 0.0}
+    rows = log_rows(run_dir / "log.jsonl")
+    last = rows[-1] if rows else {"step": 0, "minutes": 0.0}
     loss_plot(run_dir / "log.jsonl", docs / "img" / "embedded_video_loss.png")
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"qdit-video-card-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     clips = tmp / "clips.npz"
     t0 = time.perf_counter()
     qdit("sample", "--model", "embedded-video", "-n", str(a.num), "--steps", str(a.steps), "--seed", str(a.seed),
-         "--out", str(clips), "--grid", str(docs / "img" / "embedded_video_frames.png"), "--grid-num", "10",
+         "--precision", a.precision, "--out", str(clips), "--grid", str(docs / "img" / "embedded_video_frames.png"), "--grid-num", "10",
          "--gif", str(docs / "img" / "embedded_video_samples.gif"))  # fmt: skip
     seconds = time.perf_counter() - t0
     metrics_json = tmp / "metrics.json"
@@ -103,6 +116,8 @@ def main() -> int:
         shape = list(f["arr_0"].shape)
     model = config["model"]
     train = config["train"]
+    decay = (f" (linear decay to 10% over steps {train['max_steps'] - train['decay_steps']}-{train['max_steps']}; "
+             f"stopped at step {last['step']} with lr {last.get('lr', float('nan')):.2g})") if train.get("decay_steps") else ""
     card = f"""# The embedded video model
 
 A Latte-style video DiT (`qdit.models.latte.VideoDiT`) trained by qdit on clips made deterministically
@@ -113,7 +128,7 @@ learned variance. Warm-started from the embedded image DiT (its blocks became th
 Latte does. Weights ship in fp16 (`src/qdit/assets/embedded_video_dit.safetensors`, {ASSET.stat().st_size / 2**20:.1f} MiB).
 
 - config: {json.dumps(model)}
-- training: {last['step']} steps of {train['batch_size']} clips, lr {train['lr']}, EMA {train['ema_decay']}
+- training: {last['step']} steps of {train['batch_size']} clips, lr {train['lr']}{decay}, EMA {train['ema_decay']}
   (with warm-up: {train.get('ema_warmup', False)}), {last.get('minutes', 0):.0f} minutes of one CPU thread
   (`python -m qdit.train RUN --video --init IMAGE_DIT ...`, see README; it resumes from RUN/state.pt)
 - regenerate this card: `python scripts/video_model_card.py {run_dir} --num {a.num} --steps {a.steps}`
@@ -123,7 +138,7 @@ Latte does. Weights ship in fp16 (`src/qdit/assets/embedded_video_dit.safetensor
 
 ## Samples
 
-{a.num} clips `{shape}` (classes balanced, {a.steps} DDIM steps, CFG 1.5, seed {a.seed}), sampled in
+{a.num} clips `{shape}` (classes balanced, {a.steps} DDIM steps, CFG 1.5, seed {a.seed}, {a.precision}), sampled in
 {seconds:.0f} s with {a.threads} threads. Rows of the frame grid are clips, frames run across.
 
 ![frames](img/embedded_video_frames.png)
