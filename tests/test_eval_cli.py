@@ -115,8 +115,9 @@ def test_json_written(tmp_path: Path, samples: Path, cache_with_weights: Path) -
     assert result["num_samples"] == 12 and result["ref"] == str(ref)
     assert list(result["metrics"]) == ["fid", "precision", "recall"]
     assert result["metrics"]["fid"] > 0 and 0 <= result["metrics"]["precision"] <= 1
-    assert result["inception"] == {"mode": "fp32", "dtype": "float32", "batch_size": 8}  # the default
+    # the default mode: fast, the stem in fp32 and the blocks in bf16
+    assert result["inception"] == {"mode": "fast", "dtype": "float32+bfloat16", "batch_size": 8}
     for name in ("fid", "precision", "recall"):
         assert name in proc.stdout
-    assert len(list((cache_with_weights / "refstats").glob("file-*-inception.npz"))) == 1
+    assert len(list((cache_with_weights / "refstats").glob("file-*-inception-fast2.npz"))) == 1
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]

@@ -221,7 +221,9 @@ def test_rebuilt_net_matches_the_scripted_layers(extractor: InceptionFeatures) -
     np.testing.assert_allclose(spatial.numpy(), ref.spatial, rtol=0, atol=1e-4)
 
 
-FAST_REL_TOL = 0.06  # relative (Frobenius) error vs fp32: measured ~0.02-0.03, bf16 autocast ~0.015-0.03
+# relative (Frobenius) error vs fp32 of the fast mode (fp32 stem, bf16 blocks) on these noise images:
+# measured 0.016 pool, 0.011 spatial (all-bf16, the old fast mode: 0.024, 0.018; Fashion-MNIST ~0.013 vs 0.036)
+FAST_REL_TOL = 0.03
 
 
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
@@ -233,8 +235,11 @@ def test_fast_mode_is_close_to_fp32(extractor: InceptionFeatures) -> None:
     imgs = np.random.default_rng(3).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     ref = extractor.extract(imgs, spatial=True)
     fast = InceptionFeatures(WEIGHTS, mode="fast", batch_size=2, progress=False)
-    assert fast.key == "inception-fast" and fast.fingerprint == extractor.fingerprint
+    assert fast.key == "inception-fast2" and fast.fingerprint == extractor.fingerprint
     out = fast.extract(imgs, spatial=True)
+    net = fast._fast_net()  # the stem in fp32 (bf16 rounding there is amplified), the blocks in bf16
+    assert {p.dtype for layer in net.stem() for p in layer.parameters()} == {torch.float32}
+    assert {p.dtype for block in net.blocks() for p in block.parameters()} == {torch.bfloat16}
     assert out.pool.dtype == np.float32 and out.spatial is not None and out.spatial.shape == (3, 2023)
     assert rel_err(out.pool, ref.pool) < FAST_REL_TOL
     assert rel_err(out.spatial, ref.spatial) < FAST_REL_TOL
@@ -258,7 +263,7 @@ def test_compile_mode_pads_batches_and_falls_back(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     comp = InceptionFeatures(WEIGHTS, mode="compile", batch_size=2, progress=False)
-    assert comp.key == "inception-fast"
+    assert comp.key == "inception-fast2"
     out = comp.extract(imgs, spatial=False)
     assert seen == [2, 2] and out.spatial is None and comp.compile_seconds is not None
     assert rel_err(out.pool, fast.pool) < 0.02  # other batch compositions, other kernels: bf16 rounding

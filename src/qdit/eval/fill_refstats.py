@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inception-mode",
         choices=INCEPTION_MODES,
         default=None,
-        help="fp32 (default, as qdit eval's), bf16, fast or compile (cached per mode)",
+        help="fp32 (default here; qdit eval's is fast), bf16, fast or compile (cached per mode)",
     )
     parser.add_argument(
         "--domain", action="store_true", help="domain-classifier statistics instead of Inception"

