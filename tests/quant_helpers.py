@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +22,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_qdit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m qdit ARGS`` on one thread, output captured."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "qdit", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def tiny_dit(seed: int = 0) -> DiT:

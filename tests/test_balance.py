@@ -4,9 +4,6 @@ lowers W8A8 per-tensor static error on outlier channels, it survives save/load, 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ from qdit.nn import FloatWeight, QuantLinear, quant_layers
 from qdit.quant.balance import csb_factors, csb_weights, smooth_factors, spearman
 from qdit.quant.stats import LayerStats
 from qdit.recipe import QuantSpec, Recipe, RecipeError
-from quant_helpers import dit_inputs, one_thread, ref_fake_quant, tiny_dit  # noqa: F401  (autouse)
+from quant_helpers import dit_inputs, one_thread, ref_fake_quant, run_qdit, tiny_dit  # noqa: F401  (autouse)
 
 BALANCES = [dict(balance="smoothquant"), dict(balance="smoothquant", smooth_alpha=0.8), dict(balance="csb")]
 
@@ -207,23 +204,13 @@ def test_balanced_model_save_load_round_trip(tmp_path: Path, balance: str) -> No
         torch.testing.assert_close(fast(*inputs), want, rtol=1e-3, atol=1e-3)
 
 
-def run_quantize(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "qdit", "quantize", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_cli_balance_flag(tmp_path: Path) -> None:
     ckpt = tmp_path / "tiny.pt"
     torch.save(tiny_dit().state_dict(), ckpt)
     arch = json.dumps(TINY.to_dict())
     common = ["--model", str(ckpt), "--arch", arch, "--calib-samples", "2", "--calib-steps", "2"]
-    res = run_quantize(
+    res = run_qdit(
+        "quantize",
         *common,
         "--baseline",
         "smoothquant",
@@ -242,7 +229,7 @@ def test_cli_balance_flag(tmp_path: Path) -> None:
         (["--balance", "csb", "--smooth-alpha", "0.3"], "--smooth-alpha applies to --balance smoothquant"),
         (["--balance-alpha", "1.5"], "smooth_alpha must be a number in [0, 1]"),
     ]:
-        res = run_quantize(*common, *bad, "--out", str(tmp_path / "bad"))
+        res = run_qdit("quantize", *common, *bad, "--out", str(tmp_path / "bad"))
         lines = res.stderr.strip().splitlines()
         assert res.returncode != 0 and len(lines) == 1 and message in lines[0], res.stderr
         assert not (tmp_path / "bad").exists()

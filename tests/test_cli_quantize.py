@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +12,13 @@ from conftest import TINY
 from qdit.api import load_model
 from qdit.errors import QditError
 from qdit.recipe import QuantSpec, Recipe
-from quant_helpers import dit_inputs, one_thread, tiny_dit  # noqa: F401  (one_thread: autouse fixture)
+from quant_helpers import dit_inputs, one_thread, run_qdit, tiny_dit  # noqa: F401  (one_thread: autouse fixture)
 
 ARCH = json.dumps(TINY.to_dict())
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "qdit", "quantize", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return run_qdit("quantize", *args)
 
 
 @pytest.fixture
@@ -132,11 +123,6 @@ def test_load_model_specs(tmp_path: Path, checkpoint: Path) -> None:
         load_model(str(tmp_path))
     with pytest.raises(ValueError, match="missing key|unexpected key|shape"):
         load_model(str(checkpoint), "DiT-S/2")
-
-
-def run_qdit(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "qdit", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_calibrate_once_quantize_twice_equals_library(tmp_path: Path, checkpoint: Path) -> None:
