@@ -1,0 +1,83 @@
+"""``benchmarks/search_compare.py``: instance spelling, the per-seed verdicts and the table built from
+finished search reports (the searches themselves are covered by the search tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_compare.py"
+
+
+def load_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("search_compare", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_instance_spelling() -> None:
+    sc = load_script()
+    inst = sc.Instance.parse("w3a8/10/0/domain")
+    assert (inst.w_bits, inst.a_bits, inst.steps, inst.seed, inst.features) == (3, 8, 10, 0, "domain")
+    assert inst.name == "w3a8_steps10_seed0_domain"
+    for bad in ("W4A8/10/0", "W4A8/ten/0/domain", "4A8/10/0/domain", "W4A8/10/0/clip"):
+        with pytest.raises(ValueError, match="SETTING/STEPS/SEED/FEATURES"):
+            sc.Instance.parse(bad)
+
+
+def test_verdicts_count_wins_ties_losses() -> None:
+    sc = load_script()
+    # seed by seed: 99 vs 100 is a 1% difference (a tie at 1%), 90 a win, 105 a loss, 100.5 a tie
+    assert sc.verdicts([99.0, 90.0, 105.0, 100.5], [100.0] * 4, 0.01) == (1, 2, 1)
+    assert sc.verdicts([99.0, 90.0, 105.0, 100.5], [100.0] * 4, 0.0) == (2, 0, 2)
+
+
+def _report(best: list[float], base: list[float], fitness: float, genome: list[int]) -> dict:
+    def held(values: list[float]) -> dict:
+        mean = sum(values) / len(values)
+        return {"seeds": [101, 102], "values": values, "mean": mean, "std": 0.0}
+
+    return {
+        "best_fitness": fitness, "baseline_fitness": 50.0, "best_genome": genome, "evaluations": 10,
+        "images_sampled": 640, "image_equivalents": 700.0, "seconds": 1.0,
+        "heldout": {"best": held(best), "best@fp": held([b / 10 for b in best]),
+                    "baseline": held(base), "baseline@fp": held([b / 10 for b in base])},
+    }  # fmt: skip
+
+
+def test_table_from_finished_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sc = load_script()
+    done = tmp_path / "w4a8_steps10_seed0_domain"
+    done.mkdir()
+    (done / "full.json").write_text(json.dumps(_report([40.0, 44.0], [45.0, 43.0], 30.0, [1, 2])))
+    (done / "cheap.json").write_text(json.dumps(_report([38.0, 44.2], [45.0, 43.0], 31.0, [1, 1])))
+    unfinished = tmp_path / "w3a8_steps10_seed0_domain"
+    unfinished.mkdir()
+    (unfinished / "full.json").write_text(json.dumps({"best_fitness": 1.0}))  # no held-out part yet
+    args = ["--only", "table", "--out-dir", str(tmp_path), "--instances", "W4A8/10/0/domain,W3A8/10/0/domain"]
+    assert sc.main(args) == 0
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["instance"] for r in result["rows"]] == ["w4a8_steps10_seed0_domain"]
+    row = result["rows"][0]
+    assert row["data"]["cheap_vs_full"] == {"wins": 1, "ties": 1, "losses": 0}
+    assert row["data"]["full_beats_uniform"] == 1 and row["data"]["cheap_beats_uniform"] == 1
+    assert row["same_genome"] is False
+    table = (tmp_path / "compare.md").read_text()
+    assert "| W4A8, 10 steps, seed 0, domain | 30.00 / 31.00 / 50.00 | 42.00 ± 0.00 | 41.10 ± 0.00 |" in table
+    assert "FD to data 1 wins, 1 ties, 0 losses" in table
+    assert capsys.readouterr().out == table + "\n"
+
+
+def test_bad_instance_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    sc = load_script()
+    with pytest.raises(SystemExit) as e:
+        sc.main(["--only", "table", "--instances", "W4A8/10"])
+    assert e.value.code == 2
+    assert "--instances: an instance is SETTING/STEPS/SEED/FEATURES" in capsys.readouterr().err
