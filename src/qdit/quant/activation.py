@@ -32,7 +32,6 @@ from typing import NamedTuple
 import torch
 
 from qdit.quant.primitives import group_view, minmax
-from qdit.quant.rules import LAYOUT_GRANULARITIES as LAYOUT_GRANULARITIES
 from qdit.quant.rules import ActGranularity, PerFrame, PerToken, parse_act_granularity
 
 FRAME_MAJOR = "frame-major"
