@@ -26,6 +26,7 @@ from qdit.quant.activation import (
     shared_rows,
 )
 from qdit.quant.primitives import fake_quantize_range
+from qdit.quant.rules import PerFrame
 from qdit.quant.weight import quantize_weight
 from qdit.recipe import QuantSpec, Recipe
 from quant_helpers import one_thread  # noqa: F401  (one_thread: autouse fixture)
@@ -252,6 +253,43 @@ def test_quant_linear_on_a_kernel_keeps_its_layout(path: str) -> None:
     assert layer.act_quant is not None and layer.act_quant.layout == ActLayout(TOKEN_MAJOR, T, N)
     assert "token-major x4" in repr(layer)
     assert "layout" not in "".join(layer.state_dict())  # architecture knowledge, never stored
+
+
+@pytest.mark.parametrize("path", ["fake", *available_paths()])
+def test_a_granularity_value_and_its_spelling_give_the_same_layer(path: str) -> None:
+    x, _ = laid_out(source(5), TOKEN_MAJOR, 3)
+    outs, reprs = [], []
+    for gran in (PerFrame(), "frame"):
+        torch.manual_seed(0)
+        layer = QuantLinear.from_linear(nn.Linear(C, 16), QuantSpec(8, 8, 4, 4, gran))
+        layer.set_layout((TOKEN_MAJOR, T, N))
+        layer.set_kernel(path)
+        assert layer.act_quant is not None and layer.act_quant.granularity == PerFrame()
+        outs.append(layer(x))
+        reprs.append(repr(layer))
+        # the quantizer and the kernel's spec built from either directly agree too
+        aq = ActQuantizer(C, 8, 4, gran)
+        aq.set_layout((TOKEN_MAJOR, T, N))
+        outs.append(aq(x))
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+    assert reprs[0] == reprs[1] and "A8, group=4, frame, token-major x4" in reprs[0]
+    assert ActQuant(8, 4, False, PerFrame()) == ActQuant(8, 4, False, "frame")
+    codes = [quantize_acts(x, 8, 4, False, gran).codes for gran in (PerFrame(), "frame")]
+    assert torch.equal(codes[0], codes[1])
+
+
+def test_an_unknown_granularity_spelling_names_the_known_ones() -> None:
+    msg = r"^activation granularity must be one of token, sample, frame, static, got 'row'$"
+    x = torch.randn(2, 3, C)
+    for make in (
+        lambda: ActQuantizer(C, 8, 4, "row"),
+        lambda: ActQuant(8, 4, False, "row"),
+        lambda: activation_range(x, 4, "row"),
+        lambda: quantize_acts(x, 8, 4, False, "row"),
+        lambda: shared_rows(x.shape, "row", None),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            make()
 
 
 # --- a tiny video DiT end to end ----------------------------------------------------------------------

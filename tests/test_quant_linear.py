@@ -10,6 +10,7 @@ from qdit.errors import QditError
 from qdit.kernels.linear import available_paths
 from qdit.nn import ActQuantizer, QuantLinear
 from qdit.quant import fake_quantize
+from qdit.quant.rules import Static
 from qdit.recipe import QuantSpec
 from quant_helpers import one_thread, ref_fake_quant, ref_quant_group  # noqa: F401  (one_thread: autouse fixture)
 
@@ -61,7 +62,7 @@ def test_static_activation_ranges() -> None:
     for group in (0, 16):
         layer = QuantLinear.from_linear(linear(), QuantSpec(8, 8, 0, group, "static"), stats)
         aq = layer.act_quant
-        assert aq is not None and aq.granularity == "static"
+        assert aq is not None and aq.granularity == Static()  # kept as the value
         # reference: calibrated min/max per group (per tensor for group 0), widened to contain 0
         g = group or 64
         xs = x.reshape(-1, 64)

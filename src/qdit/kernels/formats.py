@@ -24,7 +24,7 @@ import torch
 
 from qdit.quant.activation import ActLayout, activation_range
 from qdit.quant.primitives import num_groups, qparams, quantize
-from qdit.quant.rules import check_bits, divides
+from qdit.quant.rules import ActGranularity, PerToken, check_bits, divides
 from qdit.quant.weight import QWeight
 
 ACT_OFFSET = 128  # signed (symmetric) activation codes are stored as unsigned: code + 128
@@ -54,14 +54,15 @@ def quantize_acts(
     bits: int,
     group: int,
     symmetric: bool = False,
-    granularity: str = "token",
+    granularity: ActGranularity | str = PerToken(),
     ch_min: torch.Tensor | None = None,
     ch_max: torch.Tensor | None = None,
     layout: ActLayout | None = None,
 ) -> IntActs:
     """Quantize ``x[..., K]`` exactly as the fake quantizer does, keeping the codes: rows are
-    ``x.reshape(-1, K)``; ``sample`` and ``frame`` ranges follow ``layout`` (without one, the first
-    dimension of ``x`` is the sample; see :mod:`qdit.quant.activation`)."""
+    ``x.reshape(-1, K)``; ``granularity`` is a value (``PerToken()``, ...) or its spelling; ``sample``
+    and ``frame`` ranges follow ``layout`` (without one, the first dimension of ``x`` is the sample; see
+    :mod:`qdit.quant.activation`)."""
     check_bits(bits)  # the rule's upper bound is these formats' byte per code
     width = x.shape[-1]
     xg, xmin, xmax = activation_range(x, group, granularity, ch_min, ch_max, layout)

@@ -32,21 +32,38 @@ from qdit.kernels.formats import IntActs, IntWeight, block_size, quantize_acts
 from qdit.kernels.reference import int_linear_torch
 from qdit.quant.activation import ActLayout, activation_range, shared_rows
 from qdit.quant.primitives import qparams
+from qdit.quant.rules import ActGranularity, PerSample, PerToken, parse_act_granularity
 
 PATHS = ("amx", "triton", "torch")
 _PANEL = 32  # the AMX kernel's panel of output rows
 _MAX_BLOCK = 16383  # the largest K block of the AMX kernel (int16 pairs in its corrections)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ActQuant:
-    """How the input activations are quantized (the layer's activation spec, as plain values)."""
+    """How the input activations are quantized (the layer's activation spec, as plain values).
+    ``granularity`` is kept as a value of :mod:`qdit.quant.rules` (``PerToken()``, ...); a spelling
+    (``"token"``, ...) is accepted and parsed."""
 
     bits: int
     group: int
     symmetric: bool = False
-    granularity: str = "token"
+    granularity: ActGranularity = PerToken()
     layout: ActLayout | None = None  # how sample and frame ranges group the rows (qdit.quant.activation)
+
+    def __init__(
+        self,
+        bits: int,
+        group: int,
+        symmetric: bool = False,
+        granularity: ActGranularity | str = PerToken(),
+        layout: ActLayout | None = None,
+    ) -> None:
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "group", group)
+        object.__setattr__(self, "symmetric", symmetric)
+        object.__setattr__(self, "granularity", parse_act_granularity(granularity, "activation granularity"))
+        object.__setattr__(self, "layout", layout)
 
 
 @dataclass
@@ -221,7 +238,7 @@ def _run_amx(
     # the kernel computes ranges per row (token) or per run of consecutive rows (sample_rows) itself;
     # ranges over rows that are not consecutive (static, frames of token-major clips) are computed here
     sample_rows, scale, zero = 0, None, None
-    if act.granularity != "token":
+    if not isinstance(act.granularity, PerToken):
         shared = shared_rows(x.shape, act.granularity, act.layout)
         if shared is None:
             scale, zero = _act_ranges(x, act, ch_min, ch_max)
@@ -260,7 +277,7 @@ def _run_triton(
     from qdit.kernels.triton_kernels import int_linear_triton, quantize_acts_triton
 
     assert kw.weight is not None
-    if act.granularity == "token":
+    if isinstance(act.granularity, PerToken):
         acts = quantize_acts_triton(x.reshape(-1, kw.in_features), act.bits, act.group, act.symmetric)
     else:
         acts = quantize_acts(x, act.bits, act.group, act.symmetric, act.granularity, ch_min, ch_max, act.layout)
@@ -361,17 +378,20 @@ def best_path(weight: IntWeight, act: ActQuant, device: torch.device | str = "cp
     paths = [p for p in available_paths(device) if supports(p, blk, device)]
     if len(paths) == 1:
         return paths[0]
+    # the granularity by its spelling: these keys are saved in the cache and read back by later versions
     key = "|".join(
         str(v)
         for v in (device.type, weight.in_features, weight.out_features, weight.bits, blk, weight.zero is None,
-                  act.bits, act.group, act.symmetric, act.granularity)
+                  act.bits, act.group, act.symmetric, act.granularity.spelling)
     )  # fmt: skip
     _load_choices()
     if _BEST.get(key) not in paths:
         x = torch.randn(rows, weight.in_features, generator=torch.Generator().manual_seed(0)).to(device)
         # static and frame ranges reach the kernel as sample ranges do (runs of rows or given ranges):
         # time plain per-first-dim sample ranges (no calibration, and any row count fits no layout)
-        timed = act if act.granularity == "token" else replace(act, granularity="sample", layout=None)
+        timed = act
+        if not isinstance(act.granularity, PerToken):
+            timed = replace(act, granularity=PerSample(), layout=None)
         times = time_paths(x, weight, timed, repeats=3)
         # a path listed earlier (the compiled kernel before the PyTorch fallback) keeps its place unless
         # a later one is clearly faster: one noisy measurement must not pin a slow path in the cache

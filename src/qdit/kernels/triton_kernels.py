@@ -3,7 +3,7 @@
 Two kernels:
 
 * :func:`quantize_acts_triton`: dynamic per-token, per-group activation quantization, bit-exact with
-  :func:`qdit.kernels.formats.quantize_acts` (``granularity="token"``), so a layer can quantize its
+  :func:`qdit.kernels.formats.quantize_acts` (``granularity=PerToken()``), so a layer can quantize its
   input on the GPU without a round trip through several PyTorch ops;
 * :func:`int_linear_triton`: ``y = bias + sum_b s_a s_w (P + d_w Asum - z_a Wsum - B z_a d_w)`` over
   (M, N) tiles, one int8 x int8 -> int32 ``tl.dot`` per K block, the zero-point correction and the two
@@ -282,7 +282,7 @@ def _check_device(t: torch.Tensor) -> None:
 def quantize_acts_triton(x2d: torch.Tensor, bits: int, group: int, symmetric: bool = False) -> IntActs:
     """Per-token, per-group activation quantization of the rows of ``x2d [M, K]``.
 
-    Bit-exact with ``quantize_acts(x2d, bits, group, symmetric, "token")``: the same float32 ranges
+    Bit-exact with ``quantize_acts(x2d, bits, group, symmetric, PerToken())``: the same float32 ranges
     (widened to contain 0), IEEE divisions and round-half-to-even, so the integer product sees the same
     codes as the fake quantizer every kernel is tested against.
     """

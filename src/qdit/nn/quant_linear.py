@@ -30,25 +30,29 @@ from torch import nn
 from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
-from qdit.quant.activation import LAYOUT_GRANULARITIES, ActLayout, activation_range, as_layout, clip_shape
+from qdit.quant.activation import ActLayout, activation_range, as_layout, clip_shape
 from qdit.quant.balance import csb_factors, smooth_factors
 from qdit.quant.finite import check_finite
 from qdit.quant.methods import quantize_by_method
 from qdit.quant.primitives import fake_quantize_range, num_groups
-from qdit.quant.rules import check_bits, check_divides
+from qdit.quant.rules import ActGranularity, PerToken, check_bits, check_divides, parse_act_granularity
 from qdit.quant.stats import LayerStats
 from qdit.quant.weight import WEIGHT_SCALE_DTYPE, QWeight
-from qdit.recipe import ACT_GRANULARITIES, QuantSpec
+from qdit.recipe import QuantSpec
 
 
 class ActQuantizer(nn.Module):
     """Fake quantization of activations ``x[..., C]`` in groups of ``group`` channels (0 = all ``C``).
 
-    * ``token``: one range per token (row of ``x.reshape(-1, C)``) and group, computed at run time;
-    * ``sample``: one range per sample and group over all of the sample's tokens (per clip for video);
-    * ``frame``: one range per frame of each sample and group over that frame's tokens;
-    * ``static``: one range per group from calibrated per-channel ``ch_min`` / ``ch_max`` (group 0:
-      one range for the whole tensor).
+    ``granularity`` is a value of :mod:`qdit.quant.rules` or its spelling (kept as the value):
+
+    * ``PerToken()`` (``token``): one range per token (row of ``x.reshape(-1, C)``) and group, computed
+      at run time;
+    * ``PerSample()`` (``sample``): one range per sample and group over all of the sample's tokens (per
+      clip for video);
+    * ``PerFrame()`` (``frame``): one range per frame of each sample and group over that frame's tokens;
+    * ``Static()`` (``static``): one range per group from calibrated per-channel ``ch_min`` / ``ch_max``
+      (group 0: one range for the whole tensor).
 
     What a sample and a frame are comes from ``layout`` (:class:`qdit.quant.activation.ActLayout`), set by
     whoever swaps the layers in from the model's adapter (:meth:`set_layout`); without one a sample is the
@@ -63,21 +67,20 @@ class ActQuantizer(nn.Module):
         width: int,
         bits: int,
         group: int = 0,
-        granularity: str = "token",
+        granularity: ActGranularity | str = PerToken(),
         symmetric: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if granularity not in ACT_GRANULARITIES:
-            raise ValueError(f"unknown activation granularity {granularity!r}")
+        gran = parse_act_granularity(granularity, "activation granularity")
         self.width = width
         self.bits = check_bits(bits)
         num_groups(width, group)
         self.group = group
-        self.granularity = granularity
+        self.granularity: ActGranularity = gran
         self.symmetric = symmetric
         self.layout: ActLayout | None = None
-        static = granularity == "static"
+        static = not gran.dynamic  # calibrated ranges
         self.register_buffer("ch_min", torch.zeros(width, device=device) if static else None)
         self.register_buffer("ch_max", torch.zeros(width, device=device) if static else None)
 
@@ -92,7 +95,7 @@ class ActQuantizer(nn.Module):
     @torch.no_grad()
     def set_range(self, ch_min: torch.Tensor, ch_max: torch.Tensor) -> None:
         """Calibrated per-channel range (static granularity)."""
-        if self.granularity != "static":
+        if self.granularity.dynamic:
             raise ValueError("set_range applies to static activation quantizers only")
         self.ch_min = ch_min.detach().float().reshape(self.width).to(self.ch_min.device).clone()
         self.ch_max = ch_max.detach().float().reshape(self.width).to(self.ch_max.device).clone()
@@ -117,7 +120,7 @@ class ActQuantizer(nn.Module):
     def extra_repr(self) -> str:
         sym = ", symmetric" if self.symmetric else ""
         layout = f", {self.layout.order} x{self.layout.frames}" if self.layout is not None else ""
-        return f"A{self.bits}, group={self.group}, {self.granularity}{sym}{layout}"
+        return f"A{self.bits}, group={self.group}, {self.granularity.spelling}{sym}{layout}"
 
 
 @contextmanager
@@ -232,7 +235,7 @@ class QuantLinear(nn.Module):
         self.act_quant: ActQuantizer | None = None
         if spec.a_bits is not None:
             self.act_quant = ActQuantizer(
-                in_features, spec.a_bits, spec.a_group, spec.act_granularity, spec.a_symmetric, device
+                in_features, spec.a_bits, spec.a_group, spec.activation_granularity, spec.a_symmetric, device
             )
         self.kernel = FAKE  # the path that runs the product: "fake" or a qdit.kernels path
         self._kw: KernelWeight | None = None  # the weight in that path's layout
@@ -262,7 +265,7 @@ class QuantLinear(nn.Module):
             layer.bias.copy_(linear.bias.detach())
         if prepared.smooth is not None:
             layer.smooth.copy_(prepared.smooth)
-        if layer.act_quant is not None and spec.act_granularity == "static":
+        if layer.act_quant is not None and not spec.activation_granularity.dynamic:
             assert stats is not None
             ch_min, ch_max = stats.ch_min.to(w.device), stats.ch_max.to(w.device)
             if prepared.smooth is not None:
@@ -394,7 +397,7 @@ class QuantLinear(nn.Module):
     # --- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         aq = self.act_quant
-        if aq is not None and aq.layout is not None and aq.granularity in LAYOUT_GRANULARITIES:
+        if aq is not None and aq.layout is not None and aq.granularity.layout_aware:
             try:  # checked here so that the message names the layer whose input does not fit
                 clip_shape(x.shape, aq.layout)
             except ValueError as exc:

@@ -1,11 +1,12 @@
 """Activation ranges for every granularity, shared by fake quantization and the integer kernels.
 
-``x[..., C]`` is split into groups of ``group`` channels (0 = all ``C``):
+``x[..., C]`` is split into groups of ``group`` channels (0 = all ``C``). The granularity is a value of
+:mod:`qdit.quant.rules` (a spelling is accepted too, and parsed once at the entry points):
 
-* ``token``: one range per token (row of ``x.reshape(-1, C)``) and group;
-* ``sample``: one range per sample and group, over all of its tokens;
-* ``frame``: one range per frame of each sample and group, over that frame's tokens;
-* ``static``: one range per group from calibrated per-channel ``ch_min`` / ``ch_max``.
+* ``PerToken()`` (``token``): one range per token (row of ``x.reshape(-1, C)``) and group;
+* ``PerSample()`` (``sample``): one range per sample and group, over all of its tokens;
+* ``PerFrame()`` (``frame``): one range per frame of each sample and group, over that frame's tokens;
+* ``Static()`` (``static``): one range per group from calibrated per-channel ``ch_min`` / ``ch_max``.
 
 What a sample and a frame are depends on the layer's **layout** (:class:`ActLayout`), which only the
 architecture knows and the caller passes in as plain values:
@@ -31,7 +32,7 @@ from typing import NamedTuple
 import torch
 
 from qdit.quant.primitives import group_view, minmax
-from qdit.quant.rules import LAYOUT_GRANULARITIES as LAYOUT_GRANULARITIES
+from qdit.quant.rules import ActGranularity, PerFrame, PerToken, parse_act_granularity
 
 FRAME_MAJOR = "frame-major"
 TOKEN_MAJOR = "token-major"
@@ -99,28 +100,31 @@ def clip_shape(shape: torch.Size | tuple[int, ...], layout: ActLayout) -> tuple[
     return (clips, tokens, frames), 2
 
 
-def _reduce_dims(granularity: str, frame_dim: int | None) -> tuple[int, ...]:
+def _reduce_dims(granularity: ActGranularity, frame_dim: int | None) -> tuple[int, ...]:
     """The dims of ``[S, A, B, G, g]`` one range covers for a clip-aware granularity."""
-    if granularity == "frame" and frame_dim is not None:
+    if isinstance(granularity, PerFrame) and frame_dim is not None:
         return (3 - frame_dim, 4)  # the frame's tokens: the other of dims 1, 2
     return (1, 2, 4)  # the whole clip (sample, or frames whose rows are the clip's rows)
 
 
-def shared_rows(shape: torch.Size | tuple[int, ...], granularity: str, layout: ActLayout | None) -> int | None:
+def shared_rows(
+    shape: torch.Size | tuple[int, ...], granularity: ActGranularity | str, layout: ActLayout | None
+) -> int | None:
     """How many consecutive rows of ``x.reshape(-1, C)`` share one range for a dynamic granularity (what
     a kernel that quantizes runs of rows needs), or ``None`` when a range's rows are not consecutive
     (``frame`` on 3-D token-major inputs) or come from calibration (``static``)."""
+    gran = parse_act_granularity(granularity, "activation granularity")
     rows = 1
     for d in shape[:-1]:
         rows *= d
-    if granularity == "token":
+    if isinstance(gran, PerToken):
         return 1
-    if granularity not in LAYOUT_GRANULARITIES:
+    if not gran.layout_aware:
         return None
     if layout is None:
         return rows // shape[0] if len(shape) > 1 else rows
     (clips, a, b), frame_dim = clip_shape(shape, layout)
-    dims = _reduce_dims(granularity, frame_dim)
+    dims = _reduce_dims(gran, frame_dim)
     if dims == (1, 2, 4):
         return a * b
     if frame_dim == 1:
@@ -134,7 +138,7 @@ def shared_rows(shape: torch.Size | tuple[int, ...], granularity: str, layout: A
 def activation_range(
     x: torch.Tensor,
     group: int,
-    granularity: str,
+    granularity: ActGranularity | str,
     ch_min: torch.Tensor | None = None,
     ch_max: torch.Tensor | None = None,
     layout: ActLayout | None = None,
@@ -143,27 +147,28 @@ def activation_range(
 
     ``xg`` is ``[..., G, g]`` for ``token`` and ``static``, ``[B, N, G, g]`` for ``sample`` and ``frame``
     without a layout, and ``[S, A, B, G, g]`` (:func:`clip_shape`) with one; ``xg.reshape(x.shape)`` is
-    ``x`` in every case.
+    ``x`` in every case. An unknown spelling raises ``ValueError`` listing the known ones.
     """
+    gran = parse_act_granularity(granularity, "activation granularity")
     xf = x.float()
     width = xf.shape[-1]
-    if granularity == "token":
+    if isinstance(gran, PerToken):
         xg = group_view(xf, group)
         xmin, xmax = minmax(xg)
-    elif granularity in LAYOUT_GRANULARITIES and layout is None:
+    elif gran.layout_aware and layout is None:
         lead = xf.shape[0] if xf.dim() > 1 else 1
         xg = group_view(xf.reshape(lead, -1, width), group)  # [B, N, G, g]
         xmin, xmax = minmax(xg, dim=(1, 3))
-    elif granularity in LAYOUT_GRANULARITIES:
+    elif gran.layout_aware:
         (clips, a, b), frame_dim = clip_shape(xf.shape, layout)
         xg = group_view(xf.reshape(clips, a, b, width), group)  # [S, A, B, G, g]
-        xmin, xmax = minmax(xg, dim=_reduce_dims(granularity, frame_dim))
-    elif granularity == "static":
+        xmin, xmax = minmax(xg, dim=_reduce_dims(gran, frame_dim))
+    elif not gran.dynamic:
         if ch_min is None or ch_max is None:
             raise ValueError("static activation ranges need calibrated ch_min and ch_max")
         xg = group_view(xf, group)
         xmin = group_view(ch_min.float(), group).amin(-1, keepdim=True).clamp(max=0)
         xmax = group_view(ch_max.float(), group).amax(-1, keepdim=True).clamp(min=0)
     else:
-        raise ValueError(f"unknown activation granularity {granularity!r}; use token, sample, frame or static")
+        raise ValueError(f"no activation ranges are defined for {gran!r}")  # a new dynamic kind of range
     return xg, xmin, xmax
