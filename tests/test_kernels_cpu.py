@@ -173,3 +173,33 @@ def test_int_linear_k_chunks(wbits: int, group: int) -> None:
     qa = ext.quantize_act(x.reshape(-1, k), group, 8, False, kw.block, kw.kstep, 0, None, None)
     args = (kw.stream, kw.bits, kw.pack4, n, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, torch.float32)
     assert torch.equal(ext.amx_linear(100, qa, *args), y)
+
+
+@pytest.mark.parametrize("path", available_paths())
+@pytest.mark.parametrize(
+    "wbits, group, dtype", [(8, 128, torch.float32), (4, 0, torch.float32), (8, 0, torch.bfloat16), (4, 64, torch.bfloat16)]
+)
+def test_fused_gelu_matches_torch_gelu_of_the_product(path: str, wbits: int, group: int, dtype) -> None:
+    """``activation="gelu_tanh"``: torch's tanh GELU of the exact product, rounded once to the output dtype
+    (the AMX kernel computes it in its epilogue with its own exp); the sign and size of the output span
+    the GELU's tails, where a wrong formula or a clamped exponent would show."""
+    k, n = 256, 96
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 40, k, generator=g) * 2).to(dtype)
+    w = torch.randn(n, k, generator=g) / k**0.5 * 4  # outputs up to about +-30: both tails of the GELU
+    bias = torch.randn(n, generator=g)
+    iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
+    kw = prepare_weight(iw, group, path)
+    act = ActQuant(8, group, False, "token")
+    ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias).double()
+    want = torch.nn.functional.gelu(ref, approximate="tanh")
+    y = int_linear(x, kw, act, bias, activation="gelu_tanh").reshape(-1, n).double()
+    assert ref.min() < -8 and ref.max() > 8
+    tol = want.abs() * (2**-8 if dtype == torch.bfloat16 else 1e-5) + 1e-5 * want.abs().max()
+    assert ((y - want).abs() <= tol).all()
+    # without the activation the same call is the plain product (the flag is not ignored either way)
+    plain = int_linear(x, kw, act, bias).reshape(-1, n).double()
+    assert (plain - ref).abs().max() <= (2**-8 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max()
+    assert (plain - y).abs().max() > 1.0
+    with pytest.raises(ValueError, match="unknown output activation 'relu'; use one of gelu_tanh"):
+        int_linear(x, kw, act, bias, activation="relu")

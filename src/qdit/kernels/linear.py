@@ -34,6 +34,18 @@ from qdit.quant.activation import ActLayout, activation_range, shared_rows
 from qdit.quant.primitives import qparams
 
 PATHS = ("amx", "triton", "torch")
+# activations a path can apply to the product's output before it is written (the code the AMX kernel
+# takes); the other paths apply the same function after their product
+ACTIVATIONS = {"gelu_tanh": 1}
+
+
+def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``y`` through the named output activation (``None``: unchanged), as torch computes it."""
+    if activation is None:
+        return y
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    raise ValueError(f"unknown output activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
 _PANEL = 32  # the AMX kernel's panel of output rows
 _MAX_BLOCK = 16383  # the largest K block of the AMX kernel (int16 pairs in its corrections)
 
@@ -209,9 +221,10 @@ def _run_amx(
     bias: torch.Tensor | None,
     ch_min: torch.Tensor | None,
     ch_max: torch.Tensor | None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """``x[..., K]`` -> ``[M, N]`` in ``x``'s dtype when bfloat16, else float32 (no copies of ``x`` when it
-    is contiguous float32 or bfloat16)."""
+    is contiguous float32 or bfloat16); ``activation`` applied by the kernel before it writes."""
     ext = cpu_extension()
     assert ext is not None and kw.stream is not None
     x2d = x.reshape(-1, kw.in_features)
@@ -231,6 +244,7 @@ def _run_amx(
     return ext.amx_linear_x(
         x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
         kw.out_features, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, out_dtype,
+        0 if activation is None else ACTIVATIONS[activation],
     )  # fmt: skip
 
 
@@ -274,17 +288,21 @@ def int_linear(
     bias: torch.Tensor | None = None,
     ch_min: torch.Tensor | None = None,
     ch_max: torch.Tensor | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """``x[..., K]`` through the quantized layer: activations quantized by ``act`` (``sample`` and
     ``frame`` ranges by ``act.layout``, the first dimension of ``x`` without one), the integer product on
-    ``kw.path``; the result has ``x``'s dtype."""
+    ``kw.path``, then the output ``activation`` (one of :data:`ACTIVATIONS`; fused into the AMX kernel,
+    applied in float32 after the product on the other paths); the result has ``x``'s dtype."""
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown output activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
     lead = x.shape[:-1]
     if kw.path == "amx":
-        y = _run_amx(x, kw, act, bias, ch_min, ch_max)
+        y = _run_amx(x, kw, act, bias, ch_min, ch_max, activation)
     elif kw.path == "triton":
-        y = _run_triton(x, kw, act, bias, ch_min, ch_max)
+        y = apply_activation(_run_triton(x, kw, act, bias, ch_min, ch_max).float(), activation)
     else:
-        y = _run_torch(x, kw, act, bias, ch_min, ch_max)
+        y = apply_activation(_run_torch(x, kw, act, bias, ch_min, ch_max).float(), activation)
     return y.reshape(*lead, kw.out_features).to(x.dtype)
 
 

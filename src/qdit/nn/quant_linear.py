@@ -29,7 +29,15 @@ from torch import nn
 
 from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
-from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
+from qdit.kernels.linear import (
+    ActQuant,
+    KernelWeight,
+    apply_activation,
+    best_path,
+    int_linear,
+    prepare_weight,
+    supports,
+)
 from qdit.quant.activation import LAYOUT_GRANULARITIES, ActLayout, activation_range, as_layout, clip_shape
 from qdit.quant.balance import csb_factors, smooth_factors
 from qdit.quant.finite import check_finite
@@ -236,6 +244,9 @@ class QuantLinear(nn.Module):
             )
         self.kernel = FAKE  # the path that runs the product: "fake" or a qdit.kernels path
         self._kw: KernelWeight | None = None  # the weight in that path's layout
+        # an activation fused onto the output (qdit.kernels.linear.ACTIVATIONS; see qdit.nn.fuse_activations):
+        # applied on every path, by the AMX kernel before it writes the output
+        self.activation: str | None = None
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -406,7 +417,7 @@ class QuantLinear(nn.Module):
             act = self.act_spec()
             assert act is not None and self.act_quant is not None
             return int_linear(
-                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max
+                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max, self.activation
             ).to(dtype)
         if self.smooth is not None or self.act_quant is not None:
             xf = x.float()
@@ -416,7 +427,7 @@ class QuantLinear(nn.Module):
                 xf = self.act_quant(xf)
             x = xf.to(dtype)
         bias = self.bias.to(dtype) if self.bias is not None else None
-        return F.linear(x, self.dequantized_weight(dtype), bias)
+        return apply_activation(F.linear(x, self.dequantized_weight(dtype), bias), self.activation)
 
     def _restore_kernel(self, kernel: str) -> None:
         """Back on an integer path after a change (device, groups, weights): ``kernel`` where it still
@@ -473,5 +484,6 @@ class QuantLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"W{s.w_bits}{sym} group={s.w_group} {s.weight_method}{smooth}, kernel={self.kernel}"
+            + (f", activation={self.activation}" if self.activation else "")
         )
 

@@ -37,6 +37,7 @@
 
 namespace {
 
+constexpr int64_t kActNone = 0, kActGeluTanh = 1;  // the fused output activation (see gelu_tanh16)
 constexpr int kPanel = 32;  // output rows (N) per panel: two 16-column B tiles
 constexpr int kRows = 32;   // activation rows (M) per block: two 16-row A tiles
 constexpr int64_t kMaxBlock = 16383;  // the zero-point corrections' int16 pairs hold blocks up to this
@@ -451,6 +452,38 @@ inline void store16(at::BFloat16* y, __mmask16 k, __m512 v) {
   _mm256_mask_storeu_epi16(y, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
 }
 
+// GELU with the tanh approximation, as torch.nn.GELU(approximate="tanh") (DiT's MLP activation), fused
+// into the last epilogue: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3).
+// exp by 2^n * e^r (|r| <= ln 2 / 2, degree-7 Taylor polynomial, relative error about 1e-7), the division
+// by a 14-bit reciprocal and one Newton step; the exponent is clamped to +-80 so that every value stays
+// a finite normal float (the result there is x or 0 to float precision).
+inline __m512 exp16(__m512 v) {
+  v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-80.0f)), _mm512_set1_ps(80.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), v);  // ln 2, split in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+inline __m512 gelu_tanh16(__m512 x) {
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  // -2u = x * (-2 sqrt(2 / pi)) * (1 + 0.044715 x^2)
+  const __m512 inner = _mm512_fmadd_ps(x2, _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f));
+  const __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.5957691216057308f)), inner));
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
+  const __m512 r0 = _mm512_rcp14_ps(d);
+  const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(x, r1);
+}
+
 struct ActSide {  // per (row, block), [Mp, nb]
   const float* sa;
   const int32_t* za;
@@ -480,7 +513,7 @@ struct EpiRows {
   float* acc;  // [32][32]
 };
 
-template <bool kPacked, bool kFirst, bool kLast, typename OutT>
+template <bool kPacked, bool kFirst, bool kLast, bool kGelu, typename OutT>
 inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, const int32_t* wc, const int32_t* wc1,
                           const int32_t* wc2, __m512 bias0, __m512 bias1, OutT* y, int64_t ldy, int rows_valid,
                           __mmask16 km0, __mmask16 km1) {
@@ -519,9 +552,13 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
     const __m512 s = _mm512_set1_ps(sa[r * nb]);
     const __m512 base0 = kFirst ? bias0 : _mm512_load_ps(acc + r * 32);
     const __m512 base1 = kFirst ? bias1 : _mm512_load_ps(acc + r * 32 + 16);
-    const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
-    const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
+    __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
+    __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
     if constexpr (kLast) {
+      if constexpr (kGelu) {
+        a0 = gelu_tanh16(a0);
+        a1 = gelu_tanh16(a1);
+      }
       if (stream) {
         stream32(y + r * ldy, a0, a1);
       } else {
@@ -562,7 +599,7 @@ inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (5 << 18) / (k
 // before its next block's first TDPBUSD instead of all four at the block boundary; running block b - 2's
 // epilogue during block b (the stores long retired); one epilogue pass per two blocks (half the float
 // accumulator traffic). Any gain at this group size has to cut the vector operations per output and block.
-template <bool kPacked, typename OutT, typename Rows>
+template <bool kPacked, bool kGelu, typename OutT, typename Rows>
 void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
                      const uint8_t* W4, int bits, int64_t Np, int64_t N, int64_t B, int64_t ks, WeightSide wt,
                      const float* bias, OutT* Y) {
@@ -623,13 +660,13 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
               const float* sw = wt.sw + wi;
               const int32_t *wc = wt.wc + wi, *dw = wt.wc1 + wi, *nws = wt.wc2 + wi;
               if (nb == 1) {
-                epilogue_rows<kPacked, true, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, true, true, kGelu>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               } else if (b == 0) {
-                epilogue_rows<kPacked, true, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, true, false, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               } else if (b == nb - 1) {
-                epilogue_rows<kPacked, false, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, false, true, kGelu>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               } else {
-                epilogue_rows<kPacked, false, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, false, false, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
               }
             };
             auto slice = [&](int64_t b, int64_t i) {  // slice i of block b - 1's epilogue
@@ -820,8 +857,9 @@ struct WeightArgs {
 
 template <typename Rows>
 torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, const ActSide& as, const WeightArgs& w,
-                          at::ScalarType out_dtype) {
+                          at::ScalarType out_dtype, int64_t activation) {
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
+  TORCH_CHECK(activation == kActNone || activation == kActGeluTanh, "activation: 0 (none) or 1 (gelu_tanh)");
   auto y = torch::empty({M, w.N}, torch::TensorOptions().dtype(out_dtype));
   // 4-bit weights: a thread unpacks a panel for each chunk of its rows; with several chunks, unpacking
   // the whole weight once (in parallel) costs less vector work than that
@@ -840,7 +878,9 @@ torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, co
   }
   auto call = [&](auto* yp) {
     using OutT = std::remove_pointer_t<decltype(yp)>;
-    auto run = w.B <= 128 ? amx_linear_impl<true, OutT, Rows> : amx_linear_impl<false, OutT, Rows>;
+    const bool gelu = activation == kActGeluTanh;
+    auto run = w.B <= 128 ? (gelu ? amx_linear_impl<true, true, OutT, Rows> : amx_linear_impl<true, false, OutT, Rows>)
+                          : (gelu ? amx_linear_impl<false, true, OutT, Rows> : amx_linear_impl<false, false, OutT, Rows>);
     run(rows, M, Mp, K, as, w8, w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp);
   };
   if (out_dtype == at::kBFloat16) {
@@ -860,14 +900,15 @@ inline ActSide act_side(const std::vector<torch::Tensor>& e) {
 // [K / B, Np]; bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
 torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
                          int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2,
-                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype,
+                         int64_t activation) {
   TORCH_CHECK(act.size() == 5, "act: codes, sa, za, asum, zc");
   const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
   TORCH_CHECK(Mp % kRows == 0 && M <= Mp && act[0].numel() == Mp * K, "rows must be padded to a multiple of 32");
   const WeightArgs w(weight, bits, pack4, N, K, B, ks, sw, wc1, wc2, wc, bias);
   const uint8_t* codes = act[0].data_ptr<uint8_t>();
   auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
-  return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype);
+  return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype, activation);
 }
 
 // quantize_act and amx_linear in one: when the threads split the rows, each quantizes its own chunks of
@@ -876,7 +917,7 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
                            c10::optional<torch::Tensor> given_scale, c10::optional<torch::Tensor> given_zero,
                            torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
                            torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2, torch::Tensor wc,
-                           c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+                           c10::optional<torch::Tensor> bias, at::ScalarType out_dtype, int64_t activation) {
   const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero);
   const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, wc1, wc2, wc, bias);
   auto e = a.per_block();
@@ -895,13 +936,13 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
         for (int64_t m = m0; m < m1; ++m) rq.row(m, m - m0, codes, o, sc);
         return const_cast<const uint8_t*>(codes);
       };
-      return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+      return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype, activation);
     }
     auto all = torch::empty({a.Mp * K}, torch::kUInt8);
     quantize_all(rq, a, o, all.data_ptr<uint8_t>());
     const uint8_t* codes = all.data_ptr<uint8_t>();
     auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
-    return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+    return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype, activation);
   };
   if (x.scalar_type() == torch::kBFloat16) return go(x.data_ptr<at::BFloat16>());
   return go(x.data_ptr<float>());
@@ -914,6 +955,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)");
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
-  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs");
-  m.def("amx_linear_x", &amx_linear_x, "activation quantization fused with the AMX product (x float32 / bfloat16)");
+  namespace py = pybind11;
+  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs",
+        py::arg("M"), py::arg("act"), py::arg("weight"), py::arg("bits"), py::arg("pack4"), py::arg("N"), py::arg("B"),
+        py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"), py::arg("bias"),
+        py::arg("out_dtype"), py::arg("activation") = kActNone);
+  m.def("amx_linear_x", &amx_linear_x, "activation quantization fused with the AMX product (x float32 / bfloat16)",
+        py::arg("x"), py::arg("group"), py::arg("abits"), py::arg("symmetric"), py::arg("sample_rows"),
+        py::arg("given_scale"), py::arg("given_zero"), py::arg("weight"), py::arg("bits"), py::arg("pack4"),
+        py::arg("N"), py::arg("B"), py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"),
+        py::arg("bias"), py::arg("out_dtype"), py::arg("activation") = kActNone);
 }
