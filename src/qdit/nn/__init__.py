@@ -12,7 +12,7 @@ from qdit.nn.swap import (
     quant_layers,
     set_submodule,
     swap_layers,
-    unfuse_activations,
+    unfuse,
 )
 
 __all__ = [
@@ -30,5 +30,5 @@ __all__ = [
     "set_submodule",
     "smooth_factors",
     "swap_layers",
-    "unfuse_activations",
+    "unfuse",
 ]

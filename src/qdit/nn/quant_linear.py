@@ -34,6 +34,7 @@ from qdit.kernels.linear import (
     KernelWeight,
     apply_activation,
     best_path,
+    gated_residual,
     int_linear,
     prepare_weight,
     supports,
@@ -247,6 +248,8 @@ class QuantLinear(nn.Module):
         # an activation fused onto the output (qdit.kernels.linear.ACTIVATIONS; see qdit.nn.fuse_activations):
         # applied on every path, by the AMX kernel before it writes the output
         self.activation: str | None = None
+        # whether a model may hand this layer its gated residual (forward's residual / gate; qdit.nn.unfuse)
+        self.residual_fusion = True
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -403,7 +406,12 @@ class QuantLinear(nn.Module):
         self.configure(a_group=group)
 
     # --- forward -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``linear(x)``, through :attr:`activation` when one is fused; with ``residual`` and ``gate``
+        (a DiT block's gated residual) ``residual + gate * linear(x)``, the gate one row per sample
+        (:func:`qdit.kernels.linear.gated_residual`), which the AMX kernel adds before it writes."""
         aq = self.act_quant
         if aq is not None and aq.layout is not None and aq.granularity in LAYOUT_GRANULARITIES:
             try:  # checked here so that the message names the layer whose input does not fit
@@ -417,8 +425,9 @@ class QuantLinear(nn.Module):
             act = self.act_spec()
             assert act is not None and self.act_quant is not None
             return int_linear(
-                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max, self.activation
-            ).to(dtype)
+                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max, self.activation,
+                residual, gate,
+            ).to(dtype)  # fmt: skip
         if self.smooth is not None or self.act_quant is not None:
             xf = x.float()
             if self.smooth is not None:
@@ -427,7 +436,12 @@ class QuantLinear(nn.Module):
                 xf = self.act_quant(xf)
             x = xf.to(dtype)
         bias = self.bias.to(dtype) if self.bias is not None else None
-        return apply_activation(F.linear(x, self.dequantized_weight(dtype), bias), self.activation)
+        y = apply_activation(F.linear(x, self.dequantized_weight(dtype), bias), self.activation)
+        if residual is None and gate is None:
+            return y
+        if residual is None or gate is None or self.activation is not None:
+            raise ValueError("a gated residual needs both residual and gate, and excludes an output activation")
+        return gated_residual(y, residual, gate)
 
     def _restore_kernel(self, kernel: str) -> None:
         """Back on an integer path after a change (device, groups, weights): ``kernel`` where it still

@@ -140,9 +140,12 @@ def _fusable(act: nn.Module) -> str | None:
     return None
 
 
-def unfuse_activations(model: nn.Module) -> list[str]:
-    """Undo :func:`fuse_activations`: each :class:`FusedActivation` becomes its module again and its
-    linear stops applying it; returns the names of those linears."""
+def unfuse(model: nn.Module) -> list[str]:
+    """Every quantized layer computes its product alone again: each :class:`FusedActivation` becomes its
+    module again (its linear stops applying it), and no layer takes a gated residual
+    (:attr:`QuantLinear.residual_fusion`). Returns the names of the linears that gave back an activation."""
+    for layer in quant_layers(model).values():
+        layer.residual_fusion = False
     undone = []
     for name, mod in list(model.named_modules()):
         if isinstance(mod, FusedActivation):
