@@ -173,3 +173,63 @@ def test_int_linear_k_chunks(wbits: int, group: int) -> None:
     qa = ext.quantize_act(x.reshape(-1, k), group, 8, False, kw.block, kw.kstep, 0, None, None)
     args = (kw.stream, kw.bits, kw.pack4, n, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, torch.float32)
     assert torch.equal(ext.amx_linear(100, qa, *args), y)
+
+
+@pytest.mark.parametrize("path", available_paths())
+@pytest.mark.parametrize(
+    "wbits, group, dtype", [(8, 128, torch.float32), (4, 0, torch.float32), (8, 0, torch.bfloat16), (4, 64, torch.bfloat16)]
+)
+def test_fused_gelu_matches_torch_gelu_of_the_product(path: str, wbits: int, group: int, dtype) -> None:
+    """``activation="gelu_tanh"``: torch's tanh GELU of the exact product, rounded once to the output dtype
+    (the AMX kernel computes it in its epilogue with its own exp); the sign and size of the output span
+    the GELU's tails, where a wrong formula or a clamped exponent would show."""
+    k, n = 256, 96
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 40, k, generator=g) * 2).to(dtype)
+    w = torch.randn(n, k, generator=g) / k**0.5 * 4  # outputs up to about +-30: both tails of the GELU
+    bias = torch.randn(n, generator=g)
+    iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
+    kw = prepare_weight(iw, group, path)
+    act = ActQuant(8, group, False, "token")
+    ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias).double()
+    want = torch.nn.functional.gelu(ref, approximate="tanh")
+    y = int_linear(x, kw, act, bias, activation="gelu_tanh").reshape(-1, n).double()
+    assert ref.min() < -8 and ref.max() > 8
+    tol = want.abs() * (2**-8 if dtype == torch.bfloat16 else 1e-5) + 1e-5 * want.abs().max()
+    assert ((y - want).abs() <= tol).all()
+    # without the activation the same call is the plain product (the flag is not ignored either way)
+    plain = int_linear(x, kw, act, bias).reshape(-1, n).double()
+    assert (plain - ref).abs().max() <= (2**-8 if dtype == torch.bfloat16 else 1e-5) * ref.abs().max()
+    assert (plain - y).abs().max() > 1.0
+    with pytest.raises(ValueError, match="unknown output activation 'relu'; use one of gelu_tanh"):
+        int_linear(x, kw, act, bias, activation="relu")
+
+
+@pytest.mark.parametrize("path", available_paths())
+@pytest.mark.parametrize("wbits, group, dtype", [(8, 128, torch.float32), (4, 0, torch.bfloat16), (8, 64, torch.bfloat16)])
+def test_fused_gated_residual_matches_the_block_expression(path: str, wbits: int, group: int, dtype) -> None:
+    """``residual + gate * product`` with one gate row per sample of 40 rows (N = 100: a partial last
+    panel), against the exact product put through the same expression in float64."""
+    k, n, samples, tokens = 256, 100, 3, 40
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(samples, tokens, k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    bias = torch.randn(n, generator=g)
+    residual = torch.randn(samples, tokens, n, generator=g).to(dtype)
+    gate = torch.randn(samples, 6 * n, generator=g).to(dtype)[:, 2 * n : 3 * n]  # a strided chunk, as DiT's
+    iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
+    kw = prepare_weight(iw, group, path)
+    act = ActQuant(8, group, False, "token")
+    ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias).double().reshape(samples, tokens, n)
+    want = residual.double() + gate.double()[:, None] * ref
+    y = int_linear(x, kw, act, bias, residual=residual, gate=gate).double()
+    assert y.shape == want.shape
+    rel = 2**-8 if dtype == torch.bfloat16 else 1e-5
+    assert ((y - want).abs() <= want.abs() * rel + 1e-5 * want.abs().max()).all()
+    # the gate really is per sample: the samples' gates swapped give another result
+    swapped = int_linear(x, kw, act, bias, residual=residual, gate=gate.flip(0)).double()
+    assert (swapped - want).abs().max() > 0.1
+    with pytest.raises(ValueError, match="gate must be"):
+        int_linear(x, kw, act, bias, residual=residual, gate=torch.ones(7, n, dtype=dtype))  # 7 does not divide 120
+    with pytest.raises(ValueError, match="needs both residual and gate"):
+        int_linear(x, kw, act, bias, residual=residual)

@@ -16,7 +16,8 @@ from torch import nn
 from qdit.calib import CalibConfig, Calibration
 from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.errors import QditError
-from qdit.nn.swap import KERNELS, LayerFactory, freeze, quant_layers
+from qdit.models.adapter import get_adapter
+from qdit.nn.swap import KERNELS, LayerFactory, freeze, fuse_activations, quant_layers
 from qdit.recipe import QuantSpec, Recipe
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def quantize(
     model.qdit_recipe = recipe
     if layer_factory is None:  # a custom factory's layers (the search's banks) choose for themselves
         freeze(model, kernel)
+        fuse_activations(model, get_adapter(model).activation_pairs(model))
     return model
 
 

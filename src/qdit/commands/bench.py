@@ -38,7 +38,12 @@ CONFIGS: dict[str, tuple[int, int] | None] = {  # name -> (weight bits, group) o
     "W4A8 g128 int": (4, GROUP),
     "W8A8 per-channel int": (8, 0),
     "W4A8 per-channel int": (4, 0),
+    # the same integer models computing their products alone (the GELU after fc1 and the blocks' gated
+    # residuals as the float models run them): how much of the gain is the fused epilogues
+    "W8A8 g128 int, unfused": (8, GROUP),
+    "W8A8 per-channel int, unfused": (8, 0),
 }
+UNFUSED = ", unfused"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -79,21 +84,26 @@ def xl_model(depth: int, seed: int = 0) -> Any:
     return model.eval()
 
 
-def quantized(model: Any, w_bits: int, group: int, kernel: str, include: list[str] | None = None) -> Any:
+def quantized(
+    model: Any, w_bits: int, group: int, kernel: str, include: list[str] | None = None, fuse: bool = True
+) -> Any:
     """A bf16 copy of ``model`` quantized W``w_bits``A8 (RTN, dynamic per-token activations) in
-    ``group`` for every block linear and adaLN, on the kernel path ``kernel``."""
+    ``group`` for every block linear and adaLN, on the kernel path ``kernel``; ``fuse=False``: every
+    layer computes its product alone (:func:`qdit.nn.unfuse`)."""
     import copy
 
     import torch
 
     import qdit
-    from qdit.nn import freeze
+    from qdit.nn import freeze, unfuse
     from qdit.recipe import QuantSpec, Recipe
 
     q = copy.deepcopy(model).to(torch.bfloat16)
     spec = QuantSpec(w_bits=w_bits, a_bits=8, w_group=group, a_group=group)
     qdit.quantize(q, Recipe(default=spec, include=["adaln"] if include is None else include))
     freeze(q, kernel)
+    if not fuse:
+        unfuse(q)
     return q
 
 
@@ -106,7 +116,9 @@ def make_variant(base: Any, name: str) -> Any:
     if bits_group is None:
         m = copy.deepcopy(base)
         return m.to(torch.bfloat16) if name == "bf16" else m
-    return quantized(base, *bits_group, "fake" if name.endswith("fake") else "int")
+    return quantized(
+        base, *bits_group, "fake" if name.endswith("fake") else "int", fuse=not name.endswith(UNFUSED)
+    )
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -357,7 +369,7 @@ def bench_embedded(model_name: str, arch: str | None, batch: int, repeats: int) 
             models[name] = make_variant(base, name)
         else:
             kernel = "fake" if name.endswith("fake") else "int"
-            models[name] = quantized(base, bg[0], bg[1] and group, kernel, include)
+            models[name] = quantized(base, bg[0], bg[1] and group, kernel, include, fuse=not name.endswith(UNFUSED))
     calls = {
         n: forward_fn(adapter.model_fn(m), inputs, torch.float32 if n == "fp32" else torch.bfloat16)
         for n, m in models.items()
@@ -409,6 +421,8 @@ def run(args: argparse.Namespace) -> int:
         "w8a8_perchannel_int_vs_bf16_speedup": _ratio(fwd, "W8A8 per-channel int"),
         "w4a8_perchannel_int_vs_bf16_speedup": _ratio(fwd, "W4A8 per-channel int"),
         "w8a8_fake_vs_bf16_speedup": _ratio(fwd, "W8A8 g128 fake"),
+        "w8a8_int_unfused_vs_bf16_speedup": _ratio(fwd, "W8A8 g128 int" + UNFUSED),
+        "w8a8_perchannel_int_unfused_vs_bf16_speedup": _ratio(fwd, "W8A8 per-channel int" + UNFUSED),
     }
     print(f"DiT-XL/2, {depth} blocks, {args.batch} images x {blocks['tokens_per_image']} tokens; best of {repeats}; {machine}")
     print("| configuration | forward ms | image-steps/s | vs bf16 |")

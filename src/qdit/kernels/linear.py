@@ -35,6 +35,40 @@ from qdit.quant.primitives import qparams
 from qdit.quant.rules import ActGranularity, PerSample, PerToken, parse_act_granularity
 
 PATHS = ("amx", "triton", "torch")
+# activations a path can apply to the product's output before it is written (the code the AMX kernel
+# takes); the other paths apply the same function after their product
+ACTIVATIONS = {"gelu_tanh": 1}
+
+
+def gated_residual(y: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``residual + gate * y`` with one gate row per sample: ``gate`` is ``[S, N]`` and the rows of ``y``
+    (all dims but the last, ``S * T`` of them) are ``S`` samples of ``T`` consecutive rows each; the
+    result has ``y``'s shape. Computed in the inputs' dtype, as a DiT block computes ``x + gate * out``."""
+    check_gated_residual(y.shape, residual, gate)
+    n, s = y.shape[-1], gate.shape[0]
+    return (residual.reshape(s, -1, n) + gate[:, None] * y.reshape(s, -1, n)).reshape(y.shape)
+
+
+def check_gated_residual(shape: tuple[int, ...] | torch.Size, residual: torch.Tensor, gate: torch.Tensor) -> None:
+    """``ValueError`` unless ``residual`` has the output ``shape`` and ``gate`` is ``[S, N]`` with ``S``
+    dividing its rows."""
+    n = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    if gate.dim() != 2 or gate.shape[1] != n or gate.shape[0] == 0 or rows % gate.shape[0]:
+        raise ValueError(f"gate must be [S, {n}] with S dividing the {rows} rows, got {tuple(gate.shape)}")
+    if tuple(residual.shape) != tuple(shape):
+        raise ValueError(f"residual must have the output's shape {tuple(shape)}, got {tuple(residual.shape)}")
+
+
+def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``y`` through the named output activation (``None``: unchanged), as torch computes it."""
+    if activation is None:
+        return y
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    raise ValueError(f"unknown output activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
 _PANEL = 32  # the AMX kernel's panel of output rows
 _MAX_BLOCK = 16383  # the largest K block of the AMX kernel (int16 pairs in its corrections)
 
@@ -226,9 +260,13 @@ def _run_amx(
     bias: torch.Tensor | None,
     ch_min: torch.Tensor | None,
     ch_max: torch.Tensor | None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x[..., K]`` -> ``[M, N]`` in ``x``'s dtype when bfloat16, else float32 (no copies of ``x`` when it
-    is contiguous float32 or bfloat16)."""
+    is contiguous float32 or bfloat16); ``activation``, or ``residual + gate * product``, applied by the
+    kernel before it writes."""
     ext = cpu_extension()
     assert ext is not None and kw.stream is not None
     x2d = x.reshape(-1, kw.in_features)
@@ -245,9 +283,13 @@ def _run_amx(
         else:
             sample_rows = shared
     out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
+    if residual is not None and gate is not None:
+        residual = residual.reshape(-1, kw.out_features).to(out_dtype).contiguous()
+        gate = gate.to(out_dtype).contiguous()
     return ext.amx_linear_x(
         x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
         kw.out_features, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, out_dtype,
+        0 if activation is None else ACTIVATIONS[activation], residual, gate,
     )  # fmt: skip
 
 
@@ -291,17 +333,30 @@ def int_linear(
     bias: torch.Tensor | None = None,
     ch_min: torch.Tensor | None = None,
     ch_max: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x[..., K]`` through the quantized layer: activations quantized by ``act`` (``sample`` and
     ``frame`` ranges by ``act.layout``, the first dimension of ``x`` without one), the integer product on
-    ``kw.path``; the result has ``x``'s dtype."""
+    ``kw.path``, then either the output ``activation`` (one of :data:`ACTIVATIONS`) or the gated residual
+    ``residual + gate * product`` (:func:`gated_residual`: ``residual`` shaped like the output, ``gate``
+    one row per sample), fused into the AMX kernel's last epilogue and applied in float32 after the
+    product on the other paths; the result has ``x``'s dtype."""
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown output activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
+    if (residual is None) != (gate is None) or (residual is not None and activation is not None):
+        raise ValueError("a gated residual needs both residual and gate, and excludes an output activation")
     lead = x.shape[:-1]
+    if residual is not None and gate is not None:  # checked before the product
+        check_gated_residual((*lead, kw.out_features), residual, gate)
     if kw.path == "amx":
-        y = _run_amx(x, kw, act, bias, ch_min, ch_max)
-    elif kw.path == "triton":
-        y = _run_triton(x, kw, act, bias, ch_min, ch_max)
+        y = _run_amx(x, kw, act, bias, ch_min, ch_max, activation, residual, gate)
     else:
-        y = _run_torch(x, kw, act, bias, ch_min, ch_max)
+        run = _run_triton if kw.path == "triton" else _run_torch
+        y = apply_activation(run(x, kw, act, bias, ch_min, ch_max).float(), activation)
+        if residual is not None and gate is not None:
+            y = gated_residual(y.reshape(*lead, kw.out_features), residual.float(), gate.float())
     return y.reshape(*lead, kw.out_features).to(x.dtype)
 
 

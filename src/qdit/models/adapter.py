@@ -68,6 +68,12 @@ class ModelAdapter:
         """A JSON-able description from which :meth:`build` recreates the model; ``None`` if unsupported."""
         return None
 
+    def activation_pairs(self, model: nn.Module) -> list[tuple[str, str]]:
+        """``(linear name, activation module name)`` pairs where the linear's output goes only through that
+        activation module: :func:`qdit.nn.fuse_activations` moves the activation into the quantized
+        linear (the AMX kernel applies it before writing). None known for a generic model."""
+        return []
+
     def build(self, description: dict[str, Any]) -> nn.Module:
         """The model of ``description`` (with uninitialized weights; called on the meta device by loaders)."""
         raise QditError(f"qdit cannot rebuild a model of kind {description.get('arch')!r}")
@@ -153,6 +159,12 @@ class DiTAdapter(ModelAdapter):
 
     def block_names(self, model: nn.Module) -> list[str]:
         return [f"blocks.{i}" for i in range(len(model.blocks))]  # type: ignore[arg-type]
+
+    def activation_pairs(self, model: nn.Module) -> list[tuple[str, str]]:
+        from qdit.models.dit import Mlp
+
+        # Mlp.forward is fc2(act(fc1(x))): fc1's output feeds act alone
+        return [(f"{n}.fc1", f"{n}.act") for n, m in model.named_modules() if isinstance(m, Mlp)]
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         desc: dict[str, Any] = {"arch": self.arch, "config": model.config.to_dict()}  # type: ignore[union-attr]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qdit.nn.quant_linear import QuantLinear
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -137,6 +139,19 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
+def gated_linear(
+    linear: nn.Module, h: torch.Tensor, residual: torch.Tensor | None, gate: torch.Tensor | None
+) -> torch.Tensor:
+    """``linear(h)``, or with ``residual`` a DiT block's gated residual branch ``residual +
+    gate.unsqueeze(1) * linear(h)``: a quantized linear computes that itself (its integer kernel adds it
+    before writing the output: no pass over memory for the scaling and the sum)."""
+    if residual is None or gate is None:
+        return linear(h)
+    if isinstance(linear, QuantLinear) and linear.residual_fusion and linear.activation is None:
+        return linear(h, residual=residual, gate=gate)
+    return residual + gate.unsqueeze(1) * linear(h)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -144,12 +159,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention branch; with ``residual`` and ``gate``, ``residual + gate * branch`` (:func:`gated_linear`)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return gated_linear(self.proj, out.transpose(1, 2).reshape(b, n, c), residual, gate)
 
 
 class Mlp(nn.Module):
@@ -159,8 +177,11 @@ class Mlp(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The MLP branch; with ``residual`` and ``gate``, ``residual + gate * branch`` (:func:`gated_linear`)."""
+        return gated_linear(self.fc2, self.act(self.fc1(x)), residual, gate)
 
 
 class DiTBlock(nn.Module):
@@ -174,9 +195,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x
+        x = self.attn(modulate(self.norm1(x), shift1, scale1), residual=x, gate=gate1)
+        return self.mlp(modulate(self.norm2(x), shift2, scale2), residual=x, gate=gate2)
 
 
 class FinalLayer(nn.Module):

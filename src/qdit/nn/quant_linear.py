@@ -29,7 +29,16 @@ from torch import nn
 
 from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
-from qdit.kernels.linear import ActQuant, KernelWeight, best_path, int_linear, prepare_weight, supports
+from qdit.kernels.linear import (
+    ActQuant,
+    KernelWeight,
+    apply_activation,
+    best_path,
+    gated_residual,
+    int_linear,
+    prepare_weight,
+    supports,
+)
 from qdit.quant.activation import ActLayout, activation_range, as_layout, clip_shape
 from qdit.quant.balance import csb_factors, smooth_factors
 from qdit.quant.finite import check_finite
@@ -239,6 +248,11 @@ class QuantLinear(nn.Module):
             )
         self.kernel = FAKE  # the path that runs the product: "fake" or a qdit.kernels path
         self._kw: KernelWeight | None = None  # the weight in that path's layout
+        # an activation fused onto the output (qdit.kernels.linear.ACTIVATIONS; see qdit.nn.fuse_activations):
+        # applied on every path, by the AMX kernel before it writes the output
+        self.activation: str | None = None
+        # whether a model may hand this layer its gated residual (forward's residual / gate; qdit.nn.unfuse)
+        self.residual_fusion = True
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -395,7 +409,12 @@ class QuantLinear(nn.Module):
         self.configure(a_group=group)
 
     # --- forward -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``linear(x)``, through :attr:`activation` when one is fused; with ``residual`` and ``gate``
+        (a DiT block's gated residual) ``residual + gate * linear(x)``, the gate one row per sample
+        (:func:`qdit.kernels.linear.gated_residual`), which the AMX kernel adds before it writes."""
         aq = self.act_quant
         if aq is not None and aq.layout is not None and aq.granularity.layout_aware:
             try:  # checked here so that the message names the layer whose input does not fit
@@ -409,8 +428,9 @@ class QuantLinear(nn.Module):
             act = self.act_spec()
             assert act is not None and self.act_quant is not None
             return int_linear(
-                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max
-            ).to(dtype)
+                xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max, self.activation,
+                residual, gate,
+            ).to(dtype)  # fmt: skip
         if self.smooth is not None or self.act_quant is not None:
             xf = x.float()
             if self.smooth is not None:
@@ -419,7 +439,12 @@ class QuantLinear(nn.Module):
                 xf = self.act_quant(xf)
             x = xf.to(dtype)
         bias = self.bias.to(dtype) if self.bias is not None else None
-        return F.linear(x, self.dequantized_weight(dtype), bias)
+        y = apply_activation(F.linear(x, self.dequantized_weight(dtype), bias), self.activation)
+        if residual is None and gate is None:
+            return y
+        if residual is None or gate is None or self.activation is not None:
+            raise ValueError("a gated residual needs both residual and gate, and excludes an output activation")
+        return gated_residual(y, residual, gate)
 
     def _restore_kernel(self, kernel: str) -> None:
         """Back on an integer path after a change (device, groups, weights): ``kernel`` where it still
@@ -476,5 +501,6 @@ class QuantLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"W{s.w_bits}{sym} group={s.w_group} {s.weight_method}{smooth}, kernel={self.kernel}"
+            + (f", activation={self.activation}" if self.activation else "")
         )
 

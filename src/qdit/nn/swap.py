@@ -117,6 +117,66 @@ def freeze(model: nn.Module, kernel: str = "auto") -> dict[str, str]:
     return paths
 
 
+class FusedActivation(nn.Identity):
+    """Where an activation module was before :func:`fuse_activations` moved it into the preceding
+    quantized linear (which now applies it to its output): the identity, named for the printout."""
+
+    def __init__(self, activation: str, into: str) -> None:
+        super().__init__()
+        self.activation, self.into = activation, into
+
+    def extra_repr(self) -> str:
+        return f"{self.activation}, fused into {self.into}"
+
+
+# the activation modules a quantized layer can take over, by the name qdit.kernels.linear.ACTIVATIONS uses
+_FUSABLE: dict[str, Callable[[], nn.Module]] = {"gelu_tanh": lambda: nn.GELU(approximate="tanh")}
+
+
+def _fusable(act: nn.Module) -> str | None:
+    """The output activation ``act`` computes, if a quantized layer can compute it."""
+    if type(act) is nn.GELU and act.approximate == "tanh":
+        return "gelu_tanh"
+    return None
+
+
+def unfuse(model: nn.Module) -> list[str]:
+    """Every quantized layer computes its product alone again: each :class:`FusedActivation` becomes its
+    module again (its linear stops applying it), and no layer takes a gated residual
+    (:attr:`QuantLinear.residual_fusion`). Returns the names of the linears that gave back an activation."""
+    for layer in quant_layers(model).values():
+        layer.residual_fusion = False
+    undone = []
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, FusedActivation):
+            lin = model.get_submodule(mod.into)
+            assert isinstance(lin, QuantLinear)
+            lin.activation = None
+            set_submodule(model, name, _FUSABLE[mod.activation]())
+            undone.append(mod.into)
+    return undone
+
+
+def fuse_activations(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str]:
+    """Move each activation module into the quantized linear that feeds it: ``pairs`` lists
+    ``(linear name, activation module name)`` where the linear's output goes only through that
+    module (the model's adapter knows which, :meth:`qdit.models.adapter.ModelAdapter.activation_pairs`).
+    The linear then applies the activation to its output on every path (fused into the AMX kernel's
+    epilogue: no pass over the output in memory) and the module becomes a :class:`FusedActivation`.
+    Pairs whose linear is not quantized, or whose activation a layer cannot apply, are left alone; returns
+    the names of the linears that took their activation."""
+    fused = []
+    for lin_name, act_name in pairs:
+        lin, act = model.get_submodule(lin_name), model.get_submodule(act_name)
+        kind = _fusable(act)
+        if not isinstance(lin, QuantLinear) or kind is None or lin.activation is not None:
+            continue
+        lin.activation = kind
+        set_submodule(model, act_name, FusedActivation(kind, lin_name))
+        fused.append(lin_name)
+    return fused
+
+
 def kernel_paths(model: nn.Module) -> dict[str, str]:
     """The path each quantized layer of ``model`` runs."""
     return {name: layer.kernel for name, layer in quant_layers(model).items()}
@@ -129,6 +189,10 @@ def kernel_summary(model: nn.Module) -> str:
     for layer in layers.values():
         counts[layer.kernel] = counts.get(layer.kernel, 0) + 1
     text = ", ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    fused = sorted({layer.activation for layer in layers.values() if layer.activation})
+    if fused:
+        n = sum(1 for layer in layers.values() if layer.activation)
+        text += f"; {', '.join(fused)} fused into {n} layer{'s' if n > 1 else ''}"
     if counts.get(FAKE):
         reasons = sorted({layer.integer_blocker() or "by request" for layer in layers.values() if layer.kernel == FAKE})
         text += f" (fake: {'; '.join(reasons)})"

@@ -37,6 +37,10 @@
 
 namespace {
 
+// what the last epilogue does to the product before writing it: nothing, the GELU (see gelu_tanh16), or
+// y = residual + gate * product (a DiT block's gated residual; gate per sample, residual per row)
+constexpr int kEpiPlain = 0, kEpiGelu = 1, kEpiResidual = 2;
+constexpr int64_t kActNone = 0, kActGeluTanh = 1;  // the fused output activation codes of the Python side
 constexpr int kPanel = 32;  // output rows (N) per panel: two 16-column B tiles
 constexpr int kRows = 32;   // activation rows (M) per block: two 16-row A tiles
 constexpr int64_t kMaxBlock = 16383;  // the zero-point corrections' int16 pairs hold blocks up to this
@@ -99,6 +103,11 @@ void configure_tiles(int ks) {
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const at::BFloat16* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+inline __m512 load16(const at::BFloat16* p, __mmask16 k) {
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 inline float load1(const float* p) { return *p; }
@@ -451,6 +460,38 @@ inline void store16(at::BFloat16* y, __mmask16 k, __m512 v) {
   _mm256_mask_storeu_epi16(y, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
 }
 
+// GELU with the tanh approximation, as torch.nn.GELU(approximate="tanh") (DiT's MLP activation), fused
+// into the last epilogue: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3).
+// exp by 2^n * e^r (|r| <= ln 2 / 2, degree-7 Taylor polynomial, relative error about 1e-7), the division
+// by a 14-bit reciprocal and one Newton step; the exponent is clamped to +-80 so that every value stays
+// a finite normal float (the result there is x or 0 to float precision).
+inline __m512 exp16(__m512 v) {
+  v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-80.0f)), _mm512_set1_ps(80.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), v);  // ln 2, split in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+inline __m512 gelu_tanh16(__m512 x) {
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  // -2u = x * (-2 sqrt(2 / pi)) * (1 + 0.044715 x^2)
+  const __m512 inner = _mm512_fmadd_ps(x2, _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f));
+  const __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.5957691216057308f)), inner));
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
+  const __m512 r0 = _mm512_rcp14_ps(d);
+  const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(x, r1);
+}
+
 struct ActSide {  // per (row, block), [Mp, nb]
   const float* sa;
   const int32_t* za;
@@ -480,10 +521,18 @@ struct EpiRows {
   float* acc;  // [32][32]
 };
 
-template <bool kPacked, bool kFirst, bool kLast, typename OutT>
+// The gated residual of the last epilogue: row m (of M) adds residual[m] and is scaled by gate[m / tokens].
+template <typename OutT>
+struct Residual {
+  const OutT* residual;  // [M, N], the output's dtype
+  const OutT* gate;      // [M / tokens, N]
+  int64_t tokens;
+};
+
+template <bool kPacked, bool kFirst, bool kLast, int kEpi, typename OutT>
 inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, const int32_t* wc, const int32_t* wc1,
                           const int32_t* wc2, __m512 bias0, __m512 bias1, OutT* y, int64_t ldy, int rows_valid,
-                          __mmask16 km0, __mmask16 km1) {
+                          __mmask16 km0, __mmask16 km1, const Residual<OutT>& res, int64_t m0, int64_t n0) {
   const __m512 sw0 = _mm512_loadu_ps(sw), sw1 = _mm512_loadu_ps(sw + 16);
   __m512i c0, c1, c2, c3;
   if constexpr (kPacked) {
@@ -519,9 +568,19 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
     const __m512 s = _mm512_set1_ps(sa[r * nb]);
     const __m512 base0 = kFirst ? bias0 : _mm512_load_ps(acc + r * 32);
     const __m512 base1 = kFirst ? bias1 : _mm512_load_ps(acc + r * 32 + 16);
-    const __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
-    const __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
+    __m512 a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(s, sw0), base0);
+    __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
     if constexpr (kLast) {
+      if constexpr (kEpi == kEpiGelu) {
+        a0 = gelu_tanh16(a0);
+        a1 = gelu_tanh16(a1);
+      } else if constexpr (kEpi == kEpiResidual) {
+        const int64_t m = m0 + r;
+        const OutT* g = res.gate + (m / res.tokens) * ldy + n0;
+        const OutT* x = res.residual + m * ldy + n0;
+        a0 = _mm512_fmadd_ps(a0, load16(g, km0), load16(x, km0));
+        a1 = _mm512_fmadd_ps(a1, load16(g + 16, km1), load16(x + 16, km1));
+      }
       if (stream) {
         stream32(y + r * ldy, a0, a1);
       } else {
@@ -562,10 +621,10 @@ inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(1, (5 << 18) / (k
 // before its next block's first TDPBUSD instead of all four at the block boundary; running block b - 2's
 // epilogue during block b (the stores long retired); one epilogue pass per two blocks (half the float
 // accumulator traffic). Any gain at this group size has to cut the vector operations per output and block.
-template <bool kPacked, typename OutT, typename Rows>
+template <bool kPacked, int kEpi, typename OutT, typename Rows>
 void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide act, const int8_t* W8,
                      const uint8_t* W4, int bits, int64_t Np, int64_t N, int64_t B, int64_t ks, WeightSide wt,
-                     const float* bias, OutT* Y) {
+                     const float* bias, OutT* Y, const Residual<OutT>& res) {
   const int64_t nb = K / B, panels = Np / kPanel, steps = B / ks, row_blocks = Mp / kRows;
   const Split split(row_blocks, panels);
   const int64_t T = split.T;
@@ -623,13 +682,13 @@ void amx_linear_impl(const Rows& rows, int64_t M, int64_t Mp, int64_t K, ActSide
               const float* sw = wt.sw + wi;
               const int32_t *wc = wt.wc + wi, *dw = wt.wc1 + wi, *nws = wt.wc2 + wi;
               if (nb == 1) {
-                epilogue_rows<kPacked, true, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, true, true, kEpi>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1, res, m0, n0);
               } else if (b == 0) {
-                epilogue_rows<kPacked, true, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, true, false, kEpiPlain>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1, res, m0, n0);
               } else if (b == nb - 1) {
-                epilogue_rows<kPacked, false, true>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, false, true, kEpi>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1, res, m0, n0);
               } else {
-                epilogue_rows<kPacked, false, false>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1);
+                epilogue_rows<kPacked, false, false, kEpiPlain>(e, r0, r1, sw, wc, dw, nws, bias0, bias1, y, N, rows_valid, km0, km1, res, m0, n0);
               }
             };
             auto slice = [&](int64_t b, int64_t i) {  // slice i of block b - 1's epilogue
@@ -820,8 +879,23 @@ struct WeightArgs {
 
 template <typename Rows>
 torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, const ActSide& as, const WeightArgs& w,
-                          at::ScalarType out_dtype) {
+                          at::ScalarType out_dtype, int64_t activation, const c10::optional<torch::Tensor>& residual,
+                          const c10::optional<torch::Tensor>& gate) {
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "out_dtype: float32 or bfloat16");
+  TORCH_CHECK(activation == kActNone || activation == kActGeluTanh, "activation: 0 (none) or 1 (gelu_tanh)");
+  const bool with_res = residual.has_value() && residual->defined();
+  TORCH_CHECK(with_res == (gate.has_value() && gate->defined()), "residual and gate come together");
+  int64_t tokens = 1;
+  if (with_res) {
+    TORCH_CHECK(activation == kActNone, "a fused activation and a gated residual exclude each other");
+    TORCH_CHECK(residual->scalar_type() == out_dtype && gate->scalar_type() == out_dtype,
+                "residual and gate must have the output's dtype");
+    TORCH_CHECK(residual->is_contiguous() && residual->dim() == 2 && residual->size(0) == M &&
+                residual->size(1) == w.N, "residual: contiguous [M, N]");
+    TORCH_CHECK(gate->is_contiguous() && gate->dim() == 2 && gate->size(1) == w.N && gate->size(0) > 0 &&
+                M % gate->size(0) == 0, "gate: contiguous [S, N] with S dividing the rows");
+    tokens = M / gate->size(0);
+  }
   auto y = torch::empty({M, w.N}, torch::TensorOptions().dtype(out_dtype));
   // 4-bit weights: a thread unpacks a panel for each chunk of its rows; with several chunks, unpacking
   // the whole weight once (in parallel) costs less vector work than that
@@ -840,8 +914,17 @@ torch::Tensor run_product(const Rows& rows, int64_t M, int64_t Mp, int64_t K, co
   }
   auto call = [&](auto* yp) {
     using OutT = std::remove_pointer_t<decltype(yp)>;
-    auto run = w.B <= 128 ? amx_linear_impl<true, OutT, Rows> : amx_linear_impl<false, OutT, Rows>;
-    run(rows, M, Mp, K, as, w8, w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp);
+    const Residual<OutT> res{with_res ? residual->data_ptr<OutT>() : nullptr, with_res ? gate->data_ptr<OutT>() : nullptr,
+                             tokens};
+    const int epi = with_res ? kEpiResidual : activation == kActGeluTanh ? kEpiGelu : kEpiPlain;
+    auto pick = [&](auto packed) {
+      constexpr bool kP = decltype(packed)::value;
+      return epi == kEpiResidual ? amx_linear_impl<kP, kEpiResidual, OutT, Rows>
+             : epi == kEpiGelu   ? amx_linear_impl<kP, kEpiGelu, OutT, Rows>
+                                 : amx_linear_impl<kP, kEpiPlain, OutT, Rows>;
+    };
+    auto run = w.B <= 128 ? pick(std::true_type{}) : pick(std::false_type{});
+    run(rows, M, Mp, K, as, w8, w4, w.bits, w.Np, w.N, w.B, w.ks, w.ws, w.bias, yp, res);
   };
   if (out_dtype == at::kBFloat16) {
     call(y.data_ptr<at::BFloat16>());
@@ -860,14 +943,15 @@ inline ActSide act_side(const std::vector<torch::Tensor>& e) {
 // [K / B, Np]; bias: [N] or None. Returns [M, N] in `out_dtype` (float32 or bfloat16).
 torch::Tensor amx_linear(int64_t M, std::vector<torch::Tensor> act, torch::Tensor weight, int64_t bits, bool pack4,
                          int64_t N, int64_t B, int64_t ks, torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2,
-                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+                         torch::Tensor wc, c10::optional<torch::Tensor> bias, at::ScalarType out_dtype,
+                         int64_t activation, c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> gate) {
   TORCH_CHECK(act.size() == 5, "act: codes, sa, za, asum, zc");
   const int64_t Mp = act[1].size(0), K = act[1].size(1) * B;
   TORCH_CHECK(Mp % kRows == 0 && M <= Mp && act[0].numel() == Mp * K, "rows must be padded to a multiple of 32");
   const WeightArgs w(weight, bits, pack4, N, K, B, ks, sw, wc1, wc2, wc, bias);
   const uint8_t* codes = act[0].data_ptr<uint8_t>();
   auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
-  return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype);
+  return run_product(rows, M, Mp, K, act_side({act.begin() + 1, act.end()}), w, out_dtype, activation, residual, gate);
 }
 
 // quantize_act and amx_linear in one: when the threads split the rows, each quantizes its own chunks of
@@ -876,7 +960,8 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
                            c10::optional<torch::Tensor> given_scale, c10::optional<torch::Tensor> given_zero,
                            torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
                            torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2, torch::Tensor wc,
-                           c10::optional<torch::Tensor> bias, at::ScalarType out_dtype) {
+                           c10::optional<torch::Tensor> bias, at::ScalarType out_dtype, int64_t activation,
+                           c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> gate) {
   const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero);
   const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, wc1, wc2, wc, bias);
   auto e = a.per_block();
@@ -895,13 +980,13 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
         for (int64_t m = m0; m < m1; ++m) rq.row(m, m - m0, codes, o, sc);
         return const_cast<const uint8_t*>(codes);
       };
-      return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+      return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype, activation, residual, gate);
     }
     auto all = torch::empty({a.Mp * K}, torch::kUInt8);
     quantize_all(rq, a, o, all.data_ptr<uint8_t>());
     const uint8_t* codes = all.data_ptr<uint8_t>();
     auto rows = [codes, K](int64_t rb_begin, int64_t, AlignedBuffer&) { return codes + rb_begin * kRows * K; };
-    return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype);
+    return run_product(rows, M, a.Mp, K, act_side(e), w, out_dtype, activation, residual, gate);
   };
   if (x.scalar_type() == torch::kBFloat16) return go(x.data_ptr<at::BFloat16>());
   return go(x.data_ptr<float>());
@@ -914,6 +999,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)");
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
-  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs");
-  m.def("amx_linear_x", &amx_linear_x, "activation quantization fused with the AMX product (x float32 / bfloat16)");
+  namespace py = pybind11;
+  m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs",
+        py::arg("M"), py::arg("act"), py::arg("weight"), py::arg("bits"), py::arg("pack4"), py::arg("N"), py::arg("B"),
+        py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"), py::arg("bias"),
+        py::arg("out_dtype"), py::arg("activation") = kActNone, py::arg("residual") = py::none(),
+        py::arg("gate") = py::none());
+  m.def("amx_linear_x", &amx_linear_x, "activation quantization fused with the AMX product (x float32 / bfloat16)",
+        py::arg("x"), py::arg("group"), py::arg("abits"), py::arg("symmetric"), py::arg("sample_rows"),
+        py::arg("given_scale"), py::arg("given_zero"), py::arg("weight"), py::arg("bits"), py::arg("pack4"),
+        py::arg("N"), py::arg("B"), py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"),
+        py::arg("bias"), py::arg("out_dtype"), py::arg("activation") = kActNone, py::arg("residual") = py::none(),
+        py::arg("gate") = py::none());
 }

@@ -1,0 +1,97 @@
+"""An activation moved into the quantized linear that feeds it (``qdit.nn.fuse_activations``): DiT's MLP
+GELU runs inside fc1 on every path, and the model computes what it computed before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import qdit
+from qdit.kernels.linear import available_paths
+from qdit.models.dit import Mlp
+from qdit.models.embedded import load_embedded
+from qdit.nn import FusedActivation, fuse_activations, kernel_summary, quant_layers, unfuse
+from qdit.recipe import QuantSpec, Recipe
+
+
+def _inputs(cfg, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+    return x, torch.randint(0, 1000, (batch,), generator=g), torch.randint(0, cfg.num_classes, (batch,), generator=g)
+
+
+def test_quantize_fuses_the_mlp_gelu_and_changes_nothing_on_the_fake_path() -> None:
+    model = qdit.quantize(load_embedded(), QuantSpec(8, 8, 128, 128), kernel="fake")
+    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
+    assert mlps and all(isinstance(m.act, FusedActivation) and m.fc1.activation == "gelu_tanh" for m in mlps)
+    assert all(m.fc2.activation is None for m in mlps)
+    assert f"gelu_tanh fused into {len(mlps)} layers" in kernel_summary(model)
+    assert "activation=gelu_tanh" in repr(mlps[0].fc1) and "gelu_tanh, fused into" in repr(mlps[0].act)
+    x, t, y = _inputs(model.config)
+    with torch.inference_mode():
+        fused = model(x, t, y)
+        assert len(unfuse(model)) == len(mlps)
+        assert all(type(m.act) is nn.GELU and m.act.approximate == "tanh" and m.fc1.activation is None for m in mlps)
+        plain = model(x, t, y)
+    assert torch.equal(fused, plain)  # the same float operations in the same order
+
+
+@pytest.mark.skipif("amx" not in available_paths(), reason="the AMX kernels are not built here")
+def test_fused_gelu_on_the_amx_path_matches_the_unfused_model(tmp_path: Path) -> None:
+    model = qdit.quantize(load_embedded(), QuantSpec(8, 8, 128, 128), kernel="fake")
+    qdit.save(model, tmp_path / "q")
+    fast = qdit.load(tmp_path / "q", kernel="int").to(torch.bfloat16)
+    fc1s = [m.fc1 for m in fast.modules() if isinstance(m, Mlp)]
+    assert all(f.activation == "gelu_tanh" and f.kernel == "amx" for f in fc1s)  # loading fuses too
+    x, t, y = _inputs(model.config, 8)
+    x = x.bfloat16()
+    with torch.inference_mode():
+        fused = fast(x, t, y).double()
+        unfuse(fast)
+        plain = fast(x, t, y).double()
+    # one bfloat16 rounding fewer per fc1 output: the two runs differ as bf16 runs of the same model do
+    rel = float((fused - plain).abs().max() / plain.abs().max())
+    assert 0 < rel <= 0.05, rel
+
+
+def test_only_quantized_linears_and_tanh_gelu_are_fused() -> None:
+    model = load_embedded()
+    qdit.quantize(model, Recipe(default=QuantSpec(8, 8, 128, 128), exclude=["blocks.0.mlp.fc1"]), kernel="fake")
+    assert isinstance(model.blocks[0].mlp.act, nn.GELU)  # its fc1 stayed float
+    assert isinstance(model.blocks[1].mlp.act, FusedActivation)
+    exact = nn.Sequential(nn.Linear(4, 4), nn.GELU())  # erf GELU: no fused form
+    assert fuse_activations(exact, [("0", "1")]) == []
+    layers = quant_layers(model)
+    assert sum(1 for q in layers.values() if q.activation) == len(model.blocks) - 1
+
+
+def _plain_gated(linear: nn.Module, h: torch.Tensor, residual, gate) -> torch.Tensor:
+    out = linear(h)
+    return out if residual is None else residual + gate.unsqueeze(1) * out
+
+
+@pytest.mark.parametrize("kernel", ["fake", *(["int"] if "amx" in available_paths() else [])])
+def test_the_gated_residual_inside_proj_and_fc2(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DiT blocks hand ``x + gate * branch`` to the quantized proj and fc2: on the fake path the same
+    float operations as the block's own expression (equal outputs), on the AMX path within bf16 rounding."""
+    import qdit.models.dit as dit
+
+    model = qdit.quantize(load_embedded(), QuantSpec(8, 8, 128, 128), kernel=kernel).to(torch.bfloat16)
+    seen: list[bool] = []
+    proj = model.blocks[0].attn.proj
+    proj.register_forward_pre_hook(lambda m, a, kw: seen.append("residual" in kw) and None, with_kwargs=True)
+    x, t, y = _inputs(model.config, 8)
+    x = x.bfloat16()
+    with torch.inference_mode():
+        fused = model(x, t, y).double()
+        assert seen == [True]
+        monkeypatch.setattr(dit, "gated_linear", _plain_gated)
+        plain = model(x, t, y).double()
+    if kernel == "fake":
+        assert torch.equal(fused, plain)
+    else:
+        rel = float((fused - plain).abs().max() / plain.abs().max())
+        assert 0 < rel <= 0.05, rel
