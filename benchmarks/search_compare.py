@@ -78,10 +78,54 @@ def search_command(inst: Instance, method: str, folder: Path, a: argparse.Namesp
         "--a-bits", str(inst.a_bits), "--method", method, "--steps", str(inst.steps),
         "--num-samples", str(a.num_samples), "--seed", str(inst.seed), "--features", inst.features,
         "--fitness", "fd", "--heldout-seeds", a.heldout_seeds, "--heldout-samples", str(a.heldout_samples),
-        "--threads", str(a.threads), "--no-progress", "--state", str(state),
+        "--threads", str(a.threads), "--no-progress", *a.search_args.split(), "--state", str(state),
         *(["--resume"] if state.is_file() else []),
         "--json", str(folder / f"{method}.json"), "--out", str(folder / f"{method}.recipe.json"),
     ]  # fmt: skip
+
+
+def verify(instances: list[Instance], a: argparse.Namespace) -> list[str]:
+    """Replay every finished search from a copy of its saved state (``qdit search --resume``, no
+    held-out seeds): the replay must evaluate nothing new and give the committed recipe and best
+    fitness. Returns one line per search checked; raises ``SystemExit`` on a mismatch."""
+    import shutil
+    import tempfile
+
+    out, lines = Path(a.out_dir), []
+    for inst in instances:
+        for method in METHODS:
+            folder = out / inst.name
+            report_path = folder / f"{method}.json"
+            if not finished(report_path):
+                continue
+            committed = json.loads(report_path.read_text())
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                shutil.copy(folder / f"{method}.state.json", work / f"{method}.state.json")
+                feats = folder / f"{method}.state.json.features"
+                if feats.is_dir():
+                    shutil.copytree(feats, work / f"{method}.state.json.features")
+                args = search_command(inst, method, work, a)
+                cut = args.index("--heldout-seeds")
+                args = args[:cut] + args[cut + 4 :]  # no held-out measurement: only the search itself
+                print("$ qdit", " ".join(args), flush=True)
+                subprocess.run([sys.executable, "-m", "qdit", *args], check=True, capture_output=True)
+                replay = json.loads((work / f"{method}.json").read_text())
+                same_recipe = (work / f"{method}.recipe.json").read_text() == (
+                    folder / f"{method}.recipe.json"
+                ).read_text()
+            keys = ("best_genome", "best_fitness", "evaluations", "images_sampled")
+            diff = [k for k in keys if replay.get(k) != committed.get(k)]
+            if diff or not same_recipe:
+                raise SystemExit(
+                    f"{inst.name} {method}: the replay differs from the committed result in "
+                    f"{', '.join(diff + ([] if same_recipe else ['the recipe']))}"
+                )
+            lines.append(
+                f"{inst.label}, {method}: replayed from its state, same recipe, best fitness "
+                f"{replay['best_fitness']:.4f}, {replay['evaluations']} evaluations"
+            )
+    return lines
 
 
 def finished(report: Path) -> bool:
@@ -223,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         "--tie", type=float, default=0.01, help="relative difference counted as a tie (default 0.01)"
     )
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", choices=("run", "table"), default=None, help="only run the searches, or only "
-                   "build the table from the finished ones")  # fmt: skip
+    p.add_argument("--search-args", default="", help="extra qdit search flags for both searches")
+    p.add_argument("--only", choices=("run", "table", "verify"), default=None, help="only run the searches, "
+                   "only build the table from the finished ones, or only replay the finished searches from "
+                   "their saved states and check they give the committed results")  # fmt: skip
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results" / "search_compare"))
     a = p.parse_args(argv)
     try:
@@ -234,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     if not instances:
         p.error("--instances: give at least one instance")
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    if a.only == "verify":
+        lines = verify(instances, a)
+        print("\n".join(lines) if lines else "no finished search to replay")
+        return 0
     if a.only != "table":
         run(instances, a)
     result = compare(instances, a)

@@ -81,3 +81,22 @@ def test_bad_instance_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         sc.main(["--only", "table", "--instances", "W4A8/10"])
     assert e.value.code == 2
     assert "--instances: an instance is SETTING/STEPS/SEED/FEATURES" in capsys.readouterr().err
+
+
+def test_tiny_comparison_runs_then_replays_from_its_states(tmp_path: Path) -> None:
+    """Both searches on one tiny instance, the table, then ``--only verify``: replayed from copies of
+    their saved states they give the committed recipes; a changed recipe is caught."""
+    sc = load_script()
+    args = ["--instances", "W4A8/1/0/domain", "--num-samples", "2", "--heldout-seeds", "101",
+            "--heldout-samples", "2", "--out-dir", str(tmp_path),
+            "--search-args", "--population 4 --top-k 2 --generations 1 --cheap-budget 4 --candidates 2"]  # fmt: skip
+    assert sc.main(args) == 0
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["instance"] for r in result["rows"]] == ["w4a8_steps1_seed0_domain"]
+    assert sc.main([*args, "--only", "verify"]) == 0
+    recipe = tmp_path / "w4a8_steps1_seed0_domain" / "full.recipe.json"
+    data = json.loads(recipe.read_text())
+    data["default"]["w_group"] = 32 if data["default"]["w_group"] != 32 else 64
+    recipe.write_text(json.dumps(data, indent=2) + "\n")
+    with pytest.raises(SystemExit, match="full: the replay differs from the committed result in the recipe"):
+        sc.main([*args, "--only", "verify"])
