@@ -229,7 +229,29 @@ def test_fused_gated_residual_matches_the_block_expression(path: str, wbits: int
     # the gate really is per sample: the samples' gates swapped give another result
     swapped = int_linear(x, kw, act, bias, residual=residual, gate=gate.flip(0)).double()
     assert (swapped - want).abs().max() > 0.1
-    with pytest.raises(ValueError, match="gate must be"):
-        int_linear(x, kw, act, bias, residual=residual, gate=torch.ones(7, n, dtype=dtype))  # 7 does not divide 120
+    with pytest.raises(ValueError, match=r"gate must be \[3, 100\] \(one row per sample\)"):
+        int_linear(x, kw, act, bias, residual=residual, gate=torch.ones(6, n, dtype=dtype))  # not one per sample
     with pytest.raises(ValueError, match="needs both residual and gate"):
         int_linear(x, kw, act, bias, residual=residual)
+
+
+@needs_amx
+def test_fused_gelu_tails_and_non_finite_values() -> None:
+    """The kernel's GELU where its exponent is clamped (huge negative outputs give -0 as torch's, not
+    x * e^-80) and on non-finite outputs (NaN stays NaN, +inf stays +inf, -inf gives NaN as torch)."""
+    k, n = 128, 32
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, k, generator=g)
+    iw = IntWeight.from_qweight(quantize_weight(torch.randn(n, k, generator=g) / k**0.5, 8, 0, False))
+    kw = prepare_weight(iw, 0, "amx")
+    bias = torch.zeros(n)
+    bias[:8] = torch.tensor([-1e20, -3e38, float("nan"), float("inf"), float("-inf"), -6.0, -50.0, 1e20])
+    y = int_linear(x, kw, ActQuant(8, 0, False, "token"), bias, activation="gelu_tanh")
+    ref = int_linear_reference(quantize_acts(x, 8, 0, False, "token"), iw, bias)
+    want = torch.nn.functional.gelu(ref, approximate="tanh")
+    assert torch.equal(torch.isnan(y), torch.isnan(want)) and torch.isnan(y[:, 2]).all() and torch.isnan(y[:, 4]).all()
+    fin = ~torch.isnan(want)
+    assert torch.equal(y[fin].isinf(), want[fin].isinf())
+    close = fin & ~want.isinf()
+    assert ((y[close] - want[close]).abs() <= 1e-5 * want[close].abs() + 1e-6).all()
+    assert (y[:, :2] == 0).all() and (y[:, 6] == 0).all()  # not x * e^-80

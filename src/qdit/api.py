@@ -17,7 +17,7 @@ from qdit.calib import CalibConfig, Calibration
 from qdit.calib.quantize import quantize_layers, resolve_specs
 from qdit.errors import QditError
 from qdit.models.adapter import get_adapter
-from qdit.nn.swap import KERNELS, LayerFactory, freeze, fuse_activations, quant_layers
+from qdit.nn.swap import KERNELS, LayerFactory, freeze, fuse, quant_layers
 from qdit.recipe import QuantSpec, Recipe
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def quantize(
     model.qdit_recipe = recipe
     if layer_factory is None:  # a custom factory's layers (the search's banks) choose for themselves
         freeze(model, kernel)
-        fuse_activations(model, get_adapter(model).activation_pairs(model))
+        fuse(model, get_adapter(model).activation_pairs(model))
     return model
 
 

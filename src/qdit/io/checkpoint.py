@@ -259,7 +259,7 @@ def _load(root: Path, meta: dict[str, Any], reader: SafetensorsReader, device: t
     from qdit.kernels.formats import IntWeight, code_columns
     from qdit.models.adapter import adapter_for_description
     from qdit.nn.quant_linear import QuantLinear
-    from qdit.nn.swap import choose_kernel, freeze, fuse_activations, set_submodule
+    from qdit.nn.swap import choose_kernel, freeze, fuse, set_submodule
     from qdit.quant.packing import unpack_bits
     from qdit.quant.primitives import num_groups
     from qdit.recipe import QuantSpec, Recipe
@@ -359,5 +359,5 @@ def _load(root: Path, meta: dict[str, Any], reader: SafetensorsReader, device: t
     model = model.to(device).eval()
     if not on_cpu:
         freeze(model, kernel)
-    fuse_activations(model, adapter.activation_pairs(model))
+    fuse(model, adapter.activation_pairs(model))
     return model

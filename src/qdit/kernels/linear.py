@@ -41,25 +41,23 @@ ACTIVATIONS = {"gelu_tanh": 1}
 
 
 def gated_residual(y: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``residual + gate * y`` with one gate row per sample: ``gate`` is ``[S, N]`` and the rows of ``y``
-    (all dims but the last, ``S * T`` of them) are ``S`` samples of ``T`` consecutive rows each; the
-    result has ``y``'s shape. Computed in the inputs' dtype, as a DiT block computes ``x + gate * out``."""
+    """``residual + gate.unsqueeze(1) * y``: ``residual`` and ``y`` are ``[S, T, N]`` (``S`` samples, or
+    any shape whose first dim is the samples) and ``gate`` is ``[S, N]``, one row per sample, as a DiT
+    block computes ``x + gate * out``; the dtype follows PyTorch's promotion, as that expression's."""
     check_gated_residual(y.shape, residual, gate)
     n, s = y.shape[-1], gate.shape[0]
     return (residual.reshape(s, -1, n) + gate[:, None] * y.reshape(s, -1, n)).reshape(y.shape)
 
 
 def check_gated_residual(shape: tuple[int, ...] | torch.Size, residual: torch.Tensor, gate: torch.Tensor) -> None:
-    """``ValueError`` unless ``residual`` has the output ``shape`` and ``gate`` is ``[S, N]`` with ``S``
-    dividing its rows."""
-    n = shape[-1]
-    rows = 1
-    for d in shape[:-1]:
-        rows *= d
-    if gate.dim() != 2 or gate.shape[1] != n or gate.shape[0] == 0 or rows % gate.shape[0]:
-        raise ValueError(f"gate must be [S, {n}] with S dividing the {rows} rows, got {tuple(gate.shape)}")
+    """``ValueError`` unless ``residual`` has the output ``shape`` (at least two dims, the first the
+    samples) and ``gate`` is ``[S, N]`` with ``S`` that first dim."""
+    if len(shape) < 2:
+        raise ValueError(f"a gated residual needs an output of at least two dims, got {tuple(shape)}")
     if tuple(residual.shape) != tuple(shape):
         raise ValueError(f"residual must have the output's shape {tuple(shape)}, got {tuple(residual.shape)}")
+    if gate.dim() != 2 or tuple(gate.shape) != (shape[0], shape[-1]):
+        raise ValueError(f"gate must be [{shape[0]}, {shape[-1]}] (one row per sample), got {tuple(gate.shape)}")
 
 
 def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -242,6 +240,12 @@ def _act_ranges(
     return scale, zero
 
 
+def _residual_dtype(x: torch.dtype, residual: torch.Tensor, gate: torch.Tensor) -> torch.dtype:
+    """The dtype of ``residual + gate * out`` with ``out`` in ``x`` (bfloat16 only if all three are)."""
+    dt = torch.promote_types(torch.promote_types(x, residual.dtype), gate.dtype)
+    return torch.bfloat16 if dt == torch.bfloat16 else torch.float32
+
+
 def _pairs(kw: KernelWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``wc1, wc2, wc`` for the kernel (an unused one as any int32 tensor)."""
     used = kw.wc if kw.wc is not None else kw.wc1
@@ -284,6 +288,7 @@ def _run_amx(
             sample_rows = shared
     out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
     if residual is not None and gate is not None:
+        out_dtype = _residual_dtype(x2d.dtype, residual, gate)
         residual = residual.reshape(-1, kw.out_features).to(out_dtype).contiguous()
         gate = gate.to(out_dtype).contiguous()
     return ext.amx_linear_x(
@@ -342,7 +347,8 @@ def int_linear(
     ``kw.path``, then either the output ``activation`` (one of :data:`ACTIVATIONS`) or the gated residual
     ``residual + gate * product`` (:func:`gated_residual`: ``residual`` shaped like the output, ``gate``
     one row per sample), fused into the AMX kernel's last epilogue and applied in float32 after the
-    product on the other paths; the result has ``x``'s dtype."""
+    product on the other paths; the result has ``x``'s dtype, or with a residual the dtype of
+    ``residual + gate * out`` (bfloat16 only if ``x``, residual and gate all are)."""
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"unknown output activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
     if (residual is None) != (gate is None) or (residual is not None and activation is not None):
@@ -357,6 +363,8 @@ def int_linear(
         y = apply_activation(run(x, kw, act, bias, ch_min, ch_max).float(), activation)
         if residual is not None and gate is not None:
             y = gated_residual(y.reshape(*lead, kw.out_features), residual.float(), gate.float())
+    if residual is not None and gate is not None:
+        return y.reshape(*lead, kw.out_features).to(_residual_dtype(x.dtype, residual, gate))
     return y.reshape(*lead, kw.out_features).to(x.dtype)
 
 

@@ -70,7 +70,7 @@ class ModelAdapter:
 
     def activation_pairs(self, model: nn.Module) -> list[tuple[str, str]]:
         """``(linear name, activation module name)`` pairs where the linear's output goes only through that
-        activation module: :func:`qdit.nn.fuse_activations` moves the activation into the quantized
+        activation module: :func:`qdit.nn.fuse` moves the activation into the quantized
         linear (the AMX kernel applies it before writing). None known for a generic model."""
         return []
 

@@ -143,11 +143,13 @@ def gated_linear(
     linear: nn.Module, h: torch.Tensor, residual: torch.Tensor | None, gate: torch.Tensor | None
 ) -> torch.Tensor:
     """``linear(h)``, or with ``residual`` a DiT block's gated residual branch ``residual +
-    gate.unsqueeze(1) * linear(h)``: a quantized linear computes that itself (its integer kernel adds it
-    before writing the output: no pass over memory for the scaling and the sum)."""
+    gate.unsqueeze(1) * linear(h)``: a quantized linear on an integer kernel computes that itself (the
+    kernel adds it before writing the output: no pass over memory for the scaling and the sum). On the
+    fake-quantization path (calibration, the search's probes and hooks) the block computes it, so a
+    layer's output is always its product."""
     if residual is None or gate is None:
         return linear(h)
-    if isinstance(linear, QuantLinear) and linear.residual_fusion and linear.activation is None:
+    if isinstance(linear, QuantLinear) and linear.takes_gated_residual() and h.shape[0] > 0:
         return linear(h, residual=residual, gate=gate)
     return residual + gate.unsqueeze(1) * linear(h)
 

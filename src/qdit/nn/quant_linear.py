@@ -248,7 +248,7 @@ class QuantLinear(nn.Module):
             )
         self.kernel = FAKE  # the path that runs the product: "fake" or a qdit.kernels path
         self._kw: KernelWeight | None = None  # the weight in that path's layout
-        # an activation fused onto the output (qdit.kernels.linear.ACTIVATIONS; see qdit.nn.fuse_activations):
+        # an activation fused onto the output (qdit.kernels.linear.ACTIVATIONS; see qdit.nn.fuse):
         # applied on every path, by the AMX kernel before it writes the output
         self.activation: str | None = None
         # whether a model may hand this layer its gated residual (forward's residual / gate; qdit.nn.unfuse)
@@ -336,6 +336,11 @@ class QuantLinear(nn.Module):
         if self._kw is not None:
             return self._kw.nbytes()
         return sum(t.numel() * t.element_size() for t in (self.weight_codes, self.weight_scale, self.weight_zero) if t is not None)
+
+    def takes_gated_residual(self) -> bool:
+        """Whether a model should hand this layer its gated residual (``forward(x, residual, gate)``):
+        on an integer kernel, with no fused activation, unless :func:`qdit.nn.unfuse` turned it off."""
+        return self.residual_fusion and self.kernel != FAKE and self.activation is None
 
     # --- the kernel path ---------------------------------------------------------------------
     def act_spec(self) -> ActQuant | None:
@@ -427,10 +432,12 @@ class QuantLinear(nn.Module):
             xs = x if self.smooth is None else x.float() / self.smooth  # quantized from float32, as fake does
             act = self.act_spec()
             assert act is not None and self.act_quant is not None
-            return int_linear(
+            y = int_linear(
                 xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max, self.activation,
                 residual, gate,
-            ).to(dtype)  # fmt: skip
+            )  # fmt: skip
+            # a gated residual keeps the promoted dtype of x + gate * out (an fp32 residual stream stays fp32)
+            return y if residual is not None else y.to(dtype)
         if self.smooth is not None or self.act_quant is not None:
             xf = x.float()
             if self.smooth is not None:

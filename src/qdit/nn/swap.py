@@ -118,12 +118,14 @@ def freeze(model: nn.Module, kernel: str = "auto") -> dict[str, str]:
 
 
 class FusedActivation(nn.Identity):
-    """Where an activation module was before :func:`fuse_activations` moved it into the preceding
-    quantized linear (which now applies it to its output): the identity, named for the printout."""
+    """Where an activation module was before :func:`fuse` moved it into the preceding quantized linear
+    (which now applies it to its output): the identity, named for the printout. It keeps a plain (not
+    registered) reference to that linear, so :func:`unfuse` works from any module that holds both."""
 
-    def __init__(self, activation: str, into: str) -> None:
+    def __init__(self, activation: str, into: str, linear: QuantLinear) -> None:
         super().__init__()
         self.activation, self.into = activation, into
+        object.__setattr__(self, "linear", linear)  # not a submodule: no second copy in the state dict
 
     def extra_repr(self) -> str:
         return f"{self.activation}, fused into {self.into}"
@@ -140,31 +142,18 @@ def _fusable(act: nn.Module) -> str | None:
     return None
 
 
-def unfuse(model: nn.Module) -> list[str]:
-    """Every quantized layer computes its product alone again: each :class:`FusedActivation` becomes its
-    module again (its linear stops applying it), and no layer takes a gated residual
-    (:attr:`QuantLinear.residual_fusion`). Returns the names of the linears that gave back an activation."""
+def fuse(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str]:
+    """Let the quantized layers of ``model`` do the elementwise work next to their products.
+
+    Each ``(linear name, activation module name)`` of ``pairs`` names a linear whose output goes only
+    through that activation module (the model's adapter knows which,
+    :meth:`qdit.models.adapter.ModelAdapter.activation_pairs`): the linear then applies the activation
+    to its output on every path (in the AMX kernel's epilogue: no pass over the output in memory) and the
+    module becomes a :class:`FusedActivation`. Pairs whose linear is not quantized, or whose activation a
+    layer cannot apply, are left alone. Every quantized layer may also take a gated residual from its
+    block again (:meth:`QuantLinear.takes_gated_residual`). Returns the linears that took an activation."""
     for layer in quant_layers(model).values():
-        layer.residual_fusion = False
-    undone = []
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, FusedActivation):
-            lin = model.get_submodule(mod.into)
-            assert isinstance(lin, QuantLinear)
-            lin.activation = None
-            set_submodule(model, name, _FUSABLE[mod.activation]())
-            undone.append(mod.into)
-    return undone
-
-
-def fuse_activations(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str]:
-    """Move each activation module into the quantized linear that feeds it: ``pairs`` lists
-    ``(linear name, activation module name)`` where the linear's output goes only through that
-    module (the model's adapter knows which, :meth:`qdit.models.adapter.ModelAdapter.activation_pairs`).
-    The linear then applies the activation to its output on every path (fused into the AMX kernel's
-    epilogue: no pass over the output in memory) and the module becomes a :class:`FusedActivation`.
-    Pairs whose linear is not quantized, or whose activation a layer cannot apply, are left alone; returns
-    the names of the linears that took their activation."""
+        layer.residual_fusion = True
     fused = []
     for lin_name, act_name in pairs:
         lin, act = model.get_submodule(lin_name), model.get_submodule(act_name)
@@ -172,9 +161,24 @@ def fuse_activations(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str
         if not isinstance(lin, QuantLinear) or kind is None or lin.activation is not None:
             continue
         lin.activation = kind
-        set_submodule(model, act_name, FusedActivation(kind, lin_name))
+        set_submodule(model, act_name, FusedActivation(kind, lin_name, lin))
         fused.append(lin_name)
     return fused
+
+
+def unfuse(model: nn.Module) -> list[str]:
+    """Every quantized layer of ``model`` computes its product alone again: each :class:`FusedActivation`
+    becomes its module again (its linear stops applying it), and no layer takes a gated residual. Works
+    on any module holding both the activations and their linears (a block, a wrapper). Returns the names
+    (as given to :func:`fuse`) of the linears that gave back an activation."""
+    found = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FusedActivation)]
+    for layer in quant_layers(model).values():
+        layer.residual_fusion = False
+    for name, mod in found:
+        lin = mod.linear  # type: ignore[attr-defined]
+        lin.activation = None
+        set_submodule(model, name, _FUSABLE[mod.activation]())
+    return [mod.into for _, mod in found]
 
 
 def kernel_paths(model: nn.Module) -> dict[str, str]:

@@ -464,7 +464,7 @@ inline void store16(at::BFloat16* y, __mmask16 k, __m512 v) {
 // into the last epilogue: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3).
 // exp by 2^n * e^r (|r| <= ln 2 / 2, degree-7 Taylor polynomial, relative error about 1e-7), the division
 // by a 14-bit reciprocal and one Newton step; the exponent is clamped to +-80 so that every value stays
-// a finite normal float (the result there is x or 0 to float precision).
+// a finite normal float (the GELU there is x, or 0: see gelu_tanh16).
 inline __m512 exp16(__m512 v) {
   v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-80.0f)), _mm512_set1_ps(80.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
@@ -485,11 +485,15 @@ inline __m512 gelu_tanh16(__m512 x) {
   const __m512 x2 = _mm512_mul_ps(x, x);
   // -2u = x * (-2 sqrt(2 / pi)) * (1 + 0.044715 x^2)
   const __m512 inner = _mm512_fmadd_ps(x2, _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f));
-  const __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.5957691216057308f)), inner));
-  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
+  const __m512 v = _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.5957691216057308f)), inner);
+  const __m512 d = _mm512_add_ps(exp16(v), _mm512_set1_ps(1.0f));
   const __m512 r0 = _mm512_rcp14_ps(d);
   const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)));
-  return _mm512_mul_ps(x, r1);
+  // beyond the clamp (-2u > 80, so x < about -5) the GELU is x * e^(2u): 0 in float unless |x| is huge,
+  // where x * e^-80 would not be; x * 0 there (-0, or NaN for x = -inf, as torch). NaN compares false
+  // and stays NaN through the product.
+  const __mmask16 beyond = _mm512_cmp_ps_mask(v, _mm512_set1_ps(80.0f), _CMP_GT_OQ);
+  return _mm512_mask_mul_ps(_mm512_mul_ps(x, r1), beyond, x, _mm512_setzero_ps());
 }
 
 struct ActSide {  // per (row, block), [Mp, nb]
