@@ -14,21 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-
-
-def best_ms(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for fn in calls.values():
-        fn()
-    best = {n: float("inf") for n in calls}
-    for _ in range(repeats):
-        for n, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            best[n] = min(best[n], time.perf_counter() - t0)
-    return {n: v * 1e3 for n, v in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
+    from qdit.commands.bench import time_interleaved
     from qdit.kernels.formats import IntWeight
     from qdit.kernels.linear import ActQuant, available_paths, best_path, int_linear, prepare_weight
     from qdit.quant.weight import quantize_weight
@@ -72,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "int fc2, gated residual fused": lambda: int_linear(h, k2, act, b2, residual=x, gate=gate),
     }
     with torch.inference_mode():
-        ms = best_ms(calls, a.repeats)
+        ms = {n: v * 1e3 for n, v in time_interleaved(calls, a.repeats).items()}
     print(f"{a.threads} threads, best of {a.repeats}, integer path {k1.path} (available: {', '.join(available_paths())})")
     print("| step | ms |\n|---|---|")
     for n, v in ms.items():
