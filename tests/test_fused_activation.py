@@ -98,6 +98,54 @@ def test_the_gated_residual_inside_proj_and_fc2(kernel: str, monkeypatch: pytest
         assert 0 < rel <= 0.05, rel
 
 
+def _plain_ada(linear: nn.Module, h) -> torch.Tensor:
+    return linear(h if isinstance(h, torch.Tensor) else h.value())
+
+
+@pytest.mark.parametrize("kernel", ["fake", *(["int"] if "amx" in available_paths() else [])])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_adaln_input_inside_qkv_and_fc1(kernel: str, dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DiT blocks hand qkv and fc1 their input before the norm and modulation on an integer kernel
+    (``ada_norm``), which the kernel applies as it quantizes; the model computes what the block's own
+    ``modulate(norm(x))`` gives (float32: within a code step of rare activations; bf16: within bf16
+    rounding). On the fake path (calibration, the search's probes) every hook sees the modulated input."""
+    import qdit.models.dit as dit
+
+    model = qdit.quantize(load_embedded(), QuantSpec(8, 8, 128, 128), kernel=kernel).to(dtype)
+    seen: list[bool] = []
+    for layer in (model.blocks[0].attn.qkv, model.blocks[0].mlp.fc1):
+        layer.register_forward_pre_hook(lambda m, a, kw: seen.append("ada_norm" in kw) and None, with_kwargs=True)
+    x, t, y = _inputs(model.config, 8)
+    x = x.to(dtype)
+    with torch.inference_mode():
+        fused = model(x, t, y).double()
+        assert seen == [kernel != "fake"] * 2
+        monkeypatch.setattr(dit, "ada_linear", _plain_ada)
+        plain = model(x, t, y).double()
+        unfuse(model)
+        assert not model.blocks[0].attn.qkv.takes_ada_norm()
+    if kernel == "fake":
+        assert torch.equal(fused, plain)
+    else:
+        rel = float((fused - plain).abs().max() / plain.abs().max())
+        assert rel <= (0.05 if dtype == torch.bfloat16 else 0.01), rel
+
+
+def test_an_ada_norm_given_to_a_fake_layer_is_applied_first() -> None:
+    from qdit.kernels.linear import AdaNorm
+
+    model = qdit.quantize(load_embedded(), QuantSpec(8, 8, 128, 128), kernel="fake")
+    layer = model.blocks[0].attn.qkv
+    g = torch.Generator().manual_seed(2)
+    k = layer.in_features
+    x = torch.randn(2, 5, k, generator=g)
+    ada = AdaNorm(torch.randn(2, k, generator=g), torch.randn(2, k, generator=g), 1e-6)
+    with torch.inference_mode():
+        want = layer(torch.nn.functional.layer_norm(x, (k,), eps=1e-6) * (1 + ada.scale[:, None]) + ada.shift[:, None])
+        assert torch.equal(layer(x, ada_norm=ada), want)
+        assert not torch.equal(layer(x), want)
+
+
 @pytest.mark.skipif("amx" not in available_paths(), reason="the AMX kernels are not built here")
 def test_autocast_keeps_the_residual_stream_in_float32() -> None:
     """Under bf16 autocast a block's input (the residual stream) stays float32 and its branches are bf16:
@@ -121,14 +169,14 @@ def test_unfuse_works_on_a_submodule_and_fuse_restores_everything() -> None:
     block = model.blocks[1]
     assert unfuse(block) == ["blocks.1.mlp.fc1"]  # named as fuse named it, from the whole model
     assert type(block.mlp.act) is nn.GELU and block.mlp.fc1.activation is None
-    assert not block.attn.proj.residual_fusion and model.blocks[0].attn.proj.residual_fusion
+    assert not block.attn.proj.fusion and model.blocks[0].attn.proj.fusion
     assert isinstance(model.blocks[0].mlp.act, FusedActivation)  # the other blocks untouched
     wrapped = nn.Sequential(model)
     assert len(unfuse(wrapped)) == len(model.blocks) - 1
     from qdit.models.adapter import get_adapter
 
     assert len(fuse(model, get_adapter(model).activation_pairs(model))) == len(model.blocks)
-    assert all(q.residual_fusion for q in quant_layers(model).values())
+    assert all(q.fusion for q in quant_layers(model).values())
 
 
 def test_a_gate_per_sample_is_checked() -> None:
