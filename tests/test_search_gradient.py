@@ -102,6 +102,43 @@ def test_sensitivity_predicts_every_single_gene_change(tiny_dit):
     assert again.cost.images == 2 * n and again.table == sens.table
 
 
+@pytest.mark.parametrize("method", ["ddim", "ddpm"])
+def test_step_by_step_backward_gives_the_one_graph_sensitivity(tiny_dit, method):
+    """``backward="steps"`` (one step's graph at a time, what clips use) backpropagates the same
+    gradients into every probe as one graph over all steps (DDPM: with the same noise per step), and
+    charges the extra forward; ``auto`` is the one graph for images; a bad value is refused."""
+    from dataclasses import replace
+
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8)
+    tables, costs = {}, {}
+    for backward in ("graph", "steps", "auto"):
+        fit = replace(FIT, method=method, backward=backward)
+        obj = ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), fit, with_proxy=False)
+        assert obj.stepwise_backward == (backward == "steps")
+        g = space.uniform(64)
+        sens = obj.sensitivity(g, 6, obj.fitness(g, 6).features)
+        tables[backward], costs[backward] = sens.table, sens.cost.forwards
+    assert tables["auto"] == tables["graph"]
+    flat = [(d, tables["steps"][i][c]) for i, row in enumerate(tables["graph"]) for c, d in row.items()]
+    assert any(abs(a) > 1e-3 for a, _ in flat)
+    for a, b in flat:
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    assert costs["steps"] - costs["graph"] == 6 * FIT.forwards_per_image
+    with pytest.raises(QditError, match="sensitivity backward must be one of auto, graph, steps"):
+        FitnessConfig(backward="checkpoint")
+
+
+def test_search_cli_offers_the_fitness_backward_modes():
+    import argparse
+
+    from qdit.commands.search import add_parser
+    from qdit.search.fitness import BACKWARDS
+
+    search = add_parser(argparse.ArgumentParser().add_subparsers())
+    action = next(a for a in search._actions if a.dest == "sensitivity_backward")
+    assert tuple(action.choices) == BACKWARDS and action.default == "auto"
+
+
 def test_sensitivity_needs_differentiable_features(tiny_dit):
     from tests.test_search_model import toy_features
 
