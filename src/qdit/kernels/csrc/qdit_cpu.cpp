@@ -292,17 +292,21 @@ inline __m512 round_bf16(__m512 v) {
 // Row m of x (K values) through the transform into out (K floats).
 template <typename T>
 inline void ada_row(const T* src, int64_t K, const AdaNorm& a, int64_t m, float* out) {
+  // the row as float32 into out (converted once), its sum; then the variance about the mean (no
+  // cancellation), then the transform in place
   __m512 acc = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 km = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
-    acc = _mm512_add_ps(acc, load16(src + k, km));
+    const __m512 v = load16(src + k, km);
+    _mm512_mask_storeu_ps(out + k, km, v);
+    acc = _mm512_add_ps(acc, v);
   }
   const float mean = _mm512_reduce_add_ps(acc) / static_cast<float>(K);
   const __m512 vmean = _mm512_set1_ps(mean);
   acc = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {  // the variance about the mean: no cancellation
+  for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 km = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
-    const __m512 d = _mm512_maskz_sub_ps(km, load16(src + k, km), vmean);
+    const __m512 d = _mm512_maskz_sub_ps(km, _mm512_maskz_loadu_ps(km, out + k), vmean);
     acc = _mm512_fmadd_ps(d, d, acc);
   }
   const float var = std::fmax(_mm512_reduce_add_ps(acc) / static_cast<float>(K), 0.0f);
@@ -312,7 +316,7 @@ inline void ada_row(const T* src, int64_t K, const AdaNorm& a, int64_t m, float*
   const float* sc = a.scale1 + (m / a.tokens) * K;
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 km = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
-    __m512 v = _mm512_fmadd_ps(load16(src + k, km), vr, vb);
+    __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, out + k), vr, vb);
     if (a.round_norm) v = round_bf16(v);
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(km, sc + k));
     if (a.round_mod) v = round_bf16(v);
