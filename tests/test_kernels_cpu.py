@@ -304,10 +304,13 @@ def test_ada_norm_transforms_the_rows_as_they_are_quantized(path: str, dtype, gr
     iw = IntWeight.from_qweight(quantize_weight(w, 8, 40, False))
     kw = prepare_weight(iw, 40, path)
     act = ActQuant(8, 40, False, granularity)
-    ada = AdaNorm(torch.randn(samples, k, generator=g).to(dtype), torch.randn(samples, k, generator=g).to(dtype), 1e-6)
-    want = int_linear(ada.apply(x), kw, act, bias).double()
-    y = int_linear(x, kw, act, bias, ada_norm=ada).double()
-    assert y.dtype == want.dtype and y.shape == want.shape == (samples, tokens, n)
+    # shift and scale are strided chunks of one modulation output, as a DiT block's
+    mod = torch.randn(samples, 3 * k, generator=g).to(dtype)
+    ada = AdaNorm(mod[:, k : 2 * k], mod[:, 2 * k :], 1e-6)
+    want = int_linear(ada.apply(x), kw, act, bias)
+    y = int_linear(x, kw, act, bias, ada_norm=ada)
+    assert y.dtype == want.dtype == dtype and y.shape == want.shape == (samples, tokens, n)
+    y, want = y.double(), want.double()
     rel = float((y - want).abs().max() / want.abs().max())
     assert rel <= (2**-7 if dtype == torch.bfloat16 else 2e-3), rel  # bfloat16: an output's last bit
     if dtype == torch.bfloat16:
@@ -318,3 +321,25 @@ def test_ada_norm_transforms_the_rows_as_they_are_quantized(path: str, dtype, gr
         assert float((off - want).abs().max() / want.abs().max()) > 0.05
     with pytest.raises(ValueError, match=r"does not fit shift / scale \(3, 200\) \(one row per sample"):
         int_linear(x.reshape(6, 25, k), kw, act, bias, ada_norm=ada)
+
+
+@needs_amx
+@pytest.mark.parametrize("mods", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.float16)])
+def test_ada_norm_rounds_as_torch_with_mixed_dtypes(mods) -> None:
+    """A bfloat16 input with shift and scale of other dtypes: torch rounds the product only when scale
+    is bf16 and the sum only when shift is too (float16 rows: applied before the kernel); the fused
+    result is the transform-then-product result for every row."""
+    from qdit.kernels.linear import AdaNorm
+
+    samples, tokens, k, n = 2, 40, 256, 32
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(samples, tokens, k, generator=g).bfloat16()
+    iw = IntWeight.from_qweight(quantize_weight(torch.randn(n, k, generator=g) / k**0.5, 8, 128, False))
+    kw = prepare_weight(iw, 128, "amx")
+    act = ActQuant(8, 128)
+    scale_dtype, shift_dtype = mods
+    ada = AdaNorm(torch.randn(samples, k, generator=g).to(shift_dtype), torch.randn(samples, k, generator=g).to(scale_dtype), 1e-6)
+    want = int_linear(ada.apply(x), kw, act)
+    y = int_linear(x, kw, act, ada_norm=ada)
+    assert y.dtype == want.dtype == ada.dtype(x.dtype)
+    assert float((y == want).all(-1).double().mean()) >= 0.95

@@ -128,6 +128,54 @@ def test_step_by_step_backward_gives_the_one_graph_sensitivity(tiny_dit, method)
         FitnessConfig(backward="checkpoint")
 
 
+def test_auto_backward_goes_step_by_step_for_clips_and_the_cheap_state_says_so(tmp_path):
+    """``auto`` resolves to the step-by-step backward on a video model (and gives the same sensitivity
+    as ``steps``); a cheap gradient search's state fingerprint records it (its passes cost one more
+    forward), so a state written with the one-graph backward is refused, not replayed differently."""
+    from dataclasses import replace
+
+    from qdit.search.cheap import CheapConfig, run_cheap
+    from qdit.search.cost import CostModel, baseline_group, default_budget
+    from tests.test_frame_quant import tiny_video
+
+    video = tiny_video()
+    space = build_space(searchable_layers(video, BASE), 4, 8)
+
+    def clip_features() -> FeatureSpace:
+        ref = np.random.default_rng(1).standard_normal((50, 4))
+        proj = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32))  # 4 frames
+
+        def differentiable(x: torch.Tensor) -> torch.Tensor:  # [N, C, T, H, W] -> per-frame means @ proj
+            return x.float().mean(dim=(1, 3, 4)) @ proj
+
+        def extract(clips: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(clips).float().div(127.5).sub(1)  # [N, T, H, W, C]
+            return (t.mean(dim=(2, 3, 4)) @ proj).numpy()
+
+        return FeatureSpace("toy_fvd", extract, ref.mean(0), np.cov(ref, rowvar=False), differentiable)
+
+    tables = {}
+    for backward in ("auto", "graph"):
+        fit = replace(FIT, steps=2, batch_size=4, backward=backward)
+        obj = ModelObjective.build(video, space, BASE, clip_features(), fit, with_proxy=False)
+        assert obj.stepwise_backward == (backward == "auto")
+        g = space.uniform(64)
+        tables[backward] = obj.sensitivity(g, 4, obj.fitness(g, 4).features).table
+    for row_a, row_g in zip(tables["auto"], tables["graph"]):
+        for c in row_g:
+            assert row_a[c] == pytest.approx(row_g[c], rel=1e-4, abs=1e-6)
+    cost = CostModel()
+    budget = default_budget(space, cost)
+    cheap = CheapConfig(budget_evals=2)
+    state = tmp_path / "s.json"
+    graph = ModelObjective.build(video, space, BASE, clip_features(), replace(FIT, steps=2, backward="graph"), with_proxy=False)
+    run_cheap(space, cost, budget, graph, 2, cheap, 0, state, False)
+    steps = ModelObjective.build(video, space, BASE, clip_features(), replace(FIT, steps=2), with_proxy=False)
+    with pytest.raises(QditError, match="different"):
+        run_cheap(space, cost, budget, steps, 2, cheap, 0, state, True)
+    assert baseline_group(space, cost, budget) in space.genes[0].choices
+
+
 def test_search_cli_offers_the_fitness_backward_modes():
     import argparse
 

@@ -169,8 +169,10 @@ def reverse_process(
     pass). The steps run without a graph, keeping only each step's input; ``backward(x_0)`` returns the
     gradient of the caller's loss with respect to ``x_0``; then each step is run again with its graph,
     from the last to the first, and backpropagated from the gradient of its output, which gives the
-    gradient of its input. Gradients and every hook see what one backward pass through the whole graph
-    would give them, with one step's graph in memory instead of all of them."""
+    gradient of its input. The gradients are those of one backward pass through the whole graph, with
+    one step's graph in memory instead of all of them; forward hooks run twice per step (first without
+    a graph, then in reverse step order with one), ``step_callback`` and ``check_finite`` only in the
+    first pass."""
     c = in_channels if in_channels is not None else shape[0]
     x = noise.randn(shape)
     inputs: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []

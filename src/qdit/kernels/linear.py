@@ -60,7 +60,7 @@ def check_gated_residual(shape: tuple[int, ...] | torch.Size, residual: torch.Te
         raise ValueError(f"gate must be [{shape[0]}, {shape[-1]}] (one row per sample), got {tuple(gate.shape)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AdaNorm:
     """adaLN's input transform ``LayerNorm(x) * (1 + scale) + shift``: the norm over the last dim without
     affine (``eps``), then one row of ``shift`` / ``scale`` (``[S, K]``) per sample, the first dim of
@@ -83,6 +83,12 @@ class AdaNorm:
                 f"an input of shape {tuple(shape)} does not fit shift / scale {tuple(self.shift.shape)} "
                 "(one row per sample, the input's first dim)"
             )
+
+    def fusable(self, x: torch.dtype) -> bool:
+        """Whether a kernel computes the transform of an ``x``-typed input as :meth:`apply` does: it
+        emulates bfloat16 roundings only (float32 and bfloat16 inputs and rows)."""
+        ok = (torch.float32, torch.bfloat16)
+        return x in ok and self.shift.dtype in ok and self.scale.dtype in ok
 
     def dtype(self, x: torch.dtype) -> torch.dtype:
         """The dtype of the transformed input of an ``x``-typed input (PyTorch's promotion)."""
@@ -311,9 +317,11 @@ def _run_amx(
     ext = cpu_extension()
     assert ext is not None and kw.stream is not None
     value_dtype = x.dtype if ada_norm is None else ada_norm.dtype(x.dtype)
-    if ada_norm is not None and not isinstance(act.granularity, PerToken):
-        if shared_rows(x.shape, act.granularity, act.layout) is None:
-            x, ada_norm = ada_norm.apply(x), None  # ranges computed here need the transformed values
+    if ada_norm is not None and (
+        not ada_norm.fusable(x.dtype)
+        or (not isinstance(act.granularity, PerToken) and shared_rows(x.shape, act.granularity, act.layout) is None)
+    ):  # roundings the kernel does not emulate, or ranges computed here (they need the transformed values)
+        x, ada_norm = ada_norm.apply(x), None
     x2d = x.reshape(-1, kw.in_features)
     if x2d.dtype not in (torch.float32, torch.bfloat16):
         x2d = x2d.float()
@@ -335,12 +343,16 @@ def _run_amx(
     ada_args: dict[str, object] = {}
     if ada_norm is not None:
         bf16 = torch.bfloat16
+        # torch rounds where an operation's dtype is bfloat16: the norm of a bf16 x, the product when
+        # scale is bf16 too, the sum when shift is as well
+        prod = x2d.dtype == bf16 and ada_norm.scale.dtype == bf16
         ada_args = dict(
             ada_shift=ada_norm.shift.float(),
             ada_scale1=(1 + ada_norm.scale).float(),  # rounded in scale's dtype, as the reference's
             ada_eps=float(ada_norm.eps),
             ada_round_norm=x2d.dtype == bf16,
-            ada_round_mod=x2d.dtype == bf16 and ada_norm.scale.dtype == bf16 and ada_norm.shift.dtype == bf16,
+            ada_round_prod=prod,
+            ada_round_sum=prod and ada_norm.shift.dtype == bf16,
         )
     return ext.amx_linear_x(
         x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,

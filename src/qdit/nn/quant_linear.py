@@ -339,17 +339,29 @@ class QuantLinear(nn.Module):
             return self._kw.nbytes()
         return sum(t.numel() * t.element_size() for t in (self.weight_codes, self.weight_scale, self.weight_zero) if t is not None)
 
+    def _hooked(self) -> bool:
+        """Whether forward hooks watch this layer (its own, or global ones): they must see its plain
+        input and output, so nothing is fused into it meanwhile."""
+        from torch.nn.modules import module as _m
+
+        return bool(
+            self._forward_hooks or self._forward_pre_hooks
+            or _m._global_forward_hooks or _m._global_forward_pre_hooks
+        )  # fmt: skip
+
     def takes_gated_residual(self) -> bool:
         """Whether a model should hand this layer its gated residual (``forward(x, residual, gate)``):
-        on an integer kernel, with no fused activation, unless :func:`qdit.nn.unfuse` turned it off."""
-        return self.fusion and self.kernel != FAKE and self.activation is None
+        on an integer kernel, with no fused activation and no forward hooks watching the layer, unless
+        :func:`qdit.nn.unfuse` turned it off."""
+        return self.fusion and self.kernel != FAKE and self.activation is None and not self._hooked()
 
     def takes_ada_norm(self) -> bool:
         """Whether a model should hand this layer its input before adaLN's norm and modulation
-        (``forward(x, ada_norm=...)``, :class:`qdit.kernels.linear.AdaNorm`): on an integer kernel,
-        without balancing (which divides the transformed input), unless :func:`qdit.nn.unfuse` turned it
-        off."""
-        return self.fusion and self.kernel != FAKE and self.smooth is None
+        (``forward(x, ada_norm=...)``, :class:`qdit.kernels.linear.AdaNorm`): on the AMX kernel (the one
+        that applies it as it quantizes; the others would apply it first anyway), without balancing
+        (which divides the transformed input) and with no forward hooks watching the layer, unless
+        :func:`qdit.nn.unfuse` turned it off."""
+        return self.fusion and self.kernel == "amx" and self.smooth is None and not self._hooked()
 
     # --- the kernel path ---------------------------------------------------------------------
     def act_spec(self) -> ActQuant | None:
@@ -436,8 +448,10 @@ class QuantLinear(nn.Module):
         ``ada_norm`` the layer's input is ``ada_norm.apply(x)``, which the AMX kernel computes as it
         quantizes the rows."""
         if ada_norm is not None and (
-            self._kw is None or self.smooth is not None or (x.requires_grad and torch.is_grad_enabled())
-        ):
+            self._kw is None
+            or self.smooth is not None
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, ada_norm.shift, ada_norm.scale)))
+        ):  # the integer path has no gradient: through the shift and scale neither
             x, ada_norm = ada_norm.apply(x), None
         aq = self.act_quant
         if aq is not None and aq.layout is not None and aq.granularity.layout_aware:
@@ -446,7 +460,8 @@ class QuantLinear(nn.Module):
             except ValueError as exc:
                 raise ValueError(f"layer {self.name or 'QuantLinear'}: {exc}") from None
         dtype = x.dtype
-        grad = x.requires_grad and torch.is_grad_enabled()
+        # the integer path has no gradient: through the gated residual neither
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, gate))
         if self._kw is not None and not grad:
             xs = x if self.smooth is None else x.float() / self.smooth  # quantized from float32, as fake does
             act = self.act_spec()

@@ -515,6 +515,5 @@ class ModelObjective:
             # settings added later: only when they differ from the defaults, so that the fingerprints
             # of states written before them still match
             **({"cfg_channels": c.cfg_channels} if c.cfg_channels is not None else {}),
-            **({"backward": c.backward} if c.backward != "auto" else {}),
             **self.quant_settings,
         }

@@ -272,15 +272,15 @@ inline void qparams_groups(const float* mn, const float* mx, int64_t G, bool sym
 
 // adaLN's input transform, applied to each row before its ranges and codes: LayerNorm over the row (no
 // affine; biased variance, as torch), then * (1 + scale) + shift with the row's sample's rows of shift and
-// 1 + scale. Rounded to bfloat16 after the norm (round_norm) and after the product and the sum
-// (round_mod) where torch's bfloat16 operations would round, so that the values are the ones the unfused
+// 1 + scale. Rounded to bfloat16 after the norm (round_norm), the product (round_prod) and the sum
+// (round_sum) where torch's bfloat16 operations would round, so that the values are the ones the unfused
 // model quantizes (up to the last bits of the mean and variance).
 struct AdaNorm {
   const float* shift = nullptr;   // [S, K]
   const float* scale1 = nullptr;  // 1 + scale, [S, K]
   int64_t tokens = 1;             // rows per sample
   float eps = 0.0f;
-  bool round_norm = false, round_mod = false;
+  bool round_norm = false, round_prod = false, round_sum = false;
   bool on() const { return shift != nullptr; }
 };
 
@@ -319,9 +319,9 @@ inline void ada_row(const T* src, int64_t K, const AdaNorm& a, int64_t m, float*
     __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, out + k), vr, vb);
     if (a.round_norm) v = round_bf16(v);
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(km, sc + k));
-    if (a.round_mod) v = round_bf16(v);
+    if (a.round_prod) v = round_bf16(v);
     v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(km, sh + k));
-    if (a.round_mod) v = round_bf16(v);
+    if (a.round_sum) v = round_bf16(v);
     _mm512_mask_storeu_ps(out + k, km, v);
   }
 }
@@ -881,7 +881,7 @@ struct QuantArgs {  // the activation quantizer's settings, checked
             int64_t sample_rows_, const c10::optional<torch::Tensor>& given_scale,
             const c10::optional<torch::Tensor>& given_zero, const c10::optional<torch::Tensor>& shift = {},
             const c10::optional<torch::Tensor>& scale1 = {}, double eps = 0.0, bool round_norm = false,
-            bool round_mod = false) {
+            bool round_prod = false, bool round_sum = false) {
     TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
     TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
                 "x must be float32 or bfloat16");
@@ -917,7 +917,7 @@ struct QuantArgs {  // the activation quantizer's settings, checked
                   "ada_shift / ada_scale1: [S, K] with S dividing the rows");
       TORCH_CHECK(eps >= 0.0, "ada_eps must be >= 0");
       ada = AdaNorm{ada_shift.data_ptr<float>(), ada_scale1.data_ptr<float>(), M / ada_shift.size(0),
-                    static_cast<float>(eps), round_norm, round_mod};
+                    static_cast<float>(eps), round_norm, round_prod, round_sum};
     }
   }
   // the per (row, block) tensors sa, za, asum, zc [Mp, nb], padding rows zero
@@ -963,9 +963,10 @@ std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t 
                                         c10::optional<torch::Tensor> given_scale,
                                         c10::optional<torch::Tensor> given_zero,
                                         c10::optional<torch::Tensor> ada_shift, c10::optional<torch::Tensor> ada_scale1,
-                                        double ada_eps, bool ada_round_norm, bool ada_round_mod) {
+                                        double ada_eps, bool ada_round_norm, bool ada_round_prod,
+                                        bool ada_round_sum) {
   const QuantArgs a(x, group, bits, symmetric, block, ks, sample_rows, given_scale, given_zero, ada_shift, ada_scale1,
-                    ada_eps, ada_round_norm, ada_round_mod);
+                    ada_eps, ada_round_norm, ada_round_prod, ada_round_sum);
   auto codes = torch::empty({a.Mp * a.K}, torch::kUInt8);
   auto e = a.per_block();
   const ActOut o = a.out(e);
@@ -1095,9 +1096,10 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
                            c10::optional<torch::Tensor> bias, at::ScalarType out_dtype, int64_t activation,
                            c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> gate,
                            c10::optional<torch::Tensor> ada_shift, c10::optional<torch::Tensor> ada_scale1,
-                           double ada_eps, bool ada_round_norm, bool ada_round_mod) {
+                           double ada_eps, bool ada_round_norm, bool ada_round_prod,
+                           bool ada_round_sum) {
   const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero, ada_shift, ada_scale1,
-                    ada_eps, ada_round_norm, ada_round_mod);
+                    ada_eps, ada_round_norm, ada_round_prod, ada_round_sum);
   const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, wc1, wc2, wc, bias);
   auto e = a.per_block();
   const ActOut o = a.out(e);
@@ -1137,7 +1139,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("group"), py::arg("bits"), py::arg("symmetric"), py::arg("block"), py::arg("ks"),
         py::arg("sample_rows"), py::arg("given_scale"), py::arg("given_zero"), py::arg("ada_shift") = py::none(),
         py::arg("ada_scale1") = py::none(), py::arg("ada_eps") = 0.0, py::arg("ada_round_norm") = false,
-        py::arg("ada_round_mod") = false);
+        py::arg("ada_round_prod") = false,
+        py::arg("ada_round_sum") = false);
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
   m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs",
@@ -1151,5 +1154,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("N"), py::arg("B"), py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"),
         py::arg("bias"), py::arg("out_dtype"), py::arg("activation") = kActNone, py::arg("residual") = py::none(),
         py::arg("gate") = py::none(), py::arg("ada_shift") = py::none(), py::arg("ada_scale1") = py::none(),
-        py::arg("ada_eps") = 0.0, py::arg("ada_round_norm") = false, py::arg("ada_round_mod") = false);
+        py::arg("ada_eps") = 0.0, py::arg("ada_round_norm") = false, py::arg("ada_round_prod") = false,
+        py::arg("ada_round_sum") = false);
 }
