@@ -134,9 +134,10 @@ def test_auto_backward_goes_step_by_step_for_clips_and_the_cheap_state_says_so(t
     forward), so a state written with the one-graph backward is refused, not replayed differently."""
     from dataclasses import replace
 
+    from tests.test_frame_quant import tiny_video
+
     from qdit.search.cheap import CheapConfig, run_cheap
     from qdit.search.cost import CostModel, baseline_group, default_budget
-    from tests.test_frame_quant import tiny_video
 
     video = tiny_video()
     space = build_space(searchable_layers(video, BASE), 4, 8)
