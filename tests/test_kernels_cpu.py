@@ -236,22 +236,110 @@ def test_fused_gated_residual_matches_the_block_expression(path: str, wbits: int
 
 
 @needs_amx
-def test_fused_gelu_tails_and_non_finite_values() -> None:
-    """The kernel's GELU where its exponent is clamped (huge negative outputs give -0 as torch's, not
-    x * e^-80) and on non-finite outputs (NaN stays NaN, +inf stays +inf, -inf gives NaN as torch)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_gelu_tails_and_non_finite_values(dtype: torch.dtype) -> None:
+    """The kernel's GELU (the precise one for float32 outputs, the cheaper one for bfloat16) where its
+    exponent is clamped (huge negative outputs give -0 as torch's, not x * e^-80) and on non-finite
+    outputs (NaN stays NaN, +inf stays +inf, -inf gives NaN as torch)."""
     k, n = 128, 32
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(4, k, generator=g)
+    x = torch.randn(4, k, generator=g).to(dtype)
     iw = IntWeight.from_qweight(quantize_weight(torch.randn(n, k, generator=g) / k**0.5, 8, 0, False))
     kw = prepare_weight(iw, 0, "amx")
     bias = torch.zeros(n)
     bias[:8] = torch.tensor([-1e20, -3e38, float("nan"), float("inf"), float("-inf"), -6.0, -50.0, 1e20])
-    y = int_linear(x, kw, ActQuant(8, 0, False, "token"), bias, activation="gelu_tanh")
+    y = int_linear(x, kw, ActQuant(8, 0, False, "token"), bias, activation="gelu_tanh").float()
+    assert y.dtype == torch.float32 or dtype == torch.bfloat16
     ref = int_linear_reference(quantize_acts(x, 8, 0, False, "token"), iw, bias)
     want = torch.nn.functional.gelu(ref, approximate="tanh")
     assert torch.equal(torch.isnan(y), torch.isnan(want)) and torch.isnan(y[:, 2]).all() and torch.isnan(y[:, 4]).all()
     fin = ~torch.isnan(want)
     assert torch.equal(y[fin].isinf(), want[fin].isinf())
     close = fin & ~want.isinf()
-    assert ((y[close] - want[close]).abs() <= 1e-5 * want[close].abs() + 1e-6).all()
+    rel = 2**-8 if dtype == torch.bfloat16 else 1e-5  # one bfloat16 step
+    assert ((y[close] - want[close]).abs() <= rel * want[close].abs() + 1e-6).all()
     assert (y[:, :2] == 0).all() and (y[:, 6] == 0).all()  # not x * e^-80
+
+
+@needs_amx
+def test_bf16_gelu_is_within_one_bfloat16_step_everywhere() -> None:
+    """The cheaper GELU of bfloat16 outputs over a dense sweep of outputs in [-12, 12] (both tails, the
+    clamp, every exponent of 2^t): never more than one bfloat16 step from the correctly rounded value,
+    and equal to it for the most part (its own error is about 1e-4, far below a step)."""
+    k, n = 128, 32
+    x = torch.zeros(256, k)
+    iw = IntWeight.from_qweight(quantize_weight(torch.zeros(n, k), 8, 0, False))
+    kw = prepare_weight(iw, 0, "amx")
+    outputs = torch.linspace(-12, 12, x.shape[0] * n)  # the bias: the product is 0
+    rows = []
+    for chunk in outputs.reshape(-1, n):
+        rows.append(int_linear(x[:1].bfloat16(), kw, ActQuant(8, 0), chunk, activation="gelu_tanh").float())
+    y = torch.cat(rows).flatten().double()
+    v = outputs.double()  # x sigmoid(2u): torch's 0.5 x (1 + tanh u) loses the far left tail to 1 + -1
+    want = v / (1 + torch.exp(-2 * (2 / torch.pi) ** 0.5 * (v + 0.044715 * v**3)))
+    assert torch.allclose(want, torch.nn.functional.gelu(v, approximate="tanh"), rtol=1e-12, atol=1e-15)
+    rounded = want.bfloat16().double()
+    step = want.abs() * 2**-7 + 1e-30  # a bfloat16 step is 2^-7 relative at most
+    assert ((y - rounded).abs() <= step).all()
+    assert float((y == rounded).double().mean()) > 0.85
+
+
+@pytest.mark.parametrize("path", available_paths())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("granularity", ["token", "sample"])
+def test_ada_norm_transforms_the_rows_as_they_are_quantized(path: str, dtype, granularity: str) -> None:
+    """``ada_norm``: LayerNorm then ``* (1 + scale) + shift`` per sample, computed by the AMX kernel on
+    each row before its ranges and codes, against the transform computed by torch then the product: in
+    bfloat16 the kernel rounds where torch rounds (equal rows, but for a row whose norm's last bits cross
+    a rounding), in float32 the last bits of mean and variance may move a code by one step. Rows with a
+    large common offset and K = 200 (a partial vector at the end of each row) test the variance and the
+    masks; a wrong shift, scale or sample order is far off."""
+    from qdit.kernels.linear import AdaNorm
+
+    samples, tokens, k, n = 3, 50, 200, 64
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(samples, tokens, k, generator=g) * 4 + 30).to(dtype)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    bias = torch.randn(n, generator=g)
+    iw = IntWeight.from_qweight(quantize_weight(w, 8, 40, False))
+    kw = prepare_weight(iw, 40, path)
+    act = ActQuant(8, 40, False, granularity)
+    # shift and scale are strided chunks of one modulation output, as a DiT block's
+    mod = torch.randn(samples, 3 * k, generator=g).to(dtype)
+    ada = AdaNorm(mod[:, k : 2 * k], mod[:, 2 * k :], 1e-6)
+    want = int_linear(ada.apply(x), kw, act, bias)
+    y = int_linear(x, kw, act, bias, ada_norm=ada)
+    assert y.dtype == want.dtype == dtype and y.shape == want.shape == (samples, tokens, n)
+    y, want = y.double(), want.double()
+    rel = float((y - want).abs().max() / want.abs().max())
+    assert rel <= (2**-7 if dtype == torch.bfloat16 else 2e-3), rel  # bfloat16: an output's last bit
+    if dtype == torch.bfloat16:
+        same_rows = float((y == want).all(-1).double().mean())
+        assert same_rows >= 0.9, same_rows
+    for wrong in (AdaNorm(ada.shift.flip(0), ada.scale, 1e-6), AdaNorm(ada.shift, ada.scale * 0, 1e-6)):
+        off = int_linear(x, kw, act, bias, ada_norm=wrong).double()
+        assert float((off - want).abs().max() / want.abs().max()) > 0.05
+    with pytest.raises(ValueError, match=r"does not fit shift / scale \(3, 200\) \(one row per sample"):
+        int_linear(x.reshape(6, 25, k), kw, act, bias, ada_norm=ada)
+
+
+@needs_amx
+@pytest.mark.parametrize("mods", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.float16)])
+def test_ada_norm_rounds_as_torch_with_mixed_dtypes(mods) -> None:
+    """A bfloat16 input with shift and scale of other dtypes: torch rounds the product only when scale
+    is bf16 and the sum only when shift is too (float16 rows: applied before the kernel); the fused
+    result is the transform-then-product result for every row."""
+    from qdit.kernels.linear import AdaNorm
+
+    samples, tokens, k, n = 2, 40, 256, 32
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(samples, tokens, k, generator=g).bfloat16()
+    iw = IntWeight.from_qweight(quantize_weight(torch.randn(n, k, generator=g) / k**0.5, 8, 128, False))
+    kw = prepare_weight(iw, 128, "amx")
+    act = ActQuant(8, 128)
+    scale_dtype, shift_dtype = mods
+    ada = AdaNorm(torch.randn(samples, k, generator=g).to(shift_dtype), torch.randn(samples, k, generator=g).to(scale_dtype), 1e-6)
+    want = int_linear(ada.apply(x), kw, act)
+    y = int_linear(x, kw, act, ada_norm=ada)
+    assert y.dtype == want.dtype == ada.dtype(x.dtype)
+    assert float((y == want).all(-1).double().mean()) >= 0.95

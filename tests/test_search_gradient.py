@@ -102,6 +102,92 @@ def test_sensitivity_predicts_every_single_gene_change(tiny_dit):
     assert again.cost.images == 2 * n and again.table == sens.table
 
 
+@pytest.mark.parametrize("method", ["ddim", "ddpm"])
+def test_step_by_step_backward_gives_the_one_graph_sensitivity(tiny_dit, method):
+    """``backward="steps"`` (one step's graph at a time, what clips use) backpropagates the same
+    gradients into every probe as one graph over all steps (DDPM: with the same noise per step), and
+    charges the extra forward; ``auto`` is the one graph for images; a bad value is refused."""
+    from dataclasses import replace
+
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8)
+    tables, costs = {}, {}
+    for backward in ("graph", "steps", "auto"):
+        fit = replace(FIT, method=method, backward=backward)
+        obj = ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), fit, with_proxy=False)
+        assert obj.stepwise_backward == (backward == "steps")
+        g = space.uniform(64)
+        sens = obj.sensitivity(g, 6, obj.fitness(g, 6).features)
+        tables[backward], costs[backward] = sens.table, sens.cost.forwards
+    assert tables["auto"] == tables["graph"]
+    flat = [(d, tables["steps"][i][c]) for i, row in enumerate(tables["graph"]) for c, d in row.items()]
+    assert any(abs(a) > 1e-3 for a, _ in flat)
+    for a, b in flat:
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    assert costs["steps"] - costs["graph"] == 6 * FIT.forwards_per_image
+    with pytest.raises(QditError, match="sensitivity backward must be one of auto, graph, steps"):
+        FitnessConfig(backward="checkpoint")
+
+
+def test_auto_backward_goes_step_by_step_for_clips_and_the_cheap_state_says_so(tmp_path):
+    """``auto`` resolves to the step-by-step backward on a video model (and gives the same sensitivity
+    as ``steps``); a cheap gradient search's state fingerprint records it (its passes cost one more
+    forward), so a state written with the one-graph backward is refused, not replayed differently."""
+    from dataclasses import replace
+
+    from tests.test_frame_quant import tiny_video
+
+    from qdit.search.cheap import CheapConfig, run_cheap
+    from qdit.search.cost import CostModel, baseline_group, default_budget
+
+    video = tiny_video()
+    space = build_space(searchable_layers(video, BASE), 4, 8)
+
+    def clip_features() -> FeatureSpace:
+        ref = np.random.default_rng(1).standard_normal((50, 4))
+        proj = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32))  # 4 frames
+
+        def differentiable(x: torch.Tensor) -> torch.Tensor:  # [N, C, T, H, W] -> per-frame means @ proj
+            return x.float().mean(dim=(1, 3, 4)) @ proj
+
+        def extract(clips: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(clips).float().div(127.5).sub(1)  # [N, T, H, W, C]
+            return (t.mean(dim=(2, 3, 4)) @ proj).numpy()
+
+        return FeatureSpace("toy_fvd", extract, ref.mean(0), np.cov(ref, rowvar=False), differentiable)
+
+    tables = {}
+    for backward in ("auto", "graph"):
+        fit = replace(FIT, steps=2, batch_size=4, backward=backward)
+        obj = ModelObjective.build(video, space, BASE, clip_features(), fit, with_proxy=False)
+        assert obj.stepwise_backward == (backward == "auto")
+        g = space.uniform(64)
+        tables[backward] = obj.sensitivity(g, 4, obj.fitness(g, 4).features).table
+    for row_a, row_g in zip(tables["auto"], tables["graph"]):
+        for c in row_g:
+            assert row_a[c] == pytest.approx(row_g[c], rel=1e-4, abs=1e-6)
+    cost = CostModel()
+    budget = default_budget(space, cost)
+    cheap = CheapConfig(budget_evals=2)
+    state = tmp_path / "s.json"
+    graph = ModelObjective.build(video, space, BASE, clip_features(), replace(FIT, steps=2, backward="graph"), with_proxy=False)
+    run_cheap(space, cost, budget, graph, 2, cheap, 0, state, False)
+    steps = ModelObjective.build(video, space, BASE, clip_features(), replace(FIT, steps=2), with_proxy=False)
+    with pytest.raises(QditError, match="different"):
+        run_cheap(space, cost, budget, steps, 2, cheap, 0, state, True)
+    assert baseline_group(space, cost, budget) in space.genes[0].choices
+
+
+def test_search_cli_offers_the_fitness_backward_modes():
+    import argparse
+
+    from qdit.commands.search import add_parser
+    from qdit.search.fitness import BACKWARDS
+
+    search = add_parser(argparse.ArgumentParser().add_subparsers())
+    action = next(a for a in search._actions if a.dest == "sensitivity_backward")
+    assert tuple(action.choices) == BACKWARDS and action.default == "auto"
+
+
 def test_sensitivity_needs_differentiable_features(tiny_dit):
     from tests.test_search_model import toy_features
 

@@ -122,6 +122,22 @@ def make_variant(base: Any, name: str) -> Any:
 
 
 # --- timing ------------------------------------------------------------------------------------
+def host_probe_ms(repeats: int = 20) -> float:
+    """Best milliseconds of one bf16 matmul of DiT-XL/2's qkv shape (2048 x 1152 x 3456): how fast the
+    host runs right now, recorded beside the ratios so that a run on a busy host can be recognised."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2048, 1152, generator=g).bfloat16()
+    w = torch.randn(3456, 1152, generator=g).bfloat16()
+    best = float("inf")
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            a @ w.T
+            if i >= 3:
+                best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Best seconds per call of each function, the functions taking turns (drift hits all alike)."""
     for fn in calls.values():
@@ -411,10 +427,15 @@ def run(args: argparse.Namespace) -> int:
         + f", {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}, "
         + f"integer paths available: {', '.join(available_paths())}"
     )
+    host_before = host_probe_ms()
     blocks = bench_blocks(depth, args.batch, repeats)
+    host_after = host_probe_ms()
     fwd = blocks["forward_ms"]
     result: dict[str, Any] = {
         "machine": machine,
+        # the same bf16 matmul before and after the timed part: a host busy with other work (other
+        # jobs, or a noisy neighbour on a shared machine) shows as a slower or changing probe
+        "host_probe_bf16_matmul_ms": {"before": host_before, "after": host_after},
         "blocks": blocks,
         "w8a8_int_vs_bf16_speedup": _ratio(fwd, "W8A8 g128 int"),
         "w4a8_int_vs_bf16_speedup": _ratio(fwd, "W4A8 g128 int"),
@@ -425,6 +446,10 @@ def run(args: argparse.Namespace) -> int:
         "w8a8_perchannel_int_unfused_vs_bf16_speedup": _ratio(fwd, "W8A8 per-channel int" + UNFUSED),
     }
     print(f"DiT-XL/2, {depth} blocks, {args.batch} images x {blocks['tokens_per_image']} tokens; best of {repeats}; {machine}")
+    print(
+        f"host probe (bf16 matmul 2048x1152x3456, best of 20): {host_before:.2f} ms before, {host_after:.2f} ms "
+        "after (a busy host shows here: compare runs with similar probes)"
+    )
     print("| configuration | forward ms | image-steps/s | vs bf16 |")
     print("|---|---|---|---|")
     for n, ms in fwd.items():

@@ -112,6 +112,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
     add_cfg_channels(p, what="guidance of the fitness samples")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--sensitivity-backward",
+        choices=("auto", "graph", "steps"),  # qdit.search.fitness.BACKWARDS (tested)
+        default="auto",
+        help="cheap search, gradient strategy: backpropagate through the sampler over one graph of all steps "
+        "(graph: fastest), or one step's graph at a time (steps: one more forward, the memory of one step); "
+        "auto (default): steps for video models",
+    )
     p.add_argument("--population", type=int, default=50, help="full search: population (default 50)")
     p.add_argument("--top-k", type=int, default=10, help="full search: parents kept (default 10)")
     p.add_argument(
@@ -434,6 +442,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         reference="fp" if args.fitness == "fd-fp" else "data",
         cfg_channels=args.cfg_channels,
+        backward=args.sensitivity_backward,
     )
     config = SearchConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,

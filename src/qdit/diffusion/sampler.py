@@ -114,6 +114,37 @@ class SamplerConfig:
             check_cfg_channels(self.cfg_channels)
 
 
+def reverse_step(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    i: int,
+    labels: torch.Tensor,
+    method: str,
+    clip_denoised: bool,
+    in_channels: int,
+    z: torch.Tensor | None,
+) -> torch.Tensor:
+    """One step of the reverse process: ``x_t`` (``t = i``) to ``x_{t-1}``; ``z`` is the step's noise
+    (DDPM only)."""
+    c = in_channels
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    out = model_fn(x, diffusion.model_timesteps(t), labels)
+    eps = out[:, :c]
+    x0 = diffusion.predict_x0(x, t, eps)
+    if clip_denoised:
+        x0 = x0.clamp(-1, 1)
+    if method == "ddim":
+        eps = diffusion.predict_eps(x, t, x0)
+        acp_prev = diffusion._take(diffusion.alphas_cumprod_prev, t, x)
+        return acp_prev.sqrt() * x0 + (1 - acp_prev).sqrt() * eps
+    mean, _ = diffusion.q_posterior(x0, x, t)
+    var_out = out[:, c:] if out.shape[1] > c else None
+    log_var = diffusion.model_log_variance(t, var_out)
+    assert z is not None
+    return mean + (torch.exp(0.5 * log_var) * z if i > 0 else 0.0)
+
+
 def reverse_process(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
@@ -125,41 +156,49 @@ def reverse_process(
     in_channels: int | None = None,
     step_callback: Callable[[int, torch.Tensor], None] | None = None,
     check_finite: bool = False,
+    backward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process on an already respaced ``diffusion``; returns x_0 ``[B, *shape]`` (``shape``
     the sample shape, channels first).
 
-    Autograd is left as it is (the search's sensitivity pass differentiates it); :func:`sample_batch`
-    is the same without gradients. With ``check_finite`` a non-finite latent stops the run with a
-    :class:`NonFiniteSampleError` naming the step (instead of clamping NaN into black images)."""
+    Autograd is left as it is; :func:`sample_batch` is the same without gradients. With ``check_finite``
+    a non-finite latent stops the run with a :class:`NonFiniteSampleError` naming the step (instead of
+    clamping NaN into black images).
+
+    ``backward``: backpropagate through the whole process, one step at a time (the search's sensitivity
+    pass). The steps run without a graph, keeping only each step's input; ``backward(x_0)`` returns the
+    gradient of the caller's loss with respect to ``x_0``; then each step is run again with its graph,
+    from the last to the first, and backpropagated from the gradient of its output, which gives the
+    gradient of its input. The gradients are those of one backward pass through the whole graph, with
+    one step's graph in memory instead of all of them; forward hooks run twice per step (first without
+    a graph, then in reverse step order with one), ``step_callback`` and ``check_finite`` only in the
+    first pass."""
     c = in_channels if in_channels is not None else shape[0]
     x = noise.randn(shape)
-    n = x.shape[0]
-    for i in reversed(range(diffusion.num_timesteps)):
-        t = torch.full((n,), i, dtype=torch.long, device=x.device)
-        out = model_fn(x, diffusion.model_timesteps(t), labels)
-        eps = out[:, :c]
-        x0 = diffusion.predict_x0(x, t, eps)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
-        if method == "ddim":
-            eps = diffusion.predict_eps(x, t, x0)
-            acp_prev = diffusion._take(diffusion.alphas_cumprod_prev, t, x)
-            x = acp_prev.sqrt() * x0 + (1 - acp_prev).sqrt() * eps
-        else:
-            mean, _ = diffusion.q_posterior(x0, x, t)
-            var_out = out[:, c:] if out.shape[1] > c else None
-            log_var = diffusion.model_log_variance(t, var_out)
-            z = noise.randn(shape)
-            x = mean + (torch.exp(0.5 * log_var) * z if i > 0 else 0.0)
-        if check_finite and not bool(torch.isfinite(x).all()):
-            step = diffusion.num_timesteps - i
-            raise NonFiniteSampleError(
-                f"sampling diverged: the latent holds NaN or Inf after step {step} of {diffusion.num_timesteps} "
-                "(the model produced non-finite values; its weights or quantization are broken)"
-            )
-        if step_callback is not None:
-            step_callback(i, x)
+    inputs: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+    with torch.no_grad() if backward is not None else contextlib.nullcontext():
+        for i in reversed(range(diffusion.num_timesteps)):
+            z = noise.randn(shape) if method != "ddim" else None  # the model does not draw noise
+            if backward is not None:
+                inputs.append((i, x, z))
+            x = reverse_step(model_fn, diffusion, x, i, labels, method, clip_denoised, c, z)
+            if check_finite and not bool(torch.isfinite(x).all()):
+                step = diffusion.num_timesteps - i
+                raise NonFiniteSampleError(
+                    f"sampling diverged: the latent holds NaN or Inf after step {step} of {diffusion.num_timesteps} "
+                    "(the model produced non-finite values; its weights or quantization are broken)"
+                )
+            if step_callback is not None:
+                step_callback(i, x)
+    if backward is not None:
+        grad = backward(x.detach())
+        for i, x_in, z in reversed(inputs):
+            x_in = x_in.detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = reverse_step(model_fn, diffusion, x_in, i, labels, method, clip_denoised, c, z)
+            out.backward(grad)
+            assert x_in.grad is not None
+            grad = x_in.grad
     return x
 
 
@@ -204,14 +243,20 @@ def iter_samples(
     grad: bool = False,
     on_step: Callable[[int], None] | None = None,
     check_finite: bool = False,
+    backward: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """The sampling loop: yields ``(indices of the batch, x_0 of the batch)`` batch by batch, in model space.
 
     ``labels[k]`` is the class of sample ``indices[k]`` (default indices: all of ``labels``). ``grad``:
-    the reverse process keeps autograd (the search's sensitivity pass backpropagates each batch before
-    the next one is drawn); otherwise it builds no graph. ``on_step(batch size)`` is called after every
-    step. ``check_finite``: see :func:`reverse_process`.
+    the reverse process keeps autograd (the caller backpropagates each batch before the next one is
+    drawn); otherwise it builds no graph. ``backward``: instead, ``backward(indices, x_0)`` returns the
+    gradient of the caller's loss with respect to the batch's ``x_0``, and the batch's reverse process
+    is backpropagated from it step by step, one step's graph at a time (:func:`reverse_process`), before
+    the batch is yielded. (Both are the search's sensitivity pass.) ``on_step(batch size)`` is called
+    after every step. ``check_finite``: see :func:`reverse_process`.
     """
+    if grad and backward is not None:
+        raise ValueError("give grad or backward, not both")
     labels = np.asarray(labels, dtype=np.int64)
     if indices is None:
         indices = list(range(len(labels)))
@@ -231,10 +276,16 @@ def iter_samples(
             def cb(i: int, x: torch.Tensor, n: int = len(chunk)) -> None:
                 on_step(n)
 
+        step_back = None
+        if backward is not None:
+
+            def step_back(x0: torch.Tensor, chunk: list[int] = chunk) -> torch.Tensor:
+                return backward(chunk, x0)
+
         with torch.set_grad_enabled(grad):
             x0 = reverse_process(
                 fn, spaced, sample_shape, y, noise, config.method, config.clip_denoised, sample_shape[0], cb,
-                check_finite,
+                check_finite, step_back,
             )  # fmt: skip
         yield chunk, x0
 

@@ -60,6 +60,48 @@ def check_gated_residual(shape: tuple[int, ...] | torch.Size, residual: torch.Te
         raise ValueError(f"gate must be [{shape[0]}, {shape[-1]}] (one row per sample), got {tuple(gate.shape)}")
 
 
+@dataclass(frozen=True, eq=False)
+class AdaNorm:
+    """adaLN's input transform ``LayerNorm(x) * (1 + scale) + shift``: the norm over the last dim without
+    affine (``eps``), then one row of ``shift`` / ``scale`` (``[S, K]``) per sample, the first dim of
+    ``x``. An integer path applies it to each row as it quantizes it (the AMX kernel: no passes over
+    memory for the norm and the modulation), the others before their product; the values are the
+    ones :meth:`apply` gives, rounded where its bfloat16 operations round."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    eps: float
+
+    def check(self, shape: tuple[int, ...] | torch.Size) -> None:
+        """``ValueError`` unless an input of ``shape`` fits (first dim the samples, last dim K)."""
+        if self.shift.dim() != 2 or self.shift.shape != self.scale.shape:
+            raise ValueError(
+                f"shift and scale must both be [S, K], got {tuple(self.shift.shape)} and {tuple(self.scale.shape)}"
+            )
+        if len(shape) < 2 or (shape[0], shape[-1]) != tuple(self.shift.shape):
+            raise ValueError(
+                f"an input of shape {tuple(shape)} does not fit shift / scale {tuple(self.shift.shape)} "
+                "(one row per sample, the input's first dim)"
+            )
+
+    def fusable(self, x: torch.dtype) -> bool:
+        """Whether a kernel computes the transform of an ``x``-typed input as :meth:`apply` does: it
+        emulates bfloat16 roundings only (float32 and bfloat16 inputs and rows)."""
+        ok = (torch.float32, torch.bfloat16)
+        return x in ok and self.shift.dtype in ok and self.scale.dtype in ok
+
+    def dtype(self, x: torch.dtype) -> torch.dtype:
+        """The dtype of the transformed input of an ``x``-typed input (PyTorch's promotion)."""
+        return torch.promote_types(torch.promote_types(x, self.scale.dtype), self.shift.dtype)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The transform as PyTorch computes it (the reference)."""
+        self.check(x.shape)
+        k, s = x.shape[-1], self.shift.shape[0]
+        n = torch.nn.functional.layer_norm(x, (k,), eps=self.eps).reshape(s, -1, k)
+        return (n * (1 + self.scale[:, None]) + self.shift[:, None]).reshape(x.shape)
+
+
 def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     """``y`` through the named output activation (``None``: unchanged), as torch computes it."""
     if activation is None:
@@ -267,12 +309,19 @@ def _run_amx(
     activation: str | None = None,
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
+    ada_norm: AdaNorm | None = None,
 ) -> torch.Tensor:
-    """``x[..., K]`` -> ``[M, N]`` in ``x``'s dtype when bfloat16, else float32 (no copies of ``x`` when it
-    is contiguous float32 or bfloat16); ``activation``, or ``residual + gate * product``, applied by the
-    kernel before it writes."""
+    """``x[..., K]`` -> ``[M, N]`` in the input's dtype when bfloat16, else float32 (no copies of ``x``
+    when it is contiguous float32 or bfloat16); ``ada_norm`` applied to the rows as they are quantized;
+    ``activation``, or ``residual + gate * product``, applied by the kernel before it writes."""
     ext = cpu_extension()
     assert ext is not None and kw.stream is not None
+    value_dtype = x.dtype if ada_norm is None else ada_norm.dtype(x.dtype)
+    if ada_norm is not None and (
+        not ada_norm.fusable(x.dtype)
+        or (not isinstance(act.granularity, PerToken) and shared_rows(x.shape, act.granularity, act.layout) is None)
+    ):  # roundings the kernel does not emulate, or ranges computed here (they need the transformed values)
+        x, ada_norm = ada_norm.apply(x), None
     x2d = x.reshape(-1, kw.in_features)
     if x2d.dtype not in (torch.float32, torch.bfloat16):
         x2d = x2d.float()
@@ -286,15 +335,29 @@ def _run_amx(
             scale, zero = _act_ranges(x, act, ch_min, ch_max)
         else:
             sample_rows = shared
-    out_dtype = torch.bfloat16 if x2d.dtype == torch.bfloat16 else torch.float32
+    out_dtype = torch.bfloat16 if value_dtype == torch.bfloat16 else torch.float32
     if residual is not None and gate is not None:
-        out_dtype = _residual_dtype(x2d.dtype, residual, gate)
+        out_dtype = _residual_dtype(out_dtype, residual, gate)
         residual = residual.reshape(-1, kw.out_features).to(out_dtype).contiguous()
         gate = gate.to(out_dtype).contiguous()
+    ada_args: dict[str, object] = {}
+    if ada_norm is not None:
+        bf16 = torch.bfloat16
+        # torch rounds where an operation's dtype is bfloat16: the norm of a bf16 x, the product when
+        # scale is bf16 too, the sum when shift is as well
+        prod = x2d.dtype == bf16 and ada_norm.scale.dtype == bf16
+        ada_args = dict(
+            ada_shift=ada_norm.shift.float(),
+            ada_scale1=(1 + ada_norm.scale).float(),  # rounded in scale's dtype, as the reference's
+            ada_eps=float(ada_norm.eps),
+            ada_round_norm=x2d.dtype == bf16,
+            ada_round_prod=prod,
+            ada_round_sum=prod and ada_norm.shift.dtype == bf16,
+        )
     return ext.amx_linear_x(
         x2d, act.group, act.bits, act.symmetric, sample_rows, scale, zero, kw.stream, kw.bits, kw.pack4,
         kw.out_features, kw.block, kw.kstep, kw.sw, *_pairs(kw), bias, out_dtype,
-        0 if activation is None else ACTIVATIONS[activation], residual, gate,
+        0 if activation is None else ACTIVATIONS[activation], residual, gate, **ada_args,
     )  # fmt: skip
 
 
@@ -341,14 +404,17 @@ def int_linear(
     activation: str | None = None,
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
+    ada_norm: AdaNorm | None = None,
 ) -> torch.Tensor:
-    """``x[..., K]`` through the quantized layer: activations quantized by ``act`` (``sample`` and
+    """``x[..., K]`` through the quantized layer: first ``ada_norm`` (:class:`AdaNorm`) when given,
+    applied by the AMX kernel as it quantizes each row; activations quantized by ``act`` (``sample`` and
     ``frame`` ranges by ``act.layout``, the first dimension of ``x`` without one), the integer product on
     ``kw.path``, then either the output ``activation`` (one of :data:`ACTIVATIONS`) or the gated residual
     ``residual + gate * product`` (:func:`gated_residual`: ``residual`` shaped like the output, ``gate``
     one row per sample), fused into the AMX kernel's last epilogue and applied in float32 after the
     product on the other paths; the result has ``x``'s dtype, or with a residual the dtype of
-    ``residual + gate * out`` (bfloat16 only if ``x``, residual and gate all are)."""
+    ``residual + gate * out`` (bfloat16 only if the input, residual and gate all are); the input's
+    dtype is ``x``'s, or with ``ada_norm`` that of the transformed input."""
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"unknown output activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
     if (residual is None) != (gate is None) or (residual is not None and activation is not None):
@@ -356,16 +422,22 @@ def int_linear(
     lead = x.shape[:-1]
     if residual is not None and gate is not None:  # checked before the product
         check_gated_residual((*lead, kw.out_features), residual, gate)
+    dtype = x.dtype
+    if ada_norm is not None:
+        ada_norm.check(x.shape)
+        dtype = ada_norm.dtype(x.dtype)
     if kw.path == "amx":
-        y = _run_amx(x, kw, act, bias, ch_min, ch_max, activation, residual, gate)
+        y = _run_amx(x, kw, act, bias, ch_min, ch_max, activation, residual, gate, ada_norm)
     else:
+        if ada_norm is not None:
+            x = ada_norm.apply(x)
         run = _run_triton if kw.path == "triton" else _run_torch
         y = apply_activation(run(x, kw, act, bias, ch_min, ch_max).float(), activation)
         if residual is not None and gate is not None:
             y = gated_residual(y.reshape(*lead, kw.out_features), residual.float(), gate.float())
     if residual is not None and gate is not None:
-        return y.reshape(*lead, kw.out_features).to(_residual_dtype(x.dtype, residual, gate))
-    return y.reshape(*lead, kw.out_features).to(x.dtype)
+        return y.reshape(*lead, kw.out_features).to(_residual_dtype(dtype, residual, gate))
+    return y.reshape(*lead, kw.out_features).to(dtype)
 
 
 def time_paths(

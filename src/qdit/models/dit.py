@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qdit.kernels.linear import AdaNorm
 from qdit.nn.quant_linear import QuantLinear
 
 
@@ -154,6 +155,37 @@ def gated_linear(
     return residual + gate.unsqueeze(1) * linear(h)
 
 
+@dataclass(frozen=True)
+class AdaLNInput:
+    """A block's ``modulate(norm(x), shift, scale)``, not computed yet: a quantized linear on an integer
+    kernel computes it while it quantizes its input (:func:`ada_linear`); anything else gets
+    :meth:`value`. ``norm`` is a LayerNorm without affine over the last dim."""
+
+    x: torch.Tensor
+    norm: nn.LayerNorm
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.x.shape
+
+    def value(self) -> torch.Tensor:
+        return modulate(self.norm(self.x), self.shift, self.scale)
+
+
+def ada_linear(linear: nn.Module, h: torch.Tensor | AdaLNInput) -> torch.Tensor:
+    """``linear(h)``, with an :class:`AdaLNInput` ``h`` computed by the layer itself where it can (a
+    quantized linear on an integer kernel: :class:`qdit.kernels.linear.AdaNorm`), else by the block. On
+    the fake-quantization path (calibration, the search's probes and hooks) the layer always gets the
+    modulated tensor."""
+    if isinstance(h, torch.Tensor):
+        return linear(h)
+    if isinstance(linear, QuantLinear) and linear.takes_ada_norm() and h.x.shape[0] > 0:
+        return linear(h.x, ada_norm=AdaNorm(h.shift, h.scale, h.norm.eps))
+    return linear(h.value())
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -162,11 +194,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+        self,
+        x: torch.Tensor | AdaLNInput,
+        residual: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The attention branch; with ``residual`` and ``gate``, ``residual + gate * branch`` (:func:`gated_linear`)."""
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = ada_linear(self.qkv, x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         return gated_linear(self.proj, out.transpose(1, 2).reshape(b, n, c), residual, gate)
@@ -180,10 +215,13 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+        self,
+        x: torch.Tensor | AdaLNInput,
+        residual: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The MLP branch; with ``residual`` and ``gate``, ``residual + gate * branch`` (:func:`gated_linear`)."""
-        return gated_linear(self.fc2, self.act(self.fc1(x)), residual, gate)
+        return gated_linear(self.fc2, self.act(ada_linear(self.fc1, x)), residual, gate)
 
 
 class DiTBlock(nn.Module):
@@ -197,8 +235,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = self.attn(modulate(self.norm1(x), shift1, scale1), residual=x, gate=gate1)
-        return self.mlp(modulate(self.norm2(x), shift2, scale2), residual=x, gate=gate2)
+        x = self.attn(AdaLNInput(x, self.norm1, shift1, scale1), residual=x, gate=gate1)
+        return self.mlp(AdaLNInput(x, self.norm2, shift2, scale2), residual=x, gate=gate2)
 
 
 class FinalLayer(nn.Module):
@@ -210,7 +248,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return ada_linear(self.linear, AdaLNInput(x, self.norm_final, shift, scale))
 
 
 def init_dit_weights(model: nn.Module) -> None:

@@ -31,6 +31,7 @@ from qdit.errors import QditError
 from qdit.kernels.formats import IntWeight, block_size, code_columns
 from qdit.kernels.linear import (
     ActQuant,
+    AdaNorm,
     KernelWeight,
     apply_activation,
     best_path,
@@ -251,8 +252,9 @@ class QuantLinear(nn.Module):
         # an activation fused onto the output (qdit.kernels.linear.ACTIVATIONS; see qdit.nn.fuse):
         # applied on every path, by the AMX kernel before it writes the output
         self.activation: str | None = None
-        # whether a model may hand this layer its gated residual (forward's residual / gate; qdit.nn.unfuse)
-        self.residual_fusion = True
+        # whether a model may hand this layer the work next to its product: its gated residual (forward's
+        # residual / gate) and its input's adaLN transform (ada_norm); qdit.nn.unfuse turns it off
+        self.fusion = True
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -337,10 +339,29 @@ class QuantLinear(nn.Module):
             return self._kw.nbytes()
         return sum(t.numel() * t.element_size() for t in (self.weight_codes, self.weight_scale, self.weight_zero) if t is not None)
 
+    def _hooked(self) -> bool:
+        """Whether forward hooks watch this layer (its own, or global ones): they must see its plain
+        input and output, so nothing is fused into it meanwhile."""
+        from torch.nn.modules import module as _m
+
+        return bool(
+            self._forward_hooks or self._forward_pre_hooks
+            or _m._global_forward_hooks or _m._global_forward_pre_hooks
+        )  # fmt: skip
+
     def takes_gated_residual(self) -> bool:
         """Whether a model should hand this layer its gated residual (``forward(x, residual, gate)``):
-        on an integer kernel, with no fused activation, unless :func:`qdit.nn.unfuse` turned it off."""
-        return self.residual_fusion and self.kernel != FAKE and self.activation is None
+        on an integer kernel, with no fused activation and no forward hooks watching the layer, unless
+        :func:`qdit.nn.unfuse` turned it off."""
+        return self.fusion and self.kernel != FAKE and self.activation is None and not self._hooked()
+
+    def takes_ada_norm(self) -> bool:
+        """Whether a model should hand this layer its input before adaLN's norm and modulation
+        (``forward(x, ada_norm=...)``, :class:`qdit.kernels.linear.AdaNorm`): on the AMX kernel (the one
+        that applies it as it quantizes; the others would apply it first anyway), without balancing
+        (which divides the transformed input) and with no forward hooks watching the layer, unless
+        :func:`qdit.nn.unfuse` turned it off."""
+        return self.fusion and self.kernel == "amx" and self.smooth is None and not self._hooked()
 
     # --- the kernel path ---------------------------------------------------------------------
     def act_spec(self) -> ActQuant | None:
@@ -415,11 +436,23 @@ class QuantLinear(nn.Module):
 
     # --- forward -----------------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None, gate: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
+        ada_norm: AdaNorm | None = None,
     ) -> torch.Tensor:
         """``linear(x)``, through :attr:`activation` when one is fused; with ``residual`` and ``gate``
         (a DiT block's gated residual) ``residual + gate * linear(x)``, the gate one row per sample
-        (:func:`qdit.kernels.linear.gated_residual`), which the AMX kernel adds before it writes."""
+        (:func:`qdit.kernels.linear.gated_residual`), which the AMX kernel adds before it writes; with
+        ``ada_norm`` the layer's input is ``ada_norm.apply(x)``, which the AMX kernel computes as it
+        quantizes the rows."""
+        if ada_norm is not None and (
+            self._kw is None
+            or self.smooth is not None
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, ada_norm.shift, ada_norm.scale)))
+        ):  # the integer path has no gradient: through the shift and scale neither
+            x, ada_norm = ada_norm.apply(x), None
         aq = self.act_quant
         if aq is not None and aq.layout is not None and aq.granularity.layout_aware:
             try:  # checked here so that the message names the layer whose input does not fit
@@ -427,17 +460,19 @@ class QuantLinear(nn.Module):
             except ValueError as exc:
                 raise ValueError(f"layer {self.name or 'QuantLinear'}: {exc}") from None
         dtype = x.dtype
-        grad = x.requires_grad and torch.is_grad_enabled()
+        # the integer path has no gradient: through the gated residual neither
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, gate))
         if self._kw is not None and not grad:
             xs = x if self.smooth is None else x.float() / self.smooth  # quantized from float32, as fake does
             act = self.act_spec()
             assert act is not None and self.act_quant is not None
             y = int_linear(
                 xs, self._kw, act, self.bias, self.act_quant.ch_min, self.act_quant.ch_max, self.activation,
-                residual, gate,
+                residual, gate, ada_norm,
             )  # fmt: skip
-            # a gated residual keeps the promoted dtype of x + gate * out (an fp32 residual stream stays fp32)
-            return y if residual is not None else y.to(dtype)
+            # a gated residual keeps the promoted dtype of x + gate * out (an fp32 residual stream stays
+            # fp32); int_linear gives the transformed input's dtype
+            return y if residual is not None or ada_norm is not None else y.to(dtype)
         if self.smooth is not None or self.act_quant is not None:
             xf = x.float()
             if self.smooth is not None:

@@ -150,10 +150,11 @@ def fuse(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str]:
     :meth:`qdit.models.adapter.ModelAdapter.activation_pairs`): the linear then applies the activation
     to its output on every path (in the AMX kernel's epilogue: no pass over the output in memory) and the
     module becomes a :class:`FusedActivation`. Pairs whose linear is not quantized, or whose activation a
-    layer cannot apply, are left alone. Every quantized layer may also take a gated residual from its
-    block again (:meth:`QuantLinear.takes_gated_residual`). Returns the linears that took an activation."""
+    layer cannot apply, are left alone. Every quantized layer may also take a gated residual and its
+    input's adaLN transform from its block again (:meth:`QuantLinear.takes_gated_residual`,
+    :meth:`QuantLinear.takes_ada_norm`). Returns the linears that took an activation."""
     for layer in quant_layers(model).values():
-        layer.residual_fusion = True
+        layer.fusion = True
     fused = []
     for lin_name, act_name in pairs:
         lin, act = model.get_submodule(lin_name), model.get_submodule(act_name)
@@ -168,12 +169,13 @@ def fuse(model: nn.Module, pairs: list[tuple[str, str]]) -> list[str]:
 
 def unfuse(model: nn.Module) -> list[str]:
     """Every quantized layer of ``model`` computes its product alone again: each :class:`FusedActivation`
-    becomes its module again (its linear stops applying it), and no layer takes a gated residual. Works
+    becomes its module again (its linear stops applying it), and no layer takes a gated residual or an
+    adaLN transform of its input. Works
     on any module holding both the activations and their linears (a block, a wrapper). Returns the names
     (as given to :func:`fuse`) of the linears that gave back an activation."""
     found = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FusedActivation)]
     for layer in quant_layers(model).values():
-        layer.residual_fusion = False
+        layer.fusion = False
     for name, mod in found:
         lin = mod.linear  # type: ignore[attr-defined]
         lin.activation = None

@@ -206,15 +206,17 @@ def run_cheap(
         raise QditError(f"the number of samples must be >= 1, got {num_samples}")
     g0 = baseline_group(space, cost, budget)
     base = space.uniform(g0)
-    fp = fingerprint(
-        "cheap", space, cost, budget, objective, seed, {"cheap": config.to_dict(), "num_samples": num_samples}
-    )
+    use_gradient = config.strategy == "gradient" and objective.has_sensitivity
+    settings: dict = {"cheap": config.to_dict(), "num_samples": num_samples}
+    if use_gradient and getattr(objective, "stepwise_backward", False):
+        # its sensitivity passes cost one more forward, which the gradient strategy's plan counts
+        settings["sensitivity_backward"] = "steps"
+    fp = fingerprint("cheap", space, cost, budget, objective, seed, settings)
     session = SearchSession("cheap", fp, objective, state_path, resume, dist, on_evaluation)
     log = session.log
     setup = session.setup_cost
     if not session.resumed and setup is not None:  # e.g. the proxy's full-precision trajectories
         log.record("setup", "setup", base, 0, setup)
-    use_gradient = config.strategy == "gradient" and objective.has_sensitivity
     log.extra["strategy"] = "gradient" if use_gradient else "bayes"
     screen_items = [base] + [
         tuple(v if j == i else x for j, x in enumerate(base))

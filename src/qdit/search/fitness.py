@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from qdit.calib.quantize import quantize_layers, resolve_specs
-from qdit.diffusion.sampler import SamplerConfig, default_labels, generate, iter_samples, to_uint8_nhwc
+from qdit.diffusion.sampler import (
+    SamplerConfig,
+    default_labels,
+    generate,
+    is_clip_shape,
+    iter_samples,
+    to_uint8_nhwc,
+)
 from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
@@ -38,6 +45,7 @@ from qdit.search.space import (
 )
 
 REFERENCES = ("data", "fp")
+BACKWARDS = ("auto", "graph", "steps")
 
 
 @dataclass
@@ -60,6 +68,9 @@ class FitnessConfig:
     proxy_seed: int = 10_000
     reference: str = "data"  # "data": against the reference set; "fp": against the float model's samples
     cfg_channels: int | None = None  # guided channels (None: all; 3: official DiT's forward_with_cfg)
+    # the sensitivity pass's backward through the sampler: "graph" (one graph over all steps: fastest),
+    # "steps" (one step's graph at a time: an extra forward, memory of one step), "auto" (steps for clips)
+    backward: str = "auto"
 
     def __post_init__(self) -> None:
         SamplerConfig(self.steps, self.method, self.cfg_scale, cfg_channels=self.cfg_channels)  # validates
@@ -67,6 +78,8 @@ class FitnessConfig:
             raise QditError(
                 f"the fitness reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
             )
+        if self.backward not in BACKWARDS:
+            raise QditError(f"the sensitivity backward must be one of {', '.join(BACKWARDS)}, got {self.backward!r}")
         if self.batch_size < 1 or self.proxy_samples < 1 or self.proxy_steps < 1:
             raise QditError("batch size, proxy samples and proxy steps must be >= 1")
 
@@ -168,6 +181,10 @@ class ModelObjective:
         if missing:
             raise QditError(f"layer {missing[0]} of the search space is not quantized in the model")
         self.forwards_per_image = config.forwards_per_image
+        # clips hold frames x tokens activations per sample: a graph over all steps does not fit in memory
+        self.stepwise_backward = config.backward == "steps" or (
+            config.backward == "auto" and is_clip_shape(self.image_shape)
+        )
         self.weights_digest = ""
         self.quant_settings: dict = {}  # the base quantizer's non-default settings (for the fingerprint)
         self._active: Genome | None = None
@@ -373,12 +390,13 @@ class ModelObjective:
     def sensitivity_forwards(self, num_samples: int) -> int:
         """What :meth:`sensitivity` costs, in model rows: the forward, about two forwards' worth of
         backward, and one forward per alternative of the layer with the most (an upper bound: only
-        the linears are rerun)."""
+        the linears are rerun); with a step-by-step backward one more forward (the steps run first
+        without a graph)."""
         per_layer: dict[str, int] = {}
         for gene in self.space.genes:
             per_layer[gene.layer] = per_layer.get(gene.layer, 0) + len(gene.choices) - 1
         alts = max(per_layer.values(), default=0)
-        return num_samples * self.forwards_per_image * (3 + alts)
+        return num_samples * self.forwards_per_image * ((4 if self.stepwise_backward else 3) + alts)
 
     def sensitivity(
         self, genome: Sequence[int], num_samples: int, known: np.ndarray | None = None
@@ -425,21 +443,35 @@ class ModelObjective:
 
             return run
 
+        def backprop_features(idx: list[int], x0: torch.Tensor) -> None:
+            """dF/dfeatures of the batch's samples back through the feature network (and ``x0``'s graph)."""
+            with torch.enable_grad():
+                feats = self.features.differentiable(x0)
+                g = torch.from_numpy(grad_features[idx]).to(feats.device, feats.dtype)
+                (feats * g).sum().backward()
+
+        def backward(idx: list[int], x0: torch.Tensor) -> torch.Tensor:
+            """dF/dx0 of the batch (the sampler then goes back step by step)."""
+            x0 = x0.detach().requires_grad_(True)
+            backprop_features(idx, x0)
+            assert x0.grad is not None
+            return x0.grad
+
         def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # the graph starts at the noise (no weight needs a gradient)
             return self.model_fn(x if x.requires_grad else x.detach().requires_grad_(True), t, y)
 
         labels = default_labels(num_samples, self.num_classes)
         chunk = max(1, min(self.config.batch_size, 16))
+        stepwise = self.stepwise_backward
         with OutputProbe(self.layers, {n: alt_fn(n) for n in alternatives}) as probe:
             for idx, x0 in iter_samples(
-                fn, self.image_shape, self.num_classes, labels, self.config.seed, self.config.sampler,
-                batch_size=chunk, device=self.device, diffusion=self.diffusion, grad=True,
+                self.model_fn if stepwise else fn, self.image_shape, self.num_classes, labels, self.config.seed,
+                self.config.sampler, batch_size=chunk, device=self.device, diffusion=self.diffusion,
+                grad=not stepwise, backward=backward if stepwise else None,
             ):  # fmt: skip
-                with torch.enable_grad():
-                    feats = self.features.differentiable(x0)
-                    g = torch.from_numpy(grad_features[idx]).to(feats.device, feats.dtype)
-                    (feats * g).sum().backward()
+                if not stepwise:
+                    backprop_features(idx, x0)
         table = tuple(
             {
                 int(c): (0.0 if c == genome[i] else probe.deltas.get(i, {}).get(int(c), 0.0))

@@ -270,6 +270,62 @@ inline void qparams_groups(const float* mn, const float* mx, int64_t G, bool sym
   }
 }
 
+// adaLN's input transform, applied to each row before its ranges and codes: LayerNorm over the row (no
+// affine; biased variance, as torch), then * (1 + scale) + shift with the row's sample's rows of shift and
+// 1 + scale. Rounded to bfloat16 after the norm (round_norm), the product (round_prod) and the sum
+// (round_sum) where torch's bfloat16 operations would round, so that the values are the ones the unfused
+// model quantizes (up to the last bits of the mean and variance).
+struct AdaNorm {
+  const float* shift = nullptr;   // [S, K]
+  const float* scale1 = nullptr;  // 1 + scale, [S, K]
+  int64_t tokens = 1;             // rows per sample
+  float eps = 0.0f;
+  bool round_norm = false, round_prod = false, round_sum = false;
+  bool on() const { return shift != nullptr; }
+};
+
+inline __m512 round_bf16(__m512 v) {
+  const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// Row m of x (K values) through the transform into out (K floats).
+template <typename T>
+inline void ada_row(const T* src, int64_t K, const AdaNorm& a, int64_t m, float* out) {
+  // the row as float32 into out (converted once), its sum; then the variance about the mean (no
+  // cancellation), then the transform in place
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 km = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 v = load16(src + k, km);
+    _mm512_mask_storeu_ps(out + k, km, v);
+    acc = _mm512_add_ps(acc, v);
+  }
+  const float mean = _mm512_reduce_add_ps(acc) / static_cast<float>(K);
+  const __m512 vmean = _mm512_set1_ps(mean);
+  acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 km = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 d = _mm512_maskz_sub_ps(km, _mm512_maskz_loadu_ps(km, out + k), vmean);
+    acc = _mm512_fmadd_ps(d, d, acc);
+  }
+  const float var = std::fmax(_mm512_reduce_add_ps(acc) / static_cast<float>(K), 0.0f);
+  const float rstd = 1.0f / std::sqrt(var + a.eps);
+  const __m512 vr = _mm512_set1_ps(rstd), vb = _mm512_set1_ps(-mean * rstd);
+  const float* sh = a.shift + (m / a.tokens) * K;
+  const float* sc = a.scale1 + (m / a.tokens) * K;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 km = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, out + k), vr, vb);
+    if (a.round_norm) v = round_bf16(v);
+    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(km, sc + k));
+    if (a.round_prod) v = round_bf16(v);
+    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(km, sh + k));
+    if (a.round_sum) v = round_bf16(v);
+    _mm512_mask_storeu_ps(out + k, km, v);
+  }
+}
+
 // Quantizes rows of x [M, K]. Ranges: per row and group (sample_rows == 0 and no given ranges), per
 // group over each sample of `sample_rows` consecutive rows, or the given scale and zero point per row and
 // group. A sample's ranges are computed by the thread that first needs them, right before its rows are
@@ -283,11 +339,13 @@ struct RowQuantizer {
   const float* given_scale;
   const int32_t* given_zero;
   float lo, hi, offset;
+  AdaNorm ada;  // the input transform, when on
 
   struct Scratch {  // one per thread
     std::vector<float> work;  // mn, mx, s, z: 4 * G
     std::vector<float> sample_s, sample_z;
     std::vector<char> sample_done;
+    std::vector<float> values;  // one transformed row (AdaNorm)
   };
 
   RowQuantizer(const T* x_, int64_t M_, int64_t K_, int64_t group_, int64_t block_, int bits_, bool symmetric_,
@@ -302,6 +360,7 @@ struct RowQuantizer {
   Scratch scratch() const {
     Scratch sc;
     sc.work.resize(4 * G);
+    if (ada.on()) sc.values.resize(K);
     if (sample_rows > 0) {
       const int64_t S = M / sample_rows;
       sc.sample_s.resize(S * G);
@@ -313,27 +372,44 @@ struct RowQuantizer {
 
   // Row m: codes to row m_local of `codes` (tile order).
   void row(int64_t m, int64_t m_local, uint8_t* codes, const ActOut& o, Scratch& sc) const {
+    if (ada.on()) {
+      float* buf = sc.values.data();
+      row_of(m, m_local, codes, o, sc, [&](int64_t r) -> const float* {
+        ada_row(x + r * K, K, ada, r, buf);
+        return buf;
+      });
+    } else {
+      row_of(m, m_local, codes, o, sc, [&](int64_t r) { return x + r * K; });
+    }
+  }
+
+  // values(r): row r's values to quantize (each call may overwrite the previous one's)
+  template <typename F>
+  void row_of(int64_t m, int64_t m_local, uint8_t* codes, const ActOut& o, Scratch& sc, F&& values) const {
     float *mn = sc.work.data(), *mx = mn + G, *s = mn + 2 * G, *z = mn + 3 * G;
-    const T* src = x + m * K;
     if (sample_rows > 0) {
       const int64_t smp = m / sample_rows;
       float* ss = &sc.sample_s[smp * G];
       float* sz = &sc.sample_z[smp * G];
       if (!sc.sample_done[smp]) {  // one range per group over all of the sample's rows
         for (int64_t gi = 0; gi < G; ++gi) mn[gi] = mx[gi] = 0.0f;
-        for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r)
-          for (int64_t gi = 0; gi < G; ++gi) range_of(x + r * K + gi * group, group, mn[gi], mx[gi]);
+        for (int64_t r = smp * sample_rows; r < (smp + 1) * sample_rows; ++r) {
+          const auto* v = values(r);
+          for (int64_t gi = 0; gi < G; ++gi) range_of(v + gi * group, group, mn[gi], mx[gi]);
+        }
         qparams_groups(mn, mx, G, symmetric, lo, hi, ss, sz);
         sc.sample_done[smp] = 1;
       }
       std::memcpy(s, ss, G * sizeof(float));
       std::memcpy(z, sz, G * sizeof(float));
-    } else if (given_scale) {
+    }
+    const auto* src = values(m);
+    if (sample_rows == 0 && given_scale) {
       for (int64_t gi = 0; gi < G; ++gi) {
         s[gi] = given_scale[m * G + gi];
         z[gi] = static_cast<float>(given_zero[m * G + gi]) - offset;
       }
-    } else {
+    } else if (sample_rows == 0) {
       for (int64_t gi = 0; gi < G; ++gi) {
         mn[gi] = mx[gi] = 0.0f;
         range_of(src + gi * group, group, mn[gi], mx[gi]);
@@ -512,6 +588,38 @@ struct WeightSide {  // per (block, output), [nb, Np]
   const int32_t* wc;
 };
 
+// The same GELU for bfloat16 outputs, whose rounding (relative 2^-9) hides errors far below it: e^v as
+// 2^t (t = v log2 e, split into its nearest integer n and f in [-1/2, 1/2]) with a degree-4 Taylor
+// polynomial for 2^f (relative error below 5e-5), the reciprocal without its Newton step (2^-14): 18
+// vector operations instead of 27; the same clamp, tails, -0 and NaN as gelu_tanh16.
+inline __m512 gelu_tanh16_bf16(__m512 x) {
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  // -2u log2(e) = x * (c1 + c3 x^2)
+  const __m512 inner = _mm512_fmadd_ps(x2, _mm512_set1_ps(-1.5957691216057308f * 0.044715f * 1.4426950408889634f),
+                                       _mm512_set1_ps(-1.5957691216057308f * 1.4426950408889634f));
+  const float clamp = 80.0f * 1.4426950408889634f;  // -2u = +-80, as gelu_tanh16
+  const __m512 t0 = _mm512_mul_ps(x, inner);
+  const __m512 t = _mm512_min_ps(_mm512_max_ps(t0, _mm512_set1_ps(-clamp)), _mm512_set1_ps(clamp));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(0.009618129107628477f);  // ln(2)^k / k!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.05550410866482158f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2402265069591007f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931471805599453f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512 d = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
+  const __mmask16 beyond = _mm512_cmp_ps_mask(t0, _mm512_set1_ps(clamp), _CMP_GT_OQ);
+  return _mm512_mask_mul_ps(_mm512_mul_ps(x, _mm512_rcp14_ps(d)), beyond, x, _mm512_setzero_ps());
+}
+template <typename OutT>
+inline __m512 gelu_for(__m512 x) {
+  if constexpr (std::is_same_v<OutT, at::BFloat16>) {
+    return gelu_tanh16_bf16(x);
+  } else {
+    return gelu_tanh16(x);
+  }
+}
+
 // One block's epilogue for rows [r0, r1) of a 32 x 32 output tile: the block's exact integer sums
 // P + Asum * d_w - za * Wsum' (cb: [32 rows][32 outputs] int32) times sa * sw, added to the accumulators
 // (kFirst: to the bias instead); kLast writes the output rows instead of the accumulators.
@@ -576,8 +684,8 @@ inline void epilogue_rows(const EpiRows& e, int r0, int r1, const float* sw, con
     __m512 a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(s, sw1), base1);
     if constexpr (kLast) {
       if constexpr (kEpi == kEpiGelu) {
-        a0 = gelu_tanh16(a0);
-        a1 = gelu_tanh16(a1);
+        a0 = gelu_for<OutT>(a0);
+        a1 = gelu_for<OutT>(a1);
       } else if constexpr (kEpi == kEpiResidual) {
         const int64_t m = m0 + r;
         const OutT* g = res.gate + (m / res.tokens) * ldy + n0;
@@ -766,10 +874,14 @@ struct QuantArgs {  // the activation quantizer's settings, checked
   int bits;
   bool symmetric;
   torch::Tensor gs, gz;  // given ranges [M, G] (static granularity), else undefined
+  torch::Tensor ada_shift, ada_scale1;  // the AdaNorm transform's rows [S, K], else undefined
+  AdaNorm ada;
 
   QuantArgs(const torch::Tensor& x, int64_t group_, int64_t bits_, bool symmetric_, int64_t block_, int64_t ks_,
             int64_t sample_rows_, const c10::optional<torch::Tensor>& given_scale,
-            const c10::optional<torch::Tensor>& given_zero) {
+            const c10::optional<torch::Tensor>& given_zero, const c10::optional<torch::Tensor>& shift = {},
+            const c10::optional<torch::Tensor>& scale1 = {}, double eps = 0.0, bool round_norm = false,
+            bool round_prod = false, bool round_sum = false) {
     TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: contiguous [M, K]");
     TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
                 "x must be float32 or bfloat16");
@@ -795,6 +907,18 @@ struct QuantArgs {  // the activation quantizer's settings, checked
       gz = given_zero->to(torch::kInt32).contiguous();
       TORCH_CHECK(gs.size(0) == M && gs.size(1) == G && gz.sizes() == gs.sizes(), "given scale / zero: [M, G]");
     }
+    const bool with_ada = shift.has_value() && shift->defined();
+    TORCH_CHECK(with_ada == (scale1.has_value() && scale1->defined()), "ada_shift and ada_scale1 come together");
+    if (with_ada) {
+      ada_shift = shift->to(torch::kFloat32).contiguous();
+      ada_scale1 = scale1->to(torch::kFloat32).contiguous();
+      TORCH_CHECK(ada_shift.dim() == 2 && ada_shift.size(1) == K && ada_shift.size(0) > 0 &&
+                  M % ada_shift.size(0) == 0 && ada_scale1.sizes() == ada_shift.sizes(),
+                  "ada_shift / ada_scale1: [S, K] with S dividing the rows");
+      TORCH_CHECK(eps >= 0.0, "ada_eps must be >= 0");
+      ada = AdaNorm{ada_shift.data_ptr<float>(), ada_scale1.data_ptr<float>(), M / ada_shift.size(0),
+                    static_cast<float>(eps), round_norm, round_prod, round_sum};
+    }
   }
   // the per (row, block) tensors sa, za, asum, zc [Mp, nb], padding rows zero
   std::vector<torch::Tensor> per_block() const {
@@ -813,9 +937,10 @@ struct QuantArgs {  // the activation quantizer's settings, checked
   }
   template <typename T>
   RowQuantizer<T> quantizer(const T* x) const {
-    return RowQuantizer<T>(x, M, K, group, block, bits, symmetric, sample_rows,
-                           gs.defined() ? gs.data_ptr<float>() : nullptr,
-                           gz.defined() ? gz.data_ptr<int32_t>() : nullptr);
+    RowQuantizer<T> rq(x, M, K, group, block, bits, symmetric, sample_rows,
+                       gs.defined() ? gs.data_ptr<float>() : nullptr, gz.defined() ? gz.data_ptr<int32_t>() : nullptr);
+    rq.ada = ada;
+    return rq;
   }
 };
 
@@ -836,8 +961,12 @@ void quantize_all(const RowQuantizer<T>& rq, const QuantArgs& a, const ActOut& o
 std::vector<torch::Tensor> quantize_act(torch::Tensor x, int64_t group, int64_t bits, bool symmetric, int64_t block,
                                         int64_t ks, int64_t sample_rows,
                                         c10::optional<torch::Tensor> given_scale,
-                                        c10::optional<torch::Tensor> given_zero) {
-  const QuantArgs a(x, group, bits, symmetric, block, ks, sample_rows, given_scale, given_zero);
+                                        c10::optional<torch::Tensor> given_zero,
+                                        c10::optional<torch::Tensor> ada_shift, c10::optional<torch::Tensor> ada_scale1,
+                                        double ada_eps, bool ada_round_norm, bool ada_round_prod,
+                                        bool ada_round_sum) {
+  const QuantArgs a(x, group, bits, symmetric, block, ks, sample_rows, given_scale, given_zero, ada_shift, ada_scale1,
+                    ada_eps, ada_round_norm, ada_round_prod, ada_round_sum);
   auto codes = torch::empty({a.Mp * a.K}, torch::kUInt8);
   auto e = a.per_block();
   const ActOut o = a.out(e);
@@ -965,8 +1094,12 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
                            torch::Tensor weight, int64_t bits, bool pack4, int64_t N, int64_t B, int64_t ks,
                            torch::Tensor sw, torch::Tensor wc1, torch::Tensor wc2, torch::Tensor wc,
                            c10::optional<torch::Tensor> bias, at::ScalarType out_dtype, int64_t activation,
-                           c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> gate) {
-  const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero);
+                           c10::optional<torch::Tensor> residual, c10::optional<torch::Tensor> gate,
+                           c10::optional<torch::Tensor> ada_shift, c10::optional<torch::Tensor> ada_scale1,
+                           double ada_eps, bool ada_round_norm, bool ada_round_prod,
+                           bool ada_round_sum) {
+  const QuantArgs a(x, group, abits, symmetric, B, ks, sample_rows, given_scale, given_zero, ada_shift, ada_scale1,
+                    ada_eps, ada_round_norm, ada_round_prod, ada_round_sum);
   const WeightArgs w(weight, bits, pack4, N, a.K, B, ks, sw, wc1, wc2, wc, bias);
   auto e = a.per_block();
   const ActOut o = a.out(e);
@@ -1000,10 +1133,16 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_available", &amx_available, "AMX-INT8 (with AVX-512 VNNI and BF16) present and granted by the kernel");
-  m.def("quantize_act", &quantize_act, "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)");
+  namespace py = pybind11;
+  m.def("quantize_act", &quantize_act,
+        "int8 activation codes and the epilogue inputs (per token group, per sample group, or given ranges)",
+        py::arg("x"), py::arg("group"), py::arg("bits"), py::arg("symmetric"), py::arg("block"), py::arg("ks"),
+        py::arg("sample_rows"), py::arg("given_scale"), py::arg("given_zero"), py::arg("ada_shift") = py::none(),
+        py::arg("ada_scale1") = py::none(), py::arg("ada_eps") = 0.0, py::arg("ada_round_norm") = false,
+        py::arg("ada_round_prod") = false,
+        py::arg("ada_round_sum") = false);
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
-  namespace py = pybind11;
   m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs",
         py::arg("M"), py::arg("act"), py::arg("weight"), py::arg("bits"), py::arg("pack4"), py::arg("N"), py::arg("B"),
         py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"), py::arg("bias"),
@@ -1014,5 +1153,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("given_scale"), py::arg("given_zero"), py::arg("weight"), py::arg("bits"), py::arg("pack4"),
         py::arg("N"), py::arg("B"), py::arg("ks"), py::arg("sw"), py::arg("wc1"), py::arg("wc2"), py::arg("wc"),
         py::arg("bias"), py::arg("out_dtype"), py::arg("activation") = kActNone, py::arg("residual") = py::none(),
-        py::arg("gate") = py::none());
+        py::arg("gate") = py::none(), py::arg("ada_shift") = py::none(), py::arg("ada_scale1") = py::none(),
+        py::arg("ada_eps") = 0.0, py::arg("ada_round_norm") = false, py::arg("ada_round_prod") = false,
+        py::arg("ada_round_sum") = false);
 }
