@@ -10,6 +10,8 @@ Rows, for each setting (``W8A8``, ``W6A8``, ``W4A8``; ``--hard`` adds ``W4A6``, 
   per-tensor activations (no block reconstruction: see ``qdit.quant.balance``);
 * ``qdit_g128``: Q-DiT step 1, group 128 for weights and activations, static activations;
 * ``qdit_dynamic``: step 2, + dynamic per-token activations (Q-DiT without search);
+* ``qdit_gptq``: step 2 with GPTQ weights instead of RTN (Q-DiT's optional second-order weight rounding,
+  per layer at its own group size; still no search);
 * ``qdit_full``: step 3, + the paper's evolutionary search of per-layer group sizes (``qdit search
   --method full``; its cost is set by ``--full-search-args``);
 * ``qdit_cheap``: + qdit's cheap search instead (``qdit search --method cheap``).
@@ -54,12 +56,16 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # key -> (label, qdit quantize flags
     "ptq4dit": ("PTQ4DiT-style CSB (static act.)", ["--baseline", "ptq4dit"]),
     "qdit_g128": ("Q-DiT: group 128 (static act.)", ["--group-size", "128", "--act-granularity", "static"]),
     "qdit_dynamic": ("Q-DiT: + dynamic act. (token)", ["--group-size", "128", "--act-granularity", "token"]),
+    "qdit_gptq": (
+        "Q-DiT: + GPTQ weights",
+        ["--group-size", "128", "--act-granularity", "token", "--weight-method", "gptq"],
+    ),
     "qdit_full": ("Q-DiT: + full search", []),
     "qdit_cheap": ("Q-DiT: + cheap search", []),
 }
 SEARCH_ROWS = {"qdit_full": "full", "qdit_cheap": "cheap"}
 ALL_ROWS = ("fp", *ROWS)
-QUICK_ROWS = ("fp", "rtn", "smoothquant", "gptq", "ptq4dit", "qdit_g128", "qdit_dynamic")
+QUICK_ROWS = ("fp", "rtn", "smoothquant", "gptq", "ptq4dit", "qdit_g128", "qdit_dynamic", "qdit_gptq")
 FULL_METRICS = ("fid", "sfid", "precision", "recall", "domain_fd", "class_acc")
 QUICK_METRICS = ("domain_fd", "class_acc")
 LOWER_IS_BETTER = {"fid", "sfid", "domain_fd"}
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard", action="store_true", help=f"also {', '.join(HARD_SETTINGS)}")
     p.add_argument("--settings", default=None, help=f"comma-separated (default {','.join(SETTINGS)})")
     p.add_argument("--rows", default=None, help=f"comma-separated rows of {','.join(ALL_ROWS)} (default all)")
-    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_cheap",
+    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_gptq,qdit_cheap",
                    help="rows sampled with every seed (the others: the first seed)")  # fmt: skip
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--num", type=int, default=None, help="samples per seed (default 1000; --quick 100)")
