@@ -11,18 +11,20 @@ with ``qdit eval`` (ClipNet FVD, frame accuracy, subject consistency, motion); m
         [--rows fp,rtn,group,token,frame] [--recipe searched.json] [--threads 2]
         [--json benchmarks/results/video.json] [--grid benchmarks/results/video_rows.png]
 
-Every step is a ``qdit`` command (printed), so each can be rerun alone.
+Every step is a ``qdit`` command (printed), so each can be rerun alone. Quantized models, samples and
+per-seed scores stay in ``--work`` (default ``benchmarks/results/work/video``) with the settings they
+were made with: rerunning the same command resumes, redoing only what is missing or made differently.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,18 +44,52 @@ def qdit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "qdit", *args], check=True)
 
 
-def sample_and_score(model: str, out: Path, seed: int, a: argparse.Namespace) -> dict[str, float]:
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # a killed run never leaves half a file
+
+
+def sample_and_score(
+    model: str, out: Path, seed: int, a: argparse.Namespace, config: dict
+) -> dict[str, float]:
+    """Sample ``a.num`` clips with ``seed`` and score them; reuses ``out``'s cached scores when they were
+    made with the same ``config``."""
     clips = out.with_suffix(".npz")
+    cache = out.with_suffix(".metrics.json")
+    cached = read_json(cache)
+    if cached.get("config") == config and clips.is_file():
+        return cached["values"]
     t0 = time.perf_counter()
     qdit("sample", "--model", model, "-n", str(a.num), "--steps", str(a.steps), "--seed", str(seed),
          "--batch-size", str(a.batch_size), "--out", str(clips))  # fmt: skip
     seconds = time.perf_counter() - t0
-    metrics = out.with_suffix(".json")
+    metrics = out.with_suffix(".eval.json")
     qdit("eval", str(clips), "--ref", "fashion-mnist-clips-test", "--metrics", ",".join(METRICS),
          "--no-progress", "--json", str(metrics))  # fmt: skip
     data = json.loads(metrics.read_text())
     values = data.get("metrics", data)
-    return {**{k: float(values[k]) for k in METRICS}, "sample_seconds": seconds}
+    result = {**{k: float(values[k]) for k in METRICS}, "sample_seconds": seconds}
+    write_json(cache, {"config": config, "values": result})
+    return result
+
+
+def quantized(
+    name: str, w_bits: int, flags: list[str], work: Path, a: argparse.Namespace, config: dict
+) -> str:
+    """The quantized model folder for one row, made once per ``config``."""
+    folder = work / name
+    stamp = work / f"{name}.quantize.json"
+    if not (folder / "qdit.json").is_file() or read_json(stamp).get("config") != config:
+        qdit("quantize", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", "8", *flags,
+             "--out", str(folder))  # fmt: skip
+        write_json(stamp, {"config": config})
+    return str(folder)
 
 
 def frame_strip(npz: Path, count: int) -> np.ndarray:
@@ -80,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
-    p.add_argument("--grid", default=None, help="PNG: the first 4 clips of seed 0 for every row, frames across")
+    p.add_argument("--work", default="benchmarks/results/work/video",
+                   help="quantized models, clips and per-seed scores, reused by a rerun")  # fmt: skip
+    p.add_argument(
+        "--grid", default=None, help="PNG: the first 4 clips of seed 0 for every row, frames across"
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.num, a.steps, a.seeds, a.bits = 20, 10, "0", "4"
@@ -93,39 +133,42 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     results: list[dict] = []
     strips: list[tuple[str, np.ndarray]] = []
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        plan: list[tuple[str, str, int | None, list[str] | None]] = []
-        if "fp" in rows_wanted:
-            plan.append(("fp", "full precision", None, None))
-        for b in bits:
-            for key in rows_wanted:
-                if key in ROWS:
-                    plan.append((key, ROWS[key][0], b, ROWS[key][1]))
-        if a.recipe:
-            plan.append(("searched", f"searched recipe {Path(a.recipe).name}", 4, ["--recipe", a.recipe]))
-        for key, label, w_bits, flags in plan:
-            model = a.model
-            name = "fp" if w_bits is None else f"w{w_bits}a8_{key}"
-            if w_bits is not None:
-                model = str(tmp / name)
-                qdit("quantize", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", "8", *flags,
-                     "--out", model)  # fmt: skip
-            per_seed = []
-            for seed in seeds:
-                per_seed.append(sample_and_score(model, tmp / f"{name}_s{seed}", seed, a))
-            if a.grid:
-                strips.append((f"{'FP' if w_bits is None else f'W{w_bits}A8'} {label}",
-                               frame_strip(tmp / f"{name}_s{seeds[0]}.npz", 4)))  # fmt: skip
-            row = {"row": key, "label": label, "w_bits": w_bits, "a_bits": None if w_bits is None else 8,
-                   "seeds": seeds, "per_seed": per_seed}  # fmt: skip
-            for m in (*METRICS, "sample_seconds"):
-                vals = [r[m] for r in per_seed]
-                row[m] = float(np.mean(vals))
-                row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-            results.append(row)
-            print(json.dumps({k: row[k] for k in ("label", "w_bits", *METRICS)}), flush=True)
-    print(f"\n{a.model}: {a.num} clips x {len(seeds)} seeds, {a.steps} DDIM steps, cfg 1.5, {a.threads} threads")
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    plan: list[tuple[str, str, int | None, list[str] | None]] = []
+    if "fp" in rows_wanted:
+        plan.append(("fp", "full precision", None, None))
+    for b in bits:
+        for key in rows_wanted:
+            if key in ROWS:
+                plan.append((key, ROWS[key][0], b, ROWS[key][1]))
+    if a.recipe:
+        plan.append(("searched", f"searched recipe {Path(a.recipe).name}", 4, ["--recipe", a.recipe]))
+    for key, label, w_bits, flags in plan:
+        model = a.model
+        name = "fp" if w_bits is None else f"w{w_bits}a8_{key}"
+        # what a cached model or score must have been made with to be reused
+        config: dict = {"model": a.model, "flags": flags, "num": a.num, "steps": a.steps}
+        if key == "searched":
+            config["recipe_sha256"] = hashlib.sha256(Path(a.recipe).read_bytes()).hexdigest()
+        if w_bits is not None:
+            made_with = {k: v for k, v in config.items() if k not in ("num", "steps")}
+            model = quantized(name, w_bits, flags or [], work, a, made_with)
+        per_seed = [sample_and_score(model, work / f"{name}_s{seed}", seed, a, config) for seed in seeds]
+        if a.grid:
+            strips.append((f"{'FP' if w_bits is None else f'W{w_bits}A8'} {label}",
+                           frame_strip(work / f"{name}_s{seeds[0]}.npz", 4)))  # fmt: skip
+        row = {"row": key, "label": label, "w_bits": w_bits, "a_bits": None if w_bits is None else 8,
+               "seeds": seeds, "per_seed": per_seed}  # fmt: skip
+        for m in (*METRICS, "sample_seconds"):
+            vals = [r[m] for r in per_seed]
+            row[m] = float(np.mean(vals))
+            row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        results.append(row)
+        print(json.dumps({k: row[k] for k in ("label", "w_bits", *METRICS)}), flush=True)
+    print(
+        f"\n{a.model}: {a.num} clips x {len(seeds)} seeds, {a.steps} DDIM steps, cfg 1.5, {a.threads} threads"
+    )
     print("| setting | method | FVD (ClipNet) | frame acc | consistency | motion |")
     print("|---|---|---|---|---|---|")
     for r in results:

@@ -1,0 +1,74 @@
+"""``benchmarks/video_results.py`` resumes: a rerun reuses what was made with the same settings and
+redoes only what changed. The qdit commands are replaced by a recorder that writes the files they would
+write (the real commands are covered by the CLI tests); what is checked is which commands run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "video_results.py"
+
+
+def load_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("video_results_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_qdit(calls: list[tuple[str, ...]]):  # type: ignore[no-untyped-def]
+    def run(*args: str) -> None:
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+        if args[0] == "quantize":
+            assert out is not None
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "qdit.json").write_text("{}")
+        elif args[0] == "sample":
+            assert out is not None
+            seed = int(args[args.index("--seed") + 1])
+            np.savez(out, arr_0=np.full((4, 2, 28, 28, 1), seed, np.uint8))
+        elif args[0] == "eval":
+            path = Path(args[args.index("--json") + 1])
+            path.write_text(json.dumps({"metrics": {"fvd": 10.0 + len(calls), "frame_acc": 0.5,
+                                                    "consistency": 0.9, "motion": 0.1}}))  # fmt: skip
+
+    return run
+
+
+def test_rerun_reuses_and_redoes_only_what_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    vr = load_script()
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(vr, "qdit", fake_qdit(calls))
+    recipe = tmp_path / "r.json"
+    recipe.write_text('{"a": 1}')
+    base = ["--num", "4", "--steps", "2", "--seeds", "0,1", "--bits", "4", "--rows", "fp,token",
+            "--work", str(tmp_path / "work"), "--recipe", str(recipe)]  # fmt: skip
+    assert vr.main([*base, "--json", str(tmp_path / "a.json")]) == 0
+    kinds = [c[0] for c in calls]
+    # fp (2 seeds), token and searched (quantize + 2 seeds each)
+    assert kinds.count("quantize") == 2 and kinds.count("sample") == 6 and kinds.count("eval") == 6
+    first = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert [r["row"] for r in first] == ["fp", "token", "searched"]
+
+    calls.clear()
+    assert vr.main([*base, "--json", str(tmp_path / "b.json")]) == 0
+    assert calls == []  # everything reused
+    second = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["fvd"] for r in second] == [r["fvd"] for r in first]
+
+    recipe.write_text('{"a": 2}')  # another recipe: only the searched row is redone
+    assert vr.main([*base, "--json", str(tmp_path / "c.json")]) == 0
+    assert [c[0] for c in calls] == ["quantize", "sample", "eval", "sample", "eval"]
+    assert "--recipe" in calls[0]
+
+    calls.clear()  # more steps: every sample is redone, no model is
+    assert vr.main([*base[:2], "--steps", "3", *base[4:], "--json", str(tmp_path / "d.json")]) == 0
+    assert [c[0] for c in calls].count("quantize") == 0 and [c[0] for c in calls].count("sample") == 6
