@@ -3,8 +3,8 @@
 Images: 2N Fashion-MNIST training images, 28x28 grayscale upsampled to 299x299 as in ``qdit eval``: N
 "samples" and N other "reference" images. Each Inception mode (``fp32``, the reference; ``bf16``;
 ``fast``; ``compile``, see :mod:`qdit.eval.inception`) extracts pool + sFID spatial features of all 2N
-images, batch by batch with the modes interleaved (batch 1 in every mode, then batch 2, ...), so that a
-busy machine slows every mode alike. Reported per mode:
+images, with the modes interleaved round by round (one batch per torch thread in every mode, then the
+next round), so that a busy machine slows every mode alike. Reported per mode:
 
 - ``images_per_s`` / ``ms_per_image`` (wall clock) and ``cpu_images_per_s`` (process CPU time, which a
   busy machine distorts less), ``speedup`` vs ``fp32`` on both; ``compile_s`` (``compile`` mode: the
@@ -95,8 +95,10 @@ def run_modes(images: np.ndarray, modes: list[str], batch_size: int) -> dict[str
             out[m]["compile_s"] = ex.compile_seconds
             out[m]["compile_error"] = ex.compile_error
     n = images.shape[0]
-    for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
+    # a round gives each mode one batch per torch thread, so that `fast` can run them side by side
+    step = batch_size * torch.get_num_threads()
+    for start in range(0, n, step):
+        chunk = images[start : start + step]
         for m, ex in extractors.items():
             w0, c0 = time.perf_counter(), time.process_time()
             feats = ex.extract(chunk, spatial=True)
@@ -104,7 +106,7 @@ def run_modes(images: np.ndarray, modes: list[str], batch_size: int) -> dict[str
             out[m]["cpu"] += time.process_time() - c0
             out[m]["pool"].append(feats.pool)
             out[m]["spatial"].append(feats.spatial)
-        print(f"  {min(start + batch_size, n)}/{n} images", file=sys.stderr, flush=True)
+        print(f"  {min(start + step, n)}/{n} images", file=sys.stderr, flush=True)
     for r in out.values():
         r["pool"], r["spatial"] = np.concatenate(r["pool"]), np.concatenate(r["spatial"])
     return out

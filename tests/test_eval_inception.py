@@ -13,7 +13,12 @@ import torch
 
 from qdit.errors import QditError
 from qdit.eval.cache import cache_dir, refstats_path
-from qdit.eval.inception import InceptionFeatures, inception_weights_path, to_inception_input
+from qdit.eval.inception import (
+    InceptionFeatures,
+    inception_weights_path,
+    to_inception_input,
+    to_inception_input_fast,
+)
 
 WEIGHTS = inception_weights_path()
 needs_weights = pytest.mark.skipif(
@@ -105,6 +110,20 @@ def test_preprocessing() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (1, 299, 299, 3), dtype=np.uint8)
     y = to_inception_input(torch.from_numpy(rgb))  # already 299: no resampling
     assert torch.equal(y, (torch.from_numpy(rgb).permute(0, 3, 1, 2).float() - 128) / 128)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 20, 3), (400, 310, 1), (299, 299, 3)])
+def test_fast_preprocessing_is_the_interpolation(shape: tuple[int, int, int]) -> None:
+    """The fast modes' matrix-product resize against ``F.interpolate`` (upsampling, non-square,
+    downsampling, none), channels replicated and channels-last as the fast net wants them."""
+    imgs = torch.from_numpy(np.random.default_rng(sum(shape)).integers(0, 256, (2, *shape), dtype=np.uint8))
+    ref = to_inception_input(imgs)
+    got = to_inception_input_fast(imgs)
+    assert got.shape == ref.shape == (2, 3, 299, 299)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    # float32 rounding in another order (measured up to 4e-6 upsampling, 1.3e-5 downsampling; a bf16
+    # step is 4e-3); a half-pixel shift or a wrong edge would be ~1e-1 off
+    torch.testing.assert_close(got, ref, rtol=0, atol=3e-5)
 
 
 @needs_weights
@@ -244,6 +263,37 @@ def test_fast_mode_is_close_to_fp32(extractor: InceptionFeatures) -> None:
     assert rel_err(out.pool, ref.pool) < FAST_REL_TOL
     assert rel_err(out.spatial, ref.spatial) < FAST_REL_TOL
     assert fast.extract(imgs, spatial=False).spatial is None
+
+
+@needs_weights
+def test_fast_mode_runs_batches_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 2 torch threads ``fast`` runs its batches on 2 worker threads, one torch thread each: the
+    same features as one batch after another, in order, and the thread count restored."""
+    imgs = np.random.default_rng(5).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    fast = InceptionFeatures(WEIGHTS, mode="fast", batch_size=2, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert fast.parallel(3) == 1
+        one = fast.extract(imgs)
+        torch.set_num_threads(2)
+        assert fast.parallel(3) == 2 and fast.parallel(1) == 1
+        seen: list[int] = []
+        forward = fast._forward_fast
+
+        def spy(x: torch.Tensor, spatial: bool):  # type: ignore[no-untyped-def]
+            seen.append(torch.get_num_threads())
+            return forward(x, spatial)
+
+        monkeypatch.setattr(fast, "_forward_fast", spy)
+        two = fast.extract(imgs)
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(two.pool, one.pool)
+    assert two.spatial is not None and one.spatial is not None
+    np.testing.assert_array_equal(two.spatial, one.spatial)
+    assert InceptionFeatures(WEIGHTS, mode="fp32", progress=False).parallel(3) == 1
 
 
 @needs_weights

@@ -50,6 +50,12 @@ Modes (:data:`INCEPTION_MODES`), the same features computed four ways:
   are padded to ``batch_size`` so that one compiled graph serves them all; if compiling fails the
   extractor warns and runs ``fast``.
 
+``fast`` also resizes with two small matrix products (:func:`bilinear_matrix`: the same bilinear weights
+as ``F.interpolate``, applied to rows then columns, equal within float32 rounding) instead of
+``F.interpolate`` on three replicated channels, and with several torch threads it runs whole batches
+side by side, one thread each (:attr:`InceptionFeatures.parallel`): the small convolutions of the
+Inception blocks gain little from a second thread inside an operation.
+
 Cached reference statistics are keyed by mode (:attr:`InceptionFeatures.key`): ``fast`` and ``compile``
 share ``inception-fast2`` (same network and dtypes; ``inception-fast`` was the all-bf16 net), so
 ``inception`` (fp32) statistics stay valid.
@@ -57,9 +63,11 @@ share ``inception-fast2`` (same network and dtypes; ``inception-fast`` was the a
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +108,34 @@ def to_inception_input(batch: torch.Tensor) -> torch.Tensor:
     if tuple(x.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
         x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
     return (x - 128.0) / 128.0
+
+
+@functools.lru_cache(maxsize=8)
+def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """float32 ``[n_out, n_in]``: one axis of ``F.interpolate(mode="bilinear", align_corners=False)``
+    without antialiasing (half-pixel centres, source positions below 0 clamped to 0, the last pixel
+    repeated past the end). Rows sum to 1, so it commutes with the ``(x - 128) / 128`` scaling."""
+    # source positions in float32, as torch computes them (float64 moves them by ~1e-5 of a pixel)
+    dst = torch.arange(n_out, dtype=torch.float32)
+    src = ((dst + 0.5) * torch.tensor(n_in / n_out, dtype=torch.float32) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = src - lo
+    m = torch.zeros(n_out, n_in, dtype=torch.float32)
+    rows = torch.arange(n_out)
+    m.index_put_((rows, lo), 1 - frac, accumulate=True)
+    m.index_put_((rows, hi), frac, accumulate=True)
+    return m
+
+
+def to_inception_input_fast(batch: torch.Tensor) -> torch.Tensor:
+    """:func:`to_inception_input` by separable matrix products, channels-last (the ``fast`` modes): the
+    resize of a 28x28 image costs two small products instead of interpolating three 299x299 planes."""
+    x = (batch.permute(0, 3, 1, 2).float() - 128.0) / 128.0
+    h, w = x.shape[2:]
+    if (h, w) != (INPUT_SIZE, INPUT_SIZE):
+        x = bilinear_matrix(h, INPUT_SIZE).to(x.device) @ x @ bilinear_matrix(w, INPUT_SIZE).to(x.device).T
+    return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
 
 @dataclass
@@ -252,7 +288,14 @@ class InceptionFeatures:
             )
         return self._forward((pixels - 128.0) / 128.0, False)[0]
 
-    @torch.inference_mode()
+    def parallel(self, batches: int) -> int:
+        """How many batches :meth:`extract` runs side by side: in ``fast`` mode on CPU, one per torch
+        thread (each batch then runs single-threaded), else 1. ``compile`` keeps one compiled graph on
+        all threads."""
+        if self.mode != "fast" or self.device.type != "cpu":
+            return 1
+        return max(1, min(torch.get_num_threads(), batches))
+
     def extract(
         self, images: np.ndarray | torch.Tensor, *, spatial: bool = True, desc: str = "inception"
     ) -> InceptionOutput:
@@ -263,19 +306,38 @@ class InceptionFeatures:
         n = arr.shape[0]
         pool = np.empty((n, POOL_DIM), np.float32)
         sp_out = np.empty((n, SPATIAL_DIM), np.float32) if spatial else None
-        with tqdm(total=n, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
-            for start in range(0, n, self.batch_size):
-                batch = torch.from_numpy(np.array(arr[start : start + self.batch_size], copy=True))
+        fast = self.mode in ("fast", "compile")
+
+        def features(start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            batch = torch.from_numpy(np.array(arr[start : start + self.batch_size], copy=True))
+            with torch.inference_mode():  # thread-local: entered again in every worker thread
+                if fast:
+                    return self._forward_fast(to_inception_input_fast(batch.to(self.device)), spatial)
                 # channels-last lets oneDNN run the convolutions without layout reorders (faster on CPU)
                 x = to_inception_input(batch.to(self.device)).contiguous(memory_format=torch.channels_last)
-                if self.mode in ("fast", "compile"):
-                    p, s = self._forward_fast(x, spatial)
-                else:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                        p, s = self._forward(x, spatial)
-                stop = start + len(batch)
-                pool[start:stop] = p.float().cpu().numpy()
-                if sp_out is not None and s is not None:
-                    sp_out[start:stop] = s.float().cpu().numpy()
-                bar.update(len(batch))
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    return self._forward(x, spatial)
+
+        starts = range(0, n, self.batch_size)
+        workers = self.parallel(len(starts))
+        threads = torch.get_num_threads()
+        with tqdm(total=n, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
+            if workers > 1:
+                self._fast_net()  # built once, before the workers share it
+                torch.set_num_threads(1)
+                pool_ex = ThreadPoolExecutor(workers)
+                results = pool_ex.map(features, starts)
+            else:
+                results = map(features, starts)
+            try:
+                for start, (p, s) in zip(starts, results, strict=True):
+                    stop = min(start + self.batch_size, n)
+                    pool[start:stop] = p.float().cpu().numpy()
+                    if sp_out is not None and s is not None:
+                        sp_out[start:stop] = s.float().cpu().numpy()
+                    bar.update(stop - start)
+            finally:
+                if workers > 1:
+                    pool_ex.shutdown(cancel_futures=True)
+                    torch.set_num_threads(threads)
         return InceptionOutput(pool=pool, spatial=sp_out)
