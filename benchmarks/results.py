@@ -14,7 +14,9 @@ Rows, for each setting (``W8A8``, ``W6A8``, ``W4A8``; ``--hard`` adds ``W4A6``, 
   per layer at its own group size; still no search);
 * ``qdit_full``: step 3, + the paper's evolutionary search of per-layer group sizes (``qdit search
   --method full``; its cost is set by ``--full-search-args``);
-* ``qdit_cheap``: + qdit's cheap search instead (``qdit search --method cheap``).
+* ``qdit_cheap``: + qdit's cheap search instead (``qdit search --method cheap``);
+* ``qdit_full_gptq``, ``qdit_cheap_gptq``: the same searched recipes quantized with GPTQ weights (the
+  search itself scores RTN weights: GPTQ for every candidate would cost more than the search).
 
 Every model is sampled with DDIM (``--steps``, default 50), guidance 1.5, for each seed (the same noise
 and labels across rows), and scored against the Fashion-MNIST test set: Inception FID, sFID, precision,
@@ -62,8 +64,16 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # key -> (label, qdit quantize flags
     ),
     "qdit_full": ("Q-DiT: + full search", []),
     "qdit_cheap": ("Q-DiT: + cheap search", []),
+    "qdit_full_gptq": ("Q-DiT: + full search + GPTQ weights", ["--weight-method", "gptq"]),
+    "qdit_cheap_gptq": ("Q-DiT: + cheap search + GPTQ weights", ["--weight-method", "gptq"]),
 }
-SEARCH_ROWS = {"qdit_full": "full", "qdit_cheap": "cheap"}
+# search rows -> the search method; the *_gptq rows reuse that method's searched recipe
+SEARCH_ROWS = {
+    "qdit_full": "full",
+    "qdit_cheap": "cheap",
+    "qdit_full_gptq": "full",
+    "qdit_cheap_gptq": "cheap",
+}
 ALL_ROWS = ("fp", *ROWS)
 QUICK_ROWS = ("fp", "rtn", "smoothquant", "gptq", "ptq4dit", "qdit_g128", "qdit_dynamic", "qdit_gptq")
 FULL_METRICS = ("fid", "sfid", "precision", "recall", "domain_fd", "class_acc")
@@ -149,15 +159,17 @@ class Runner:
         summary_path = self.work / f"{name}.quantize.json"
         flags = list(ROWS[key][1])
         if key in SEARCH_ROWS:
-            recipe = self.work / f"{name}.recipe.json"
+            method = SEARCH_ROWS[key]
+            searched = f"w{w_bits}a{a_bits}_qdit_{method}"  # one search per method and setting
+            recipe = self.work / f"{searched}.recipe.json"
             if not recipe.is_file():
-                state = self.work / f"{name}.recipe.state.json"
+                state = self.work / f"{searched}.recipe.state.json"
                 resume = ["--resume"] if state.is_file() else []
-                extra = (a.full_search_args if key == "qdit_full" else a.cheap_search_args).split()
+                extra = (a.full_search_args if method == "full" else a.cheap_search_args).split()
                 qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
-                     "--method", SEARCH_ROWS[key], "--steps", str(a.steps), "--no-progress", *extra,
+                     "--method", method, "--steps", str(a.steps), "--no-progress", *extra,
                      "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
-            flags = ["--recipe", str(recipe)]
+            flags = ["--recipe", str(recipe), *flags]
         summary = read_json(summary_path)
         if not (folder / "qdit.json").is_file() or summary.get("config") != self.config:
             qdit("quantize", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits), *flags,
@@ -331,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard", action="store_true", help=f"also {', '.join(HARD_SETTINGS)}")
     p.add_argument("--settings", default=None, help=f"comma-separated (default {','.join(SETTINGS)})")
     p.add_argument("--rows", default=None, help=f"comma-separated rows of {','.join(ALL_ROWS)} (default all)")
-    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_gptq,qdit_cheap",
+    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_gptq,qdit_cheap,qdit_cheap_gptq,qdit_full_gptq",
                    help="rows sampled with every seed (the others: the first seed)")  # fmt: skip
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--num", type=int, default=None, help="samples per seed (default 1000; --quick 100)")
