@@ -177,7 +177,8 @@ def test_int_linear_k_chunks(wbits: int, group: int) -> None:
 
 @pytest.mark.parametrize("path", available_paths())
 @pytest.mark.parametrize(
-    "wbits, group, dtype", [(8, 128, torch.float32), (4, 0, torch.float32), (8, 0, torch.bfloat16), (4, 64, torch.bfloat16)]
+    "wbits, group, dtype",
+    [(8, 128, torch.float32), (4, 0, torch.float32), (8, 0, torch.bfloat16), (4, 64, torch.bfloat16)],
 )
 def test_fused_gelu_matches_torch_gelu_of_the_product(path: str, wbits: int, group: int, dtype) -> None:
     """``activation="gelu_tanh"``: torch's tanh GELU of the exact product, rounded once to the output dtype
@@ -206,7 +207,9 @@ def test_fused_gelu_matches_torch_gelu_of_the_product(path: str, wbits: int, gro
 
 
 @pytest.mark.parametrize("path", available_paths())
-@pytest.mark.parametrize("wbits, group, dtype", [(8, 128, torch.float32), (4, 0, torch.bfloat16), (8, 64, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "wbits, group, dtype", [(8, 128, torch.float32), (4, 0, torch.bfloat16), (8, 64, torch.bfloat16)]
+)
 def test_fused_gated_residual_matches_the_block_expression(path: str, wbits: int, group: int, dtype) -> None:
     """``residual + gate * product`` with one gate row per sample of 40 rows (N = 100: a partial last
     panel), against the exact product put through the same expression in float64."""
@@ -220,7 +223,11 @@ def test_fused_gated_residual_matches_the_block_expression(path: str, wbits: int
     iw = IntWeight.from_qweight(quantize_weight(w, wbits, group, False))
     kw = prepare_weight(iw, group, path)
     act = ActQuant(8, group, False, "token")
-    ref = int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias).double().reshape(samples, tokens, n)
+    ref = (
+        int_linear_reference(quantize_acts(x, 8, group, False, "token"), iw, bias)
+        .double()
+        .reshape(samples, tokens, n)
+    )
     want = residual.double() + gate.double()[:, None] * ref
     y = int_linear(x, kw, act, bias, residual=residual, gate=gate).double()
     assert y.shape == want.shape
@@ -230,7 +237,9 @@ def test_fused_gated_residual_matches_the_block_expression(path: str, wbits: int
     swapped = int_linear(x, kw, act, bias, residual=residual, gate=gate.flip(0)).double()
     assert (swapped - want).abs().max() > 0.1
     with pytest.raises(ValueError, match=r"gate must be \[3, 100\] \(one row per sample\)"):
-        int_linear(x, kw, act, bias, residual=residual, gate=torch.ones(6, n, dtype=dtype))  # not one per sample
+        int_linear(
+            x, kw, act, bias, residual=residual, gate=torch.ones(6, n, dtype=dtype)
+        )  # not one per sample
     with pytest.raises(ValueError, match="needs both residual and gate"):
         int_linear(x, kw, act, bias, residual=residual)
 
@@ -252,7 +261,11 @@ def test_fused_gelu_tails_and_non_finite_values(dtype: torch.dtype) -> None:
     assert y.dtype == torch.float32 or dtype == torch.bfloat16
     ref = int_linear_reference(quantize_acts(x, 8, 0, False, "token"), iw, bias)
     want = torch.nn.functional.gelu(ref, approximate="tanh")
-    assert torch.equal(torch.isnan(y), torch.isnan(want)) and torch.isnan(y[:, 2]).all() and torch.isnan(y[:, 4]).all()
+    assert (
+        torch.equal(torch.isnan(y), torch.isnan(want))
+        and torch.isnan(y[:, 2]).all()
+        and torch.isnan(y[:, 4]).all()
+    )
     fin = ~torch.isnan(want)
     assert torch.equal(y[fin].isinf(), want[fin].isinf())
     close = fin & ~want.isinf()
@@ -324,7 +337,9 @@ def test_ada_norm_transforms_the_rows_as_they_are_quantized(path: str, dtype, gr
 
 
 @needs_amx
-@pytest.mark.parametrize("mods", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.float16)])
+@pytest.mark.parametrize(
+    "mods", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.float16)]
+)
 def test_ada_norm_rounds_as_torch_with_mixed_dtypes(mods) -> None:
     """A bfloat16 input with shift and scale of other dtypes: torch rounds the product only when scale
     is bf16 and the sum only when shift is too (float16 rows: applied before the kernel); the fused
@@ -338,8 +353,44 @@ def test_ada_norm_rounds_as_torch_with_mixed_dtypes(mods) -> None:
     kw = prepare_weight(iw, 128, "amx")
     act = ActQuant(8, 128)
     scale_dtype, shift_dtype = mods
-    ada = AdaNorm(torch.randn(samples, k, generator=g).to(shift_dtype), torch.randn(samples, k, generator=g).to(scale_dtype), 1e-6)
+    ada = AdaNorm(
+        torch.randn(samples, k, generator=g).to(shift_dtype),
+        torch.randn(samples, k, generator=g).to(scale_dtype),
+        1e-6,
+    )
     want = int_linear(ada.apply(x), kw, act)
     y = int_linear(x, kw, act, ada_norm=ada)
     assert y.dtype == want.dtype == ada.dtype(x.dtype)
     assert float((y == want).all(-1).double().mean()) >= 0.95
+
+
+@needs_amx
+@pytest.mark.parametrize("shape", [(2, 64, 147, 147), (3, 192, 71, 71), (2, 20, 9, 8), (1, 16, 3, 4)])
+def test_max_pool3s2_equals_torch(shape: tuple[int, int, int, int]) -> None:
+    """The compiled 3x3 stride-2 max pool against torch's, bit for bit: channel tails (20), odd and even
+    sizes, the smallest input; NaN propagates."""
+    from qdit.kernels.cpu import cpu_extension
+
+    ext = cpu_extension()
+    assert ext is not None
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).contiguous(
+        memory_format=torch.channels_last
+    )
+    x[0, -1, 1, 1] = float("nan")  # in the first output row's window, last channel (a tail lane for C=20)
+    got = ext.max_pool3s2(x)
+    ref = torch.nn.functional.max_pool2d(x, 3, 2)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(got[0, -1, 0, 0])
+
+
+def test_max_pool3s2_falls_back_to_torch() -> None:
+    """Inputs the loop does not take (bf16, NCHW, needing a gradient) get torch's pool."""
+    from qdit.kernels.cpu import max_pool3s2
+
+    x = torch.randn(2, 8, 9, 9)
+    for y in (x, x.bfloat16().contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(max_pool3s2(y), torch.nn.functional.max_pool2d(y, 3, 2), rtol=0, atol=0)
+    g = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    max_pool3s2(g).sum().backward()
+    assert g.grad is not None and int(g.grad.sum()) == 2 * 8 * 4 * 4  # one max per window

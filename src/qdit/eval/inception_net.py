@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qdit.errors import QditError
+from qdit.kernels.cpu import max_pool3s2
 
 BN_EPS = 0.001  # the file's batch_norm eps
 SPATIAL_CHANNELS = 7
@@ -60,7 +61,9 @@ class MaxPool3(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, 3, self.stride, 1 if self.stride == 1 else 0)
+        if self.stride == 2:
+            return max_pool3s2(x)  # the compiled loop where it applies (the fp32 stem), else torch
+        return F.max_pool2d(x, 3, 1, 1)
 
 
 class InceptionA(nn.Module):

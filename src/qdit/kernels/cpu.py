@@ -84,6 +84,29 @@ def cpu_extension() -> ModuleType | None:
     return module if module.amx_available() else None
 
 
+def max_pool3s2(x):  # type: ignore[no-untyped-def]
+    """``F.max_pool2d(x, 3, 2)``: by the extension's AVX-512 loop for a channels-last float32 CPU tensor
+    (torch's channels-last max pool runs far below memory speed at the Inception stem's sizes), else by
+    torch. Same values either way (a max rounds nothing; NaN propagates)."""
+    import torch
+    import torch.nn.functional as F
+
+    ext = cpu_extension()
+    if (
+        ext is not None
+        and hasattr(ext, "max_pool3s2")
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and min(x.shape[2:]) >= 3
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not torch.compiler.is_compiling()  # a compiled graph keeps torch's op (no graph break)
+    ):
+        return ext.max_pool3s2(x)
+    return F.max_pool2d(x, 3, 2)
+
+
 def main() -> int:
     try:
         lib = build(verbose="-v" in sys.argv)

@@ -1131,6 +1131,65 @@ torch::Tensor amx_linear_x(torch::Tensor x, int64_t group, int64_t abits, bool s
 
 }  // namespace
 
+// --- 3x3 stride-2 max pool (no padding) on channels-last float32 --------------------------------------
+// The Inception stem's two max pools (147 and 71 px, 64 and 192 channels): torch's channels-last kernel
+// runs far below memory speed there. Per output row: the max of its three input rows, column by column,
+// then of three neighbouring columns; 16 channels per vector. NaN propagates as in torch.
+
+inline __m512 max_nan(__m512 a, __m512 b) {  // max, NaN if either is (vmaxps alone returns b if a is NaN)
+  return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+}
+
+torch::Tensor max_pool3s2(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.device().is_cpu() &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "max_pool3s2 takes a channels-last float32 CPU tensor [B, C, H, W]");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(H >= 3 && W >= 3, "max_pool3s2 needs H, W >= 3, got ", H, "x", W);
+  const int64_t Ho = (H - 3) / 2 + 1, Wo = (W - 3) / 2 + 1, Wu = 2 * Wo + 1;  // input columns used
+  auto y = torch::empty({B, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* src = x.data_ptr<float>();
+  float* dst = y.data_ptr<float>();
+  const int64_t full = C / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (C - full)) - 1);
+  at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> cols(static_cast<size_t>(Wu * C));
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / Ho, oy = r % Ho;
+      const float* r0 = src + (b * H + 2 * oy) * W * C;
+      const float* r1 = r0 + W * C;
+      const float* r2 = r1 + W * C;
+      for (int64_t i = 0; i < Wu * C; i += C) {
+        for (int64_t c = 0; c < full; c += 16) {
+          const __m512 m = max_nan(max_nan(load16(r0 + i + c), load16(r1 + i + c)), load16(r2 + i + c));
+          _mm512_storeu_ps(cols.data() + i + c, m);
+        }
+        if (tail) {
+          const int64_t c = full;
+          const __m512 m = max_nan(max_nan(load16(r0 + i + c, tail), load16(r1 + i + c, tail)), load16(r2 + i + c, tail));
+          _mm512_mask_storeu_ps(cols.data() + i + c, tail, m);
+        }
+      }
+      float* out = dst + (b * Ho + oy) * Wo * C;
+      for (int64_t ox = 0; ox < Wo; ++ox) {
+        const float* c0 = cols.data() + 2 * ox * C;
+        for (int64_t c = 0; c < full; c += 16) {
+          const __m512 m = max_nan(max_nan(load16(c0 + c), load16(c0 + C + c)), load16(c0 + 2 * C + c));
+          _mm512_storeu_ps(out + ox * C + c, m);
+        }
+        if (tail) {
+          const int64_t c = full;
+          const __m512 m =
+              max_nan(max_nan(load16(c0 + c, tail), load16(c0 + C + c, tail)), load16(c0 + 2 * C + c, tail));
+          _mm512_mask_storeu_ps(out + ox * C + c, tail, m);
+        }
+      }
+    }
+  });
+  return y;
+}
+
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_available", &amx_available, "AMX-INT8 (with AVX-512 VNNI and BF16) present and granted by the kernel");
   namespace py = pybind11;
@@ -1141,6 +1200,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("ada_scale1") = py::none(), py::arg("ada_eps") = 0.0, py::arg("ada_round_norm") = false,
         py::arg("ada_round_prod") = false,
         py::arg("ada_round_sum") = false);
+  m.def("max_pool3s2", &max_pool3s2, "3x3 stride-2 max pool of a channels-last float32 tensor (AVX-512)");
   m.def("prepack_weight", &prepack_weight, "unsigned codes -> the AMX panel-major weight stream");
   m.def("unpack_weight", &unpack_weight, "the AMX panel-major weight stream -> unsigned codes");
   m.def("amx_linear", &amx_linear, "group-wise u8 x s8 linear product on AMX tiles, from quantize_act's outputs",
