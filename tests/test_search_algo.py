@@ -30,7 +30,7 @@ from qdit.search.space import (
 )
 from qdit.search.strategy import Ask, drive
 from qdit.search.surrogate import AdditiveSurrogate
-from search_doubles import SyntheticObjective
+from search_doubles import SyntheticObjective, chain_minimum
 
 
 def embedded_like(**kw) -> SearchSpace:
@@ -499,30 +499,56 @@ def test_a_state_of_the_earlier_full_search_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value) and not obj.calls
 
 
-def test_cheap_search_gets_most_of_the_full_searchs_gain_with_a_tenth_of_the_images():
-    """On the toy's hidden cost (not additive; the sensitivity a first-order estimate, not the answer),
-    over three search seeds: each cheap strategy gets >= 90% of the full search's gain over uniform on
-    average and >= 80% on every seed (measured: gradient 0.89, 1.10, 0.94; bayes 0.91, 1.00, 0.85)."""
+def random_search(space, cost, budget, objective, n: int, evaluations: int, seed: int) -> Genome:
+    """The reference the searches must beat: the uniform baseline and random legal genomes,
+    ``evaluations`` in all, each measured with ``n`` samples; the best measured wins."""
+    rng = np.random.default_rng([seed, 99])
+    base = space.uniform(baseline_group(space, cost, budget))
+    genomes = [base] + [repair(space, cost, budget, space.random(rng), rng) for _ in range(evaluations - 1)]
+    return min(genomes, key=lambda g: objective.fitness(g, n).value)
+
+
+def test_searches_get_near_the_known_optimum_and_beat_random_search():
+    """On three instances of the toy (not additive), each against its exact optimum under the budget
+    (dynamic programming, :meth:`SyntheticObjective.optimum`), as a share of the optimum's gain over
+    the uniform baseline. The sensitivity does not hand over the answer: read off at the baseline it
+    gets 0.87, 0.56, 0.86. Measured: full 1.00, 0.93, 0.96; gradient 1.00, 0.98, 0.97; bayes 0.91,
+    0.89, 0.88; random search with the cheap search's 48 evaluations 0.57, 0.61, 0.63."""
     space = embedded_like()
     cost, budget = CostModel(), Budget("mean_group", 128)
     n = 64
-    truth = SyntheticObjective(space).true_value
-    ratios: dict[str, list[float]] = {"gradient": [], "bayes": []}
-    for seed in range(3):
-        full = run_full(space, cost, budget, SyntheticObjective(space), n, seed=seed)
-        base = truth(full.baseline_genome)
-        gain = base - truth(full.best_genome)
-        assert gain > 0
-        for strategy in ratios:
+    base = space.uniform(baseline_group(space, cost, budget))
+    for instance in range(3):
+        seed = instance
+        truth = SyntheticObjective(space, instance=instance)  # (each search gets a fresh one)
+        best, _ = truth.optimum(budget.value)
+        gain = truth.true_value(base) - best
+        assert gain > 1.0  # the baseline is far from the optimum: there is something to find
+
+        def share(genome: Genome, truth=truth, gain=gain) -> float:
+            return (truth.true_value(base) - truth.true_value(genome)) / gain
+
+        def fresh(instance=instance) -> SyntheticObjective:
+            return SyntheticObjective(space, instance=instance)
+
+        full = run_full(space, cost, budget, fresh(), n, seed=seed)
+        assert full.image_equivalents == EvolutionConfig().evaluations * n
+        assert max(share(key_genome(h["key"])) for h in full.history) <= 1 + 1e-9  # nothing beats it
+        assert share(full.best_genome) >= 0.9, instance
+        cheap_evals = CheapConfig().budget_evals
+        reference = share(random_search(space, cost, budget, fresh(), n, cheap_evals, seed))
+        read_off = share(chain_minimum(space, truth.sensitivity(base, n).table, None, budget.value)[1])
+        for strategy, floor in (("gradient", 0.9), ("bayes", 0.85)):
             config = CheapConfig(strategy=strategy)  # the defaults otherwise
-            cheap = run_cheap(space, cost, budget, SyntheticObjective(space), n, config, seed=seed)
+            cheap = run_cheap(space, cost, budget, fresh(), n, config, seed=seed)
             assert cheap.image_equivalents <= full.image_equivalents / 10
             assert cheap.images_sampled <= planned_images(n, config)
             assert budget.meets(cost, space, cheap.best_genome)
-            assert cheap.baseline_genome == full.baseline_genome
-            ratios[strategy].append((base - truth(cheap.best_genome)) / gain)
-    for strategy, r in ratios.items():
-        assert np.mean(r) >= 0.9 and min(r) >= 0.8, (strategy, r)
+            got = share(cheap.best_genome)
+            assert got >= floor, (strategy, instance, got)
+            assert got >= reference + 0.2, (strategy, instance, got, reference)
+            if strategy == "gradient":  # its measurements add to what the sensitivity says
+                assert got >= read_off + 0.05, (instance, got, read_off)
 
 
 def test_rung_samples():
