@@ -36,8 +36,8 @@ Modes (:data:`INCEPTION_MODES`), the same features computed four ways:
 - ``bf16``: the same under ``torch.autocast(bfloat16)``;
 - ``fast``: :mod:`qdit.eval.inception_net`, the network rebuilt as plain modules with the batch norms
   folded into the convolutions, channels-last, its stem (the convolutions at 149..71 px) in float32 and
-  its Inception blocks cast to bfloat16 once (oneDNN's AMX kernels where the CPU has them). About 3x
-  ``fp32`` on one core; its features differ from ``fp32``'s by ~1.3% relative. Casting the whole net
+  its Inception blocks cast to bfloat16 once (oneDNN's AMX kernels where the CPU has them). About 3.6x
+  ``fp32`` on two cores; its features differ from ``fp32``'s by ~1.3% relative. Casting the whole net
   to bf16 (this mode before ``FAST_VERSION`` 2) ran ~4-5x but differed by ~3.6% and moved FIDs by
   ~1.2%: bf16 rounding in the stem is amplified by the rest of the net (rounding just the input image
   to bf16 moves the pool features by ~3.4%), see :meth:`InceptionNet.mixed_precision
