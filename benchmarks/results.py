@@ -38,6 +38,7 @@ be rerun alone. ``--quick``: 100 samples, 10 steps, one seed, W4A8 only, no sear
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -132,12 +133,13 @@ class Runner:
             self.config["inception"] = "bf16"
 
     # --- one row -------------------------------------------------------------------------------
-    def sample_and_score(self, model: str, name: str, seed: int) -> dict[str, float]:
+    def sample_and_score(self, model: str, name: str, seed: int, config: dict) -> dict[str, float]:
+        """Sample and score one seed; reuses the cached scores made with the same ``config``."""
         a = self.a
         npz = self.work / f"{name}_s{seed}.npz"
         metrics_path = self.work / f"{name}_s{seed}.metrics.json"
         cached = read_json(metrics_path)
-        if cached.get("config") == self.config and npz.is_file():
+        if cached.get("config") == config and npz.is_file():
             return cached["values"]
         t0 = time.perf_counter()
         qdit("sample", "--model", model, "--num", str(a.num), "--steps", str(a.steps), "--cfg", "1.5",
@@ -149,7 +151,7 @@ class Runner:
              "--no-progress", *extra, "--json", str(tmp))  # fmt: skip
         values = {k: float(v) for k, v in read_json(tmp)["metrics"].items() if k in a.metrics}
         values["sample_seconds"] = round(seconds, 2)
-        write_json(metrics_path, {"config": self.config, "values": values})
+        write_json(metrics_path, {"config": config, "values": values})
         return values
 
     def quantized_model(self, key: str, w_bits: int, a_bits: int) -> tuple[str, dict]:
@@ -158,6 +160,7 @@ class Runner:
         folder = self.work / name
         summary_path = self.work / f"{name}.quantize.json"
         flags = list(ROWS[key][1])
+        config = self.config
         if key in SEARCH_ROWS:
             method = SEARCH_ROWS[key]
             searched = f"w{w_bits}a{a_bits}_qdit_{method}"  # one search per method and setting
@@ -170,12 +173,14 @@ class Runner:
                      "--method", method, "--steps", str(a.steps), "--no-progress", *extra,
                      "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
             flags = ["--recipe", str(recipe), *flags]
+            # a searched-again recipe must not reuse the models and samples of the old one
+            config = {**config, "recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()}
         summary = read_json(summary_path)
-        if not (folder / "qdit.json").is_file() or summary.get("config") != self.config:
+        if not (folder / "qdit.json").is_file() or summary.get("config") != config:
             qdit("quantize", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits), *flags,
                  "--calib-samples", str(a.calib_samples), "--calib-steps", str(a.calib_steps),
                  "--out", str(folder), "--json", str(summary_path))  # fmt: skip
-            summary = {**read_json(summary_path), "config": self.config}
+            summary = {**read_json(summary_path), "config": config}
             write_json(summary_path, summary)
         return str(folder), summary
 
@@ -190,7 +195,8 @@ class Runner:
             w_bits, a_bits = parse_setting(setting)
             model, summary = self.quantized_model(key, w_bits, a_bits)
             name = Path(model).name
-        per_seed = [self.sample_and_score(model, name, s) for s in seeds]
+        config = summary.get("config", self.config)  # a search row's includes its recipe
+        per_seed = [self.sample_and_score(model, name, s, config) for s in seeds]
         row: dict = {"row": key, "label": "full precision" if key == "fp" else ROWS[key][0],
                      "setting": setting or "FP", "w_bits": w_bits, "a_bits": a_bits, "seeds": seeds,
                      "per_seed": per_seed, "bits_per_weight": bits_per_weight(summary) if summary else 16.0,
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard", action="store_true", help=f"also {', '.join(HARD_SETTINGS)}")
     p.add_argument("--settings", default=None, help=f"comma-separated (default {','.join(SETTINGS)})")
     p.add_argument("--rows", default=None, help=f"comma-separated rows of {','.join(ALL_ROWS)} (default all)")
-    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_gptq,qdit_cheap,qdit_cheap_gptq,qdit_full_gptq",
+    p.add_argument("--key-rows", default="fp,rtn,gptq,ptq4dit,qdit_dynamic,qdit_gptq,qdit_full,qdit_cheap,qdit_full_gptq,qdit_cheap_gptq",
                    help="rows sampled with every seed (the others: the first seed)")  # fmt: skip
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--num", type=int, default=None, help="samples per seed (default 1000; --quick 100)")

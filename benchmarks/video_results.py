@@ -63,8 +63,9 @@ def sample_and_score(
     clips = out.with_suffix(".npz")
     cache = out.with_suffix(".metrics.json")
     cached = read_json(cache)
-    if cached.get("config") == config and clips.is_file():
-        return cached["values"]
+    values = cached.get("values", {})
+    if cached.get("config") == config and clips.is_file() and all(k in values for k in METRICS):
+        return values
     t0 = time.perf_counter()
     qdit("sample", "--model", model, "-n", str(a.num), "--steps", str(a.steps), "--seed", str(seed),
          "--batch-size", str(a.batch_size), "--out", str(clips))  # fmt: skip
@@ -116,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
-    p.add_argument("--work", default="benchmarks/results/work/video",
-                   help="quantized models, clips and per-seed scores, reused by a rerun")  # fmt: skip
+    p.add_argument("--work", default=None,
+                   help="quantized models, clips and per-seed scores, reused by a rerun (default "
+                        "benchmarks/results/work/video, --quick: .../video_quick); files made with other "
+                        "settings are redone there, so give other --model/--num/--steps their own")  # fmt: skip
     p.add_argument(
         "--grid", default=None, help="PNG: the first 4 clips of seed 0 for every row, frames across"
     )
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     results: list[dict] = []
     strips: list[tuple[str, np.ndarray]] = []
-    work = Path(a.work)
+    work = Path(a.work or ("benchmarks/results/work/video" + ("_quick" if a.quick else "")))
     work.mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, str, int | None, list[str] | None]] = []
     if "fp" in rows_wanted:

@@ -119,5 +119,5 @@ def test_json_written(tmp_path: Path, samples: Path, cache_with_weights: Path) -
     assert result["inception"] == {"mode": "fast", "dtype": "float32+bfloat16", "batch_size": 8}
     for name in ("fid", "precision", "recall"):
         assert name in proc.stdout
-    assert len(list((cache_with_weights / "refstats").glob("file-*-inception-fast2.npz"))) == 1
+    assert len(list((cache_with_weights / "refstats").glob("file-*-inception-fast3.npz"))) == 1
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]

@@ -254,7 +254,7 @@ def test_fast_mode_is_close_to_fp32(extractor: InceptionFeatures) -> None:
     imgs = np.random.default_rng(3).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
     ref = extractor.extract(imgs, spatial=True)
     fast = InceptionFeatures(WEIGHTS, mode="fast", batch_size=2, progress=False)
-    assert fast.key == "inception-fast2" and fast.fingerprint == extractor.fingerprint
+    assert fast.key == "inception-fast3" and fast.fingerprint == extractor.fingerprint
     out = fast.extract(imgs, spatial=True)
     net = fast._fast_net()  # the stem in fp32 (bf16 rounding there is amplified), the blocks in bf16
     assert {p.dtype for layer in net.stem() for p in layer.parameters()} == {torch.float32}
@@ -313,7 +313,7 @@ def test_compile_mode_pads_batches_and_falls_back(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     comp = InceptionFeatures(WEIGHTS, mode="compile", batch_size=2, progress=False)
-    assert comp.key == "inception-fast2"
+    assert comp.key == "inception-fast3"
     out = comp.extract(imgs, spatial=False)
     assert seen == [2, 2] and out.spatial is None and comp.compile_seconds is not None
     assert rel_err(out.pool, fast.pool) < 0.02  # other batch compositions, other kernels: bf16 rounding

@@ -367,8 +367,8 @@ def test_ada_norm_rounds_as_torch_with_mixed_dtypes(mods) -> None:
 @needs_amx
 @pytest.mark.parametrize("shape", [(2, 64, 147, 147), (3, 192, 71, 71), (2, 20, 9, 8), (1, 16, 3, 4)])
 def test_max_pool3s2_equals_torch(shape: tuple[int, int, int, int]) -> None:
-    """The compiled 3x3 stride-2 max pool against torch's, bit for bit: channel tails (20), odd and even
-    sizes, the smallest input; NaN propagates."""
+    """The compiled 3x3 stride-2 max pool against torch's, the same values (a -0.0 / +0.0 tie may differ
+    in sign): channel tails (20), odd and even sizes, the smallest input; NaN propagates."""
     from qdit.kernels.cpu import cpu_extension
 
     ext = cpu_extension()

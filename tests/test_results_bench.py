@@ -61,3 +61,60 @@ def test_quick_table_runs_and_resumes(
     assert "$ qdit" not in second and second.count("done already") == 3
     again = json.loads((tmp_path / "w4a8.json").read_text())
     assert [r["domain_fd"] for r in again["rows"]] == [r["domain_fd"] for r in table["rows"]]
+
+
+def test_search_rows_share_one_search_and_follow_its_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cheap-search row and its GPTQ variant run one search and quantize its recipe (the variant
+    with GPTQ weights); a searched-again recipe redoes both rows' models and samples. The qdit commands
+    are a recorder that writes the files they would write; what is checked is which commands run."""
+    import argparse
+
+    results = load_script()
+    calls: list[tuple[str, ...]] = []
+    recipe_text = {"value": '{"version": 1}'}
+
+    def fake(*args: str) -> None:
+        calls.append(args)
+        if "--json" in args and args[0] == "eval":
+            Path(args[args.index("--json") + 1]).write_text(json.dumps({"metrics": {"domain_fd": 1.0}}))
+            return
+        out = Path(args[args.index("--out") + 1])
+        if args[0] == "search":
+            out.write_text(recipe_text["value"])
+        elif args[0] == "quantize":
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "qdit.json").write_text("{}")
+            Path(args[args.index("--json") + 1]).write_text("{}")
+        elif args[0] == "sample":
+            out.write_bytes(b"npz")
+
+    monkeypatch.setattr(results, "qdit", fake)
+    a = argparse.Namespace(out_dir=str(tmp_path), model="embedded", num=4, steps=2, metrics=["domain_fd"],
+                           calib_samples=2, calib_steps=2, bf16=False, full_search_args="",
+                           cheap_search_args="--choices width", key_rows=["qdit_cheap_gptq"], seeds=[0, 1],
+                           batch_size=4)  # fmt: skip
+    runner = results.Runner(a)
+    runner.row("qdit_cheap", "W4A8")
+    runner.row("qdit_cheap_gptq", "W4A8")
+    kinds = [c[0] for c in calls]
+    assert kinds.count("search") == 1 and kinds.count("quantize") == 2
+    assert kinds.count("sample") == 3  # the key row has both seeds
+    search = next(c for c in calls if c[0] == "search")
+    assert "--choices" in search and search[search.index("--method") + 1] == "cheap"
+    recipe = search[search.index("--out") + 1]
+    quantize = [c for c in calls if c[0] == "quantize"]
+    assert all(c[c.index("--recipe") + 1] == recipe for c in quantize)
+    assert (
+        "--weight-method" not in quantize[0]
+        and quantize[1][quantize[1].index("--weight-method") + 1] == "gptq"
+    )
+
+    calls.clear()
+    runner.row("qdit_cheap", "W4A8")
+    assert calls == []  # reused
+    recipe_text["value"] = '{"version": 1, "overrides": {}}'
+    Path(recipe).write_text(recipe_text["value"])  # searched again: another recipe
+    runner.row("qdit_cheap", "W4A8")
+    assert [c[0] for c in calls] == ["quantize", "sample", "eval"]

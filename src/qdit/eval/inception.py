@@ -57,7 +57,9 @@ side by side, one thread each (:attr:`InceptionFeatures.parallel`): the small co
 Inception blocks gain little from a second thread inside an operation.
 
 Cached reference statistics are keyed by mode (:attr:`InceptionFeatures.key`): ``fast`` and ``compile``
-share ``inception-fast2`` (same network and dtypes; ``inception-fast`` was the all-bf16 net), so
+share ``inception-fast3`` (same network and dtypes; ``inception-fast`` was the all-bf16 net,
+``inception-fast2`` the same net as now fed by ``F.interpolate``: the matrix resize rounds differently,
+which moves the bf16 blocks' roundings and the features by ~0.4%), so
 ``inception`` (fp32) statistics stay valid.
 """
 
@@ -86,8 +88,10 @@ SPATIAL_LAYER = "mixed_6"
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 INCEPTION_MODES = ("fp32", "bf16", "fast", "compile")
-# the fast/compile network's numerics, in its cache key: "" was all-bf16, "2" keeps the stem in fp32
-FAST_VERSION = "2"
+MAX_WORKERS = 4  # batches the fast mode runs side by side at most (memory grows with each)
+# the fast/compile network's numerics, in its cache key: "" was all-bf16, "2" keeps the stem in fp32,
+# "3" resizes by matrix products (to_inception_input_fast)
+FAST_VERSION = "3"
 PREPROCESS_VERSION = 1  # bump when to_inception_input or the feature definitions change (invalidates caches)
 HOW_TO_GET = (
     "run `make setup` or `python scripts/fetch_inception.py` (it takes default_1.pt out of the "
@@ -116,6 +120,11 @@ def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
     without antialiasing (half-pixel centres, source positions below 0 clamped to 0, the last pixel
     repeated past the end). Rows sum to 1, so it commutes with the ``(x - 128) / 128`` scaling."""
     # source positions in float32, as torch computes them (float64 moves them by ~1e-5 of a pixel)
+    with torch.inference_mode(False):  # cached: usable later outside inference mode too
+        return _bilinear_matrix(n_in, n_out)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
     dst = torch.arange(n_out, dtype=torch.float32)
     src = ((dst + 0.5) * torch.tensor(n_in / n_out, dtype=torch.float32) - 0.5).clamp(min=0)
     lo = src.floor().long().clamp(max=n_in - 1)
@@ -290,11 +299,11 @@ class InceptionFeatures:
 
     def parallel(self, batches: int) -> int:
         """How many batches :meth:`extract` runs side by side: in ``fast`` mode on CPU, one per torch
-        thread (each batch then runs single-threaded), else 1. ``compile`` keeps one compiled graph on
-        all threads."""
+        thread up to :data:`MAX_WORKERS` (each batch holds ~0.5 GB of stem activations at batch 50), the
+        threads shared among them; else 1. ``compile`` keeps one compiled graph on all threads."""
         if self.mode != "fast" or self.device.type != "cpu":
             return 1
-        return max(1, min(torch.get_num_threads(), batches))
+        return max(1, min(torch.get_num_threads(), batches, MAX_WORKERS))
 
     def extract(
         self, images: np.ndarray | torch.Tensor, *, spatial: bool = True, desc: str = "inception"
@@ -322,14 +331,18 @@ class InceptionFeatures:
         workers = self.parallel(len(starts))
         threads = torch.get_num_threads()
         with tqdm(total=n, desc=desc, unit="img", disable=not self.progress, leave=False) as bar:
-            if workers > 1:
-                self._fast_net()  # built once, before the workers share it
-                torch.set_num_threads(1)
-                pool_ex = ThreadPoolExecutor(workers)
-                results = pool_ex.map(features, starts)
-            else:
-                results = map(features, starts)
+            pool_ex: ThreadPoolExecutor | None = None
             try:
+                if workers > 1:
+                    from qdit.kernels.cpu import cpu_extension
+
+                    self._fast_net()  # built (and the CPU kernels loaded) once, before the workers share them
+                    cpu_extension()
+                    torch.set_num_threads(max(1, threads // workers))  # worker threads take it up lazily
+                    pool_ex = ThreadPoolExecutor(workers)
+                    results = pool_ex.map(features, starts)
+                else:
+                    results = map(features, starts)
                 for start, (p, s) in zip(starts, results, strict=True):
                     stop = min(start + self.batch_size, n)
                     pool[start:stop] = p.float().cpu().numpy()
@@ -337,7 +350,7 @@ class InceptionFeatures:
                         sp_out[start:stop] = s.float().cpu().numpy()
                     bar.update(stop - start)
             finally:
-                if workers > 1:
+                torch.set_num_threads(threads)  # first: the workers keep their own thread counts
+                if pool_ex is not None:
                     pool_ex.shutdown(cancel_futures=True)
-                    torch.set_num_threads(threads)
         return InceptionOutput(pool=pool, spatial=sp_out)

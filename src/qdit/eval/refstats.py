@@ -2,7 +2,7 @@
 
 File: ``<cache>/refstats/<dataset>-<extractor>.npz`` (see :func:`qdit.eval.cache.refstats_path`), e.g.
 ``fashion-mnist-test-inception.npz``, ``fashion-mnist-test-inception-bf16.npz``,
-``fashion-mnist-test-inception-fast2.npz`` (modes ``fast`` and ``compile``),
+``fashion-mnist-test-inception-fast3.npz`` (modes ``fast`` and ``compile``),
 ``fashion-mnist-test-fmnist-classifier.npz``; a reference file given by path is keyed ``file-<sha256[:16]>``.
 Arrays: ``mu``, ``sigma`` (float64), ``mu_s``/``sigma_s`` (sFID spatial features, Inception only),
 ``features`` (float32, at most :data:`MAX_FEATURES` rows, a fixed random subset, for precision/recall)

@@ -87,10 +87,14 @@ def cpu_extension() -> ModuleType | None:
 def max_pool3s2(x):  # type: ignore[no-untyped-def]
     """``F.max_pool2d(x, 3, 2)``: by the extension's AVX-512 loop for a channels-last float32 CPU tensor
     (torch's channels-last max pool runs far below memory speed at the Inception stem's sizes), else by
-    torch. Same values either way (a max rounds nothing; NaN propagates)."""
+    torch. Same values either way (a max rounds nothing; NaN propagates; of a tie between -0.0 and
+    +0.0 either may come out)."""
     import torch
     import torch.nn.functional as F
 
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    if is_compiling():  # a compiled graph keeps torch's op (no graph break, nothing traced here)
+        return F.max_pool2d(x, 3, 2)
     ext = cpu_extension()
     if (
         ext is not None
@@ -101,7 +105,6 @@ def max_pool3s2(x):  # type: ignore[no-untyped-def]
         and x.is_contiguous(memory_format=torch.channels_last)
         and min(x.shape[2:]) >= 3
         and not (torch.is_grad_enabled() and x.requires_grad)
-        and not torch.compiler.is_compiling()  # a compiled graph keeps torch's op (no graph break)
     ):
         return ext.max_pool3s2(x)
     return F.max_pool2d(x, 3, 2)
