@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         results.append(row)
         print(json.dumps({k: row[k] for k in ("label", "w_bits", *METRICS)}), flush=True)
+        if a.json:  # after every row, so that a long run's finished rows can be read before its end
+            meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "date": time.strftime("%Y-%m-%d"), "args": vars(a),
+                    "complete": len(results) == len(plan)}  # fmt: skip
+            write_json(Path(a.json), {"rows": results, "meta": meta})
     print(
         f"\n{a.model}: {a.num} clips x {len(seeds)} seeds, {a.steps} DDIM steps, cfg 1.5, {a.threads} threads"
     )
@@ -183,11 +188,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"| {setting} | {r['label']} | {fmt('fvd', 2)} | {fmt('frame_acc', 3)} | "
               f"{fmt('consistency', 4)} | {fmt('motion', 4)} |")  # fmt: skip
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                "date": time.strftime("%Y-%m-%d"), "args": vars(a)}  # fmt: skip
-        Path(a.json).write_text(json.dumps({"rows": results, "meta": meta}, indent=2) + "\n")
     if a.grid and strips:
         from PIL import Image, ImageDraw
 
