@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         name = "fp" if w_bits is None else f"w{w_bits}a8_{key}"
         # what a cached model or score must have been made with to be reused
         config: dict = {"model": a.model, "flags": flags, "num": a.num, "steps": a.steps}
-        if key == "searched":
+        if key == "searched":  # the recipe by its contents, however its path is spelled
+            config["flags"] = ["--recipe"]
             config["recipe_sha256"] = hashlib.sha256(Path(a.recipe).read_bytes()).hexdigest()
         if w_bits is not None:
             made_with = {k: v for k, v in config.items() if k not in ("num", "steps")}
@@ -167,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             vals = [r[m] for r in per_seed]
             row[m] = float(np.mean(vals))
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        if results and results[0]["row"] == "fp":
+            # FVD minus full precision's on the same seed (same noise and labels): the seeds' spread
+            # of FVD itself (tens of points at 100 clips) is mostly shared by every row
+            diffs = [r["fvd"] - f["fvd"] for r, f in zip(per_seed, results[0]["per_seed"], strict=True)]
+            row["fvd_vs_fp"] = float(np.mean(diffs))
+            row["fvd_vs_fp_std"] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
         results.append(row)
         print(json.dumps({k: row[k] for k in ("label", "w_bits", *METRICS)}), flush=True)
         if a.json:  # after every row, so that a long run's finished rows can be read before its end
@@ -177,16 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{a.model}: {a.num} clips x {len(seeds)} seeds, {a.steps} DDIM steps, cfg 1.5, {a.threads} threads"
     )
-    print("| setting | method | FVD (ClipNet) | frame acc | consistency | motion |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | method | FVD (ClipNet) | FVD - FP's, same seeds | frame acc | consistency | motion |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         setting = "FP" if r["w_bits"] is None else f"W{r['w_bits']}A8"
 
         def fmt(m: str, digits: int, r: dict = r) -> str:
+            if m not in r:
+                return "-"
             std = r[f"{m}_std"]
-            return f"{r[m]:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+            sign = "+" if m == "fvd_vs_fp" else ""
+            return f"{r[m]:{sign}.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
-        print(f"| {setting} | {r['label']} | {fmt('fvd', 2)} | {fmt('frame_acc', 3)} | "
+        print(f"| {setting} | {r['label']} | {fmt('fvd', 2)} | {fmt('fvd_vs_fp', 2)} | {fmt('frame_acc', 3)} | "
               f"{fmt('consistency', 4)} | {fmt('motion', 4)} |")  # fmt: skip
     if a.grid and strips:
         from PIL import Image, ImageDraw
