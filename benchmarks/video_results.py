@@ -55,6 +55,14 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)  # a killed run never leaves half a file
 
 
+def cached_scores(out: Path, config: dict) -> dict[str, float] | None:
+    """``out``'s cached scores if they were made with ``config`` (and its clips are there), else None."""
+    cached = read_json(out.with_suffix(".metrics.json"))
+    values = cached.get("values", {})
+    ok = cached.get("config") == config and out.with_suffix(".npz").is_file()
+    return values if ok and all(k in values for k in METRICS) else None
+
+
 def sample_and_score(
     model: str, out: Path, seed: int, a: argparse.Namespace, config: dict
 ) -> dict[str, float]:
@@ -62,9 +70,8 @@ def sample_and_score(
     made with the same ``config``."""
     clips = out.with_suffix(".npz")
     cache = out.with_suffix(".metrics.json")
-    cached = read_json(cache)
-    values = cached.get("values", {})
-    if cached.get("config") == config and clips.is_file() and all(k in values for k in METRICS):
+    values = cached_scores(out, config)
+    if values is not None:
         return values
     t0 = time.perf_counter()
     qdit("sample", "--model", model, "-n", str(a.num), "--steps", str(a.steps), "--seed", str(seed),
@@ -117,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--cached-only", action="store_true",
+                   help="only the rows whose every seed is cached (a table of a run still under way); "
+                        "runs no qdit command")  # fmt: skip
     p.add_argument("--work", default=None,
                    help="quantized models, clips and per-seed scores, reused by a rerun (default "
                         "benchmarks/results/work/video, --quick: .../video_quick); files made with other "
@@ -155,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         if key == "searched":  # the recipe by its contents, however its path is spelled
             config["flags"] = ["--recipe"]
             config["recipe_sha256"] = hashlib.sha256(Path(a.recipe).read_bytes()).hexdigest()
-        if w_bits is not None:
+        if a.cached_only and any(cached_scores(work / f"{name}_s{seed}", config) is None for seed in seeds):
+            print(f"not finished: {label} (W{w_bits}A8)" if w_bits else f"not finished: {label}", flush=True)
+            continue
+        if w_bits is not None and not a.cached_only:
             made_with = {k: v for k, v in config.items() if k not in ("num", "steps")}
             model = quantized(name, w_bits, flags or [], work, a, made_with)
         per_seed = [sample_and_score(model, work / f"{name}_s{seed}", seed, a, config) for seed in seeds]
@@ -168,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             vals = [r[m] for r in per_seed]
             row[m] = float(np.mean(vals))
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-        if results and results[0]["row"] == "fp":
+        if results and results[0]["row"] == "fp" and key != "fp":
             # FVD minus full precision's on the same seed (same noise and labels): the seeds' spread
             # of FVD itself (tens of points at 100 clips) is mostly shared by every row
             diffs = [r["fvd"] - f["fvd"] for r, f in zip(per_seed, results[0]["per_seed"], strict=True)]

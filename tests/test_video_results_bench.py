@@ -72,3 +72,23 @@ def test_rerun_reuses_and_redoes_only_what_changed(tmp_path: Path, monkeypatch: 
     calls.clear()  # more steps: every sample is redone, no model is
     assert vr.main([*base[:2], "--steps", "3", *base[4:], "--json", str(tmp_path / "d.json")]) == 0
     assert [c[0] for c in calls].count("quantize") == 0 and [c[0] for c in calls].count("sample") == 6
+
+
+def test_cached_only_tables_the_finished_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cached-only`` runs no command and tables only the rows whose every seed is cached, with the
+    FVD differences from full precision on the same seeds."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    vr = load_script()
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(vr, "qdit", fake_qdit(calls))
+    work = ["--num", "4", "--steps", "2", "--seeds", "0,1", "--bits", "4", "--work", str(tmp_path / "w")]
+    assert vr.main([*work, "--rows", "fp,rtn"]) == 0
+    calls.clear()
+    out = tmp_path / "t.json"
+    assert vr.main([*work, "--rows", "fp,rtn,token", "--cached-only", "--json", str(out)]) == 0
+    assert calls == []
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["fp", "rtn"]
+    fp, rtn = rows
+    want = [r["fvd"] - f["fvd"] for r, f in zip(rtn["per_seed"], fp["per_seed"])]
+    assert rtn["fvd_vs_fp"] == pytest.approx(sum(want) / 2) and "fvd_vs_fp" not in fp
