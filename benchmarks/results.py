@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qdit.io.atomic import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("W8A8", "W6A8", "W4A8")
 HARD_SETTINGS = ("W4A6", "W3A8", "W4A4")
@@ -89,13 +91,6 @@ def qdit(*args: str) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # a killed run never leaves half a file
 
 
 def parse_setting(setting: str) -> tuple[int, int]:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qdit.io.atomic import write_json
+
 ROWS = {  # name -> (label, qdit quantize flags after --w-bits/--a-bits)
     "rtn": ("RTN (per-channel, static)", ["--baseline", "rtn"]),
     "group": ("group 128, static", ["--group-size", "128", "--act-granularity", "static"]),
@@ -46,13 +48,6 @@ def qdit(*args: str) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # a killed run never leaves half a file
 
 
 def cached_scores(out: Path, config: dict) -> dict[str, float] | None:
