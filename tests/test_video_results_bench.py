@@ -4,22 +4,17 @@ write (the real commands are covered by the CLI tests); what is checked is which
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "video_results.py"
+from bench_scripts import load_benchmark
 
 
 def load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("video_results_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("video_results")
 
 
 def fake_qdit(calls: list[tuple[str, ...]]):  # type: ignore[no-untyped-def]
