@@ -15,7 +15,6 @@ interface can be passed instead (tests use a small random one).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ from torch import nn
 from qdit.errors import QditError
 from qdit.eval.metrics import feature_stats, frechet_distance, inception_score, softmax
 from qdit.eval.npz import check_images, check_labels
-from qdit.eval.refstats import RefStats, cached_refstats, stats_from_features
+from qdit.eval.refstats import RefStats, cached_refstats, state_fingerprint, stats_from_features
 
 if TYPE_CHECKING:
     from qdit.eval.npz import Reference
@@ -105,12 +104,7 @@ class DomainFeatures:
     def fingerprint(self) -> str:
         """SHA-256 (16 hex) of the classifier's state dict: cached statistics of another classifier are stale."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for k, v in sorted(self.model.state_dict().items()):
-                h.update(k.encode())
-                h.update(str(tuple(v.shape)).encode())
-                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = state_fingerprint(self.model)
         return self._fingerprint
 
     @torch.inference_mode()

@@ -54,7 +54,8 @@ from torch import nn
 
 from qdit.errors import QditError
 from qdit.eval.npz import check_clips
-from qdit.eval.videofeat import VideoOutput, state_fingerprint
+from qdit.eval.refstats import state_fingerprint
+from qdit.eval.videofeat import VideoOutput
 
 I3D_SIZE = 224
 I3D_MIN_FRAMES = 9

@@ -18,6 +18,7 @@ ClipNet, or of I3D with ``--i3d PATH`` (keys ``clipnet``, ``i3d-logits``, ``i3d-
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from qdit.eval.metrics import feature_stats, knn_radii
 from qdit.io.atomic import atomic_path
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from qdit.eval.inception import InceptionFeatures
     from qdit.eval.npz import Reference
 
@@ -81,6 +84,22 @@ def stats_from_features(
         radii=radii,
         count=int(features.shape[0]),
     )
+
+
+def state_fingerprint(model: nn.Module, extra: str = "") -> str:
+    """SHA-256 (16 hex) of a state dict (names, shapes, bytes) and ``extra``: cached reference statistics
+    of other weights or another preprocessing are stale. Batch-norm step counters are left out: they play
+    no part at inference, and a file saved without them must match the same weights saved with them."""
+    import torch
+
+    h = hashlib.sha256(extra.encode())
+    for k, v in sorted(model.state_dict().items()):
+        if k.endswith("num_batches_tracked"):
+            continue
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_refstats(path, stats: RefStats, *, extractor: str, fingerprint: str) -> None:

@@ -21,7 +21,6 @@ motion target, so that clips which do not move like the real ones are told apart
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from qdit.errors import QditError
 from qdit.eval.npz import check_clips
+from qdit.eval.refstats import state_fingerprint
 
 CLIPNET_WEIGHTS = "clipnet.safetensors"
 CLIP_FRAMES = 8
@@ -129,20 +129,6 @@ def _load_default_clipnet() -> ClipNet:
         return load_clipnet()
     except (ImportError, OSError, ValueError, RuntimeError) as exc:
         raise QditError(f"video metrics need qdit's ClipNet, which could not be loaded: {exc}") from exc
-
-
-def state_fingerprint(model: nn.Module, extra: str = "") -> str:
-    """SHA-256 (16 hex) of a state dict (names, shapes, bytes) and ``extra``: cached reference statistics
-    of other weights or another preprocessing are stale. Batch-norm step counters are left out: they play
-    no part at inference, and a file saved without them must match the same weights saved with them."""
-    h = hashlib.sha256(extra.encode())
-    for k, v in sorted(model.state_dict().items()):
-        if k.endswith("num_batches_tracked"):
-            continue
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class VideoFeatures:
