@@ -29,6 +29,7 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from bench_common import best_times
 
 from qdit.kernels import cpu
 from qdit.kernels.formats import IntWeight
@@ -39,21 +40,6 @@ M = 8 * 256
 SHAPES = {"qkv": (1152, 3456), "proj": (1152, 1152), "fc1": (1152, 4608), "fc2": (4608, 1152)}
 CONFIGS = {"W8A8 g128": (8, 128), "W4A8 g128": (4, 128), "W8A8 per-channel": (8, 0)}
 REPO = Path(__file__).resolve().parent.parent
-
-
-def best_times(
-    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float]
-) -> dict[str, float]:
-    """Best time (s) of each function, the functions called in turn (interleaved) each round."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            best[name] = min(best[name], clock() - t0)
-    return best
 
 
 def _load(lib: Path) -> ModuleType:

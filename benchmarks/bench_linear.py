@@ -22,6 +22,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from bench_common import best_times
 
 from qdit.kernels.formats import IntWeight
 from qdit.kernels.linear import ActQuant, available_paths, int_linear, prepare_weight
@@ -40,21 +41,6 @@ CONFIGS = {  # name: (weight bits, weight group, activation group)
     "W4A8 g128": (4, 128, 128),
     "W8A8 per-channel": (8, 0, 0),
 }
-
-
-def best_times(
-    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
-) -> dict[str, float]:
-    """Best time (s) of each function, the functions called in turn (interleaved) each round."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            best[name] = min(best[name], clock() - t0)
-    return best
 
 
 def run(args: argparse.Namespace) -> list[dict]:

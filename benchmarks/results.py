@@ -41,13 +41,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import run_meta
 
 from qdit.io.atomic import write_json
 
@@ -212,7 +212,7 @@ class Runner:
         if "fp" in a.rows and (not fp_rows or a.force):
             print("== full precision", flush=True)
             fp_rows = [self.row("fp", None)]
-            write_json(fp_path, {"rows": fp_rows, "meta": meta(a)})
+            write_json(fp_path, {"rows": fp_rows, "meta": run_meta(a)})
         elif fp_rows:
             print("== full precision: done already (skipped)", flush=True)
         for setting in a.settings:
@@ -227,7 +227,7 @@ class Runner:
                 print(f"== {setting} {key}", flush=True)
                 done[key] = self.row(key, setting)
                 ordered = [done[k] for k in ALL_ROWS if k in done]
-                write_json(path, {"rows": ordered, "meta": meta(a)})
+                write_json(path, {"rows": ordered, "meta": run_meta(a)})
             tables[setting] = [*fp_rows, *(done[k] for k in ALL_ROWS if k in done)]
         return tables
 
@@ -239,20 +239,6 @@ def add_recovery(tables: dict[str, list[dict]], metric: str) -> None:
         for r in rows:
             r["recovered"] = None if r["row"] in ("fp", "rtn") else recovered(rtn, fp, r.get(metric))
             r["recovered_metric"] = metric
-
-
-def meta(a: argparse.Namespace) -> dict:
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"machine": platform.processor() or platform.machine(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit,
-            "args": {k: v for k, v in vars(a).items()}}  # fmt: skip
 
 
 def fmt(r: dict, m: str) -> str:
@@ -385,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     tables = Runner(a).run()
     add_recovery(tables, a.metrics[0])
-    info = meta(a)
+    info = run_meta(a)
     out = Path(a.out_dir)
     for setting, rows in tables.items():  # the recovery fractions go into the JSON too
         path = out / f"{setting.lower()}.json"

@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench_common import run_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INSTANCES = "W3A8/10/0/domain,W4A8/10/1/domain,W4A6/10/0/domain,W4A8/50/0/domain,W4A8/10/2/inception"
@@ -193,20 +193,7 @@ def compare(instances: list[Instance], a: argparse.Namespace) -> dict:
         row["uniform_fitness"] = r["full"]["baseline_fitness"]
         row["same_genome"] = r["full"]["best_genome"] == r["cheap"]["best_genome"]
         rows.append(row)
-    return {"rows": rows, "tie": a.tie, "meta": meta(a)}
-
-
-def meta(a: argparse.Namespace) -> dict:
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "threads": a.threads, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "commit": commit, "args": vars(a)}  # fmt: skip
+    return {"rows": rows, "tie": a.tie, "meta": run_meta(a)}
 
 
 def markdown(result: dict, a: argparse.Namespace) -> str:

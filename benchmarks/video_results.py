@@ -22,13 +22,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import run_meta
 
 from qdit.io.atomic import write_json
 
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(json.dumps({k: row[k] for k in ("label", "w_bits", *METRICS)}), flush=True)
         if a.json:  # after every row, so that a long run's finished rows can be read before its end
-            meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "date": time.strftime("%Y-%m-%d"), "args": vars(a),
-                    "complete": len(results) == len(plan)}  # fmt: skip
+            meta = run_meta(a, complete=len(results) == len(plan))
             write_json(Path(a.json), {"rows": results, "meta": meta})
     print(
         f"\n{a.model}: {a.num} clips x {len(seeds)} seeds, {a.steps} DDIM steps, cfg 1.5, {a.threads} threads"
