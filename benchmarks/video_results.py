@@ -50,6 +50,43 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def weights_digest(model: str) -> str | None:
+    """SHA-256 of a model's weight files: the embedded video model's shipped file, or the file or folder
+    given by path (None for a name with no files here)."""
+    if model == "embedded-video":
+        from qdit.models.embedded import EMBEDDED_VIDEO_WEIGHTS, asset_path
+
+        path = asset_path(EMBEDDED_VIDEO_WEIGHTS)
+    else:
+        path = Path(model)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_weights(work: Path, model: str, record: bool) -> str | None:
+    """An error if ``work`` was filled from other weights of ``model`` (its models and clips are stale:
+    the cache keys name the model, not its weights); else None, recording the weights when ``record``."""
+    stamp = work / "weights.json"
+    known = read_json(stamp)
+    digest = weights_digest(model)
+    if digest is None:
+        return None
+    if known.get(model, digest) != digest:
+        return (f"{work} holds models and clips made from other weights of {model} (sha256 "
+                f"{known[model][:12]}, now {digest[:12]}): give --work another folder or delete it")  # fmt: skip
+    if model not in known and record:
+        write_json(stamp, {**known, model: digest})
+    return None
+
+
 def cached_scores(out: Path, config: dict) -> dict[str, float] | None:
     """``out``'s cached scores if they were made with ``config`` (and its clips are there), else None."""
     cached = read_json(out.with_suffix(".metrics.json"))
@@ -143,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     strips: list[tuple[str, np.ndarray]] = []
     work = Path(a.work or ("benchmarks/results/work/video" + ("_quick" if a.quick else "")))
     work.mkdir(parents=True, exist_ok=True)
+    error = check_weights(work, a.model, record=not a.cached_only)
+    if error:
+        print(f"video_results.py: error: {error}", file=sys.stderr)
+        return 2
     plan: list[tuple[str, str, int | None, list[str] | None]] = []
     if "fp" in rows_wanted:
         plan.append(("fp", "full precision", None, None))

@@ -87,3 +87,29 @@ def test_cached_only_tables_the_finished_rows(tmp_path: Path, monkeypatch: pytes
     fp, rtn = rows
     want = [r["fvd"] - f["fvd"] for r, f in zip(rtn["per_seed"], fp["per_seed"])]
     assert rtn["fvd_vs_fp"] == pytest.approx(sum(want) / 2) and "fvd_vs_fp" not in fp
+
+
+def test_other_weights_of_the_same_model_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache keys name the model, not its weights: a work folder filled from other weights is refused
+    with a one-line error and exit 2, running nothing and leaving the last table as it was."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    vr = load_script()
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(vr, "qdit", fake_qdit(calls))
+    weights = tmp_path / "video.safetensors"
+    weights.write_bytes(b"first weights")
+    table = tmp_path / "t.json"
+    args = ["--model", str(weights), "--num", "4", "--steps", "2", "--seeds", "0", "--bits", "4",
+            "--rows", "fp,rtn", "--work", str(tmp_path / "w"), "--json", str(table)]  # fmt: skip
+    assert vr.main(args) == 0
+    assert [c[0] for c in calls] == ["sample", "eval", "quantize", "sample", "eval"]
+    before = table.read_text()
+
+    weights.write_bytes(b"retrained weights")
+    calls.clear()
+    assert vr.main(args) == 2
+    assert calls == [] and table.read_text() == before
+    assert vr.main([*args, "--cached-only"]) == 2  # nor are stale rows tabled
+
+    weights.write_bytes(b"first weights")  # the weights the folder was made from: everything reused
+    assert vr.main(args) == 0 and calls == []
