@@ -14,6 +14,7 @@ with ``qdit eval`` (ClipNet FVD, frame accuracy, subject consistency, motion); m
 Every step is a ``qdit`` command (printed), so each can be rerun alone. Quantized models, samples and
 per-seed scores stay in ``--work`` (default ``benchmarks/results/work/video``) with the settings they
 were made with: rerunning the same command resumes, redoing only what is missing or made differently.
+The folder records the model's weights (``weights.json``) and refuses other weights of the same model.
 """
 
 from __future__ import annotations
