@@ -71,6 +71,16 @@ class Instance:
         return f"W{self.w_bits}A{self.a_bits}, {self.steps} steps, seed {self.seed}, {self.features}"
 
 
+def instance_kernel(folder: Path) -> str:
+    """What both searches of an instance run their candidates on (the same fitness for both): what the
+    first saved state there was made with (``fake`` for instances begun before the setting), else
+    ``auto`` (the AMX integer kernel where it applies)."""
+    from qdit.search.session import saved_kernel
+
+    states = [folder / f"{m}.state.json" for m in METHODS]
+    return next((saved_kernel(s) for s in states if s.is_file()), "auto")
+
+
 def search_command(inst: Instance, method: str, folder: Path, a: argparse.Namespace) -> list[str]:
     state = folder / f"{method}.state.json"
     return [
@@ -78,7 +88,8 @@ def search_command(inst: Instance, method: str, folder: Path, a: argparse.Namesp
         "--a-bits", str(inst.a_bits), "--method", method, "--steps", str(inst.steps),
         "--num-samples", str(a.num_samples), "--seed", str(inst.seed), "--features", inst.features,
         "--fitness", "fd", "--heldout-seeds", a.heldout_seeds, "--heldout-samples", str(a.heldout_samples),
-        "--threads", str(a.threads), "--no-progress", *a.search_args.split(), "--state", str(state),
+        "--threads", str(a.threads), "--no-progress", "--kernel", instance_kernel(folder),
+        *a.search_args.split(), "--state", str(state),
         *(["--resume"] if state.is_file() else []),
         "--json", str(folder / f"{method}.json"), "--out", str(folder / f"{method}.recipe.json"),
     ]  # fmt: skip
@@ -190,6 +201,10 @@ def compare(instances: list[Instance], a: argparse.Namespace) -> dict:
                 "images_sampled": r[m]["images_sampled"], "image_equivalents": r[m]["image_equivalents"],
                 "seconds": r[m]["seconds"], "genome": r[m]["best_genome"],
             }  # fmt: skip
+        kernels = {r[m].get("kernel", "fake") for m in METHODS}  # reports before the setting: fake
+        if len(kernels) != 1:
+            raise SystemExit(f"{inst.name}: the two searches ran their candidates on other kernels")
+        row["kernel"] = kernels.pop()
         row["uniform_fitness"] = r["full"]["baseline_fitness"]
         row["same_genome"] = r["full"]["best_genome"] == r["cheap"]["best_genome"]
         rows.append(row)
@@ -214,7 +229,7 @@ def markdown(result: dict, a: argparse.Namespace) -> str:
     totals = {"data": [0, 0, 0], "fp": [0, 0, 0]}
     for r in result["rows"]:
         cells = [
-            r["label"],
+            r["label"] + (", fake quantization" if r.get("kernel", "fake") == "fake" else ", integer kernel"),
             f"{r['full']['fitness']:.2f} / {r['cheap']['fitness']:.2f} / {r['uniform_fitness']:.2f}",
         ]
         for key in ("data", "fp"):

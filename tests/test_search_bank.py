@@ -45,7 +45,7 @@ def test_group_bank_switching_equals_direct_quantization() -> None:
     with pytest.raises(QditError, match="no precomputed weight"):
         plain.set_weight_group(16)
     plain.set_act_group(16)  # activation groups switch without a bank
-    with pytest.raises(QditError, match="fake quantization only"):
+    with pytest.raises(QditError, match="not frozen to a kernel"):
         plain.set_kernel("torch")
     # a switch to the banked weight and back reuses the cached dequantized weights
     w = layer.dequantized_weight()
@@ -54,6 +54,44 @@ def test_group_bank_switching_equals_direct_quantization() -> None:
     assert layer.dequantized_weight() is w
 
 
+
+
+def test_integer_variants_run_as_the_deployed_layer_and_follow_a_new_weight(monkeypatch) -> None:
+    """``run_integer``: every variant runs on the AMX kernel exactly as a plain layer quantized to that
+    variant and put on it; a variant's layout is prepared once; a new weight drops its stale layout;
+    ``run_integer(False)`` is fake quantization again."""
+    import qdit.search.bank as bank
+    from qdit.kernels.cpu import cpu_extension
+
+    if cpu_extension() is None:
+        pytest.skip("no AMX extension on this machine")
+    monkeypatch.setattr(bank, "best_path", lambda *a, **k: "amx")  # the machine's choice aside
+    lin, x = linear(), batch()
+    layer = BankedQuantLinear.build(lin, QuantSpec(4, 8, 32, 32), None, "layer", groups=[0, 16, 32, 64])
+    layer.precompute()
+    layer.run_integer()
+    seen = {}
+    for g in (16, 64, 0, 32, 16):
+        layer.set_group(g)
+        direct = QuantLinear.from_linear(lin, QuantSpec(4, 8, g, g))
+        fake = direct(x)
+        direct.set_kernel("amx")
+        assert layer.kernel == "amx"
+        assert torch.equal(layer(x), direct(x))
+        assert not torch.equal(layer(x), fake)  # the kernel's roundings, not fake quantization's
+        assert seen.setdefault(g, layer._kw) is layer._kw  # prepared once per variant
+    other = QuantLinear.from_linear(linear(seed=1), QuantSpec(4, 8, 16, 16))
+    with torch.no_grad():
+        other.bias.copy_(layer.bias)
+    layer.set_qweight(other.qweight)  # the same variant's key, other values
+    layer.set_act_group(16)
+    other.set_kernel("amx")
+    assert layer.kernel == "amx" and layer._kw is not seen[16]
+    assert torch.equal(layer(x), other(x))
+    layer.run_integer(False)
+    assert layer.kernel == "fake" and layer._kw is None
+    other.set_kernel("fake")
+    assert torch.equal(layer(x), other(x))
 
 
 def test_freeze_leaves_banked_layers_on_fake_quantization() -> None:

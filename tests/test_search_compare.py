@@ -63,7 +63,11 @@ def test_table_from_finished_reports(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert row["data"]["full_beats_uniform"] == 1 and row["data"]["cheap_beats_uniform"] == 1
     assert row["same_genome"] is False
     table = (tmp_path / "compare.md").read_text()
-    assert "| W4A8, 10 steps, seed 0, domain | 30.00 / 31.00 / 50.00 | 42.00 ± 0.00 | 41.10 ± 0.00 |" in table
+    assert row["kernel"] == "fake"  # reports from before the setting
+    assert (
+        "| W4A8, 10 steps, seed 0, domain, fake quantization | 30.00 / 31.00 / 50.00 | 42.00 ± 0.00 | 41.10 ± 0.00 |"
+        in table
+    )
     assert "FD to data 1 wins, 1 ties, 0 losses" in table
     assert capsys.readouterr().out == table + "\n"
 
@@ -86,6 +90,7 @@ def test_tiny_comparison_runs_then_replays_from_its_states(tmp_path: Path) -> No
     assert sc.main(args) == 0
     result = json.loads((tmp_path / "compare.json").read_text())
     assert [r["instance"] for r in result["rows"]] == ["w4a8_steps1_seed0_domain"]
+    assert result["rows"][0]["kernel"] == "auto"  # a new instance: integer kernels where they apply
     assert sc.main([*args, "--only", "verify"]) == 0
     recipe = tmp_path / "w4a8_steps1_seed0_domain" / "full.recipe.json"
     data = json.loads(recipe.read_text())
@@ -93,3 +98,25 @@ def test_tiny_comparison_runs_then_replays_from_its_states(tmp_path: Path) -> No
     recipe.write_text(json.dumps(data, indent=2) + "\n")
     with pytest.raises(SystemExit, match="full: the replay differs from the committed result in the recipe"):
         sc.main([*args, "--only", "verify"])
+
+
+def test_an_instance_keeps_the_kernel_its_first_search_ran_on(tmp_path: Path) -> None:
+    """Both searches of an instance measure candidates alike: an instance begun before the kernel setting
+    (a state without one) goes on with fake quantization, for its second search too; a new one runs on
+    the integer kernel where it applies."""
+    import argparse
+
+    sc = load_script()
+    a = argparse.Namespace(model="embedded", choices="width", num_samples=4, heldout_seeds="101",
+                           heldout_samples=4, threads=1, search_args="")  # fmt: skip
+    inst = sc.Instance.parse("W4A8/10/1/domain")
+
+    def kernel(method: str) -> str:
+        args = sc.search_command(inst, method, tmp_path, a)
+        return args[args.index("--kernel") + 1]
+
+    assert kernel("full") == "auto" and kernel("cheap") == "auto"
+    (tmp_path / "full.state.json").write_text(json.dumps({"fingerprint": {"objective": {"steps": 10}}}))
+    assert kernel("full") == "fake" and kernel("cheap") == "fake"
+    (tmp_path / "full.state.json").write_text(json.dumps({"fingerprint": {"objective": {"kernel": "auto"}}}))
+    assert kernel("cheap") == "auto"

@@ -180,11 +180,13 @@ def test_search_cli_offers_the_fitness_backward_modes():
     import argparse
 
     from qdit.commands.search import add_parser
-    from qdit.search.fitness import BACKWARDS
+    from qdit.search.fitness import BACKWARDS, SEARCH_KERNELS
 
     search = add_parser(argparse.ArgumentParser().add_subparsers())
     action = next(a for a in search._actions if a.dest == "sensitivity_backward")
     assert tuple(action.choices) == BACKWARDS and action.default == "auto"
+    kernel = next(a for a in search._actions if a.dest == "kernel")
+    assert tuple(kernel.choices) == SEARCH_KERNELS and kernel.default is None  # None: auto, or the saved one
 
 
 def test_sensitivity_needs_differentiable_features(tiny_dit):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -62,21 +63,53 @@ def test_space_of_a_dit(tiny_dit):
         build_space(layers, 4, 8, choices=(48,))
 
 
-def test_switching_groups_matches_quantizing_directly(objective, tiny_dit):
+@pytest.mark.parametrize("kernel", ["fake", "auto"])
+def test_switching_groups_matches_quantizing_directly(tiny_dit, kernel, monkeypatch):
+    """Candidates switched in the bank run as the same recipe quantized directly: on fake quantization,
+    or (``auto``) on the AMX integer kernel, each variant's layout prepared once and reused."""
+    import copy
+
+    import qdit.search.bank as bank
+    from qdit.api import quantize
+    from qdit.kernels.cpu import cpu_extension
+    from qdit.nn.swap import quant_layers
+
+    if kernel == "auto" and cpu_extension() is None:
+        pytest.skip("no AMX extension on this machine")
+    # which integer path is faster is measured on the machine; here the kernel under test
+    monkeypatch.setattr(bank, "best_path", lambda *a, **k: "amx")
+    objective = ModelObjective.build(
+        tiny_dit, build_space(searchable_layers(tiny_dit, BASE), 4, 8), BASE, toy_features(),
+        replace(FIT, kernel=kernel), model_name="tiny",
+    )  # fmt: skip
     space = objective.space
     rng = np.random.default_rng(0)
-    for _ in range(2):
+    x = torch.randn(3, 1, 8, 8)
+    t = torch.tensor([1, 500, 999])
+    y = torch.tensor([0, 1, 2])
+    layouts = {}
+    for _ in range(3):
         g = space.random(rng)
         objective.apply(g)
-        direct = genome_recipe(space, g, BASE)
-        from qdit.api import quantize
-
-        ref = quantize(__import__("copy").deepcopy(tiny_dit), direct, kernel="fake")
-        x = torch.randn(3, 1, 8, 8)
-        t = torch.tensor([1, 500, 999])
-        y = torch.tensor([0, 1, 2])
+        ref = quantize(copy.deepcopy(tiny_dit), genome_recipe(space, g, BASE), kernel="fake")
+        for name, layer in quant_layers(ref).items():
+            if kernel == "auto":
+                layer.set_kernel("amx")
+                layouts.setdefault((name, layer.spec.w_group), quant_layers(objective.model)[name]._kw)
+            assert quant_layers(objective.model)[name].kernel == layer.kernel
         with torch.no_grad():
             assert torch.equal(objective.model(x, t, y), ref(x, t, y))
+    if kernel == "auto":  # a variant met again runs on the layout prepared the first time
+        objective.apply(space.uniform(64))
+        for name, layer in quant_layers(objective.model).items():
+            if (name, 64) in layouts:
+                assert layer._kw is layouts[name, 64]
+        with torch.enable_grad():  # a pass that needs a gradient goes through fake quantization
+            xg = x.clone().requires_grad_(True)
+            out = objective.model(xg, t, y)
+            out.square().sum().backward()
+        assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    assert objective.describe().get("kernel") == (None if kernel == "fake" else "auto")
 
 
 def test_fitness_reuses_samples_and_is_paired(objective):
@@ -137,6 +170,9 @@ def test_search_groups_end_to_end(tiny_dit, tmp_path, method):
 
     q = quantize(__import__("copy").deepcopy(tiny_dit), recipe, kernel="fake")
     out.objective.apply(out.result.best_genome)
+    assert r["kernel"] == "auto"  # the search ran its candidates on integer kernels where they apply
+    for layer in out.objective.layers.values():  # compared on fake quantization: exactly equal
+        layer.run_integer(False)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
     with torch.no_grad():
         assert torch.equal(q(x, t, y), out.objective.model(x, t, y))
@@ -319,7 +355,8 @@ def test_mixed_precision_and_separate_activation_genes(tiny_dit):
     layers = searchable_layers(tiny_dit, BASE)
     space = build_space(layers, 4, 8, separate_act=True, bits_choices=(4, 8))
     assert [g.kind for g in space.genes[:3]] == ["w_group", "a_group", "w_bits"]
-    obj = ModelObjective.build(tiny_dit, space, BASE, toy_features(), FIT, with_proxy=False)
+    # compared with fake quantization, exactly: the genome's mapping onto the layers is what is tested
+    obj = ModelObjective.build(tiny_dit, space, BASE, toy_features(), replace(FIT, kernel="fake"), with_proxy=False)
     rng = np.random.default_rng(3)
     budget = Budget("bpw", 5.0)
     from qdit.search.cost import repair
@@ -432,3 +469,28 @@ def test_symmetric_quantizers_as_a_search_option(tiny_dit, tmp_path, w_sym, a_sy
             evolution=EvolutionConfig(population=3, top_k=2, generations=1), state_path=tmp_path / "s.json",
             resume=True, model_name="tiny",
         )  # fmt: skip
+
+
+def test_a_resumed_search_keeps_the_kernel_it_started_with(tiny_dit, tmp_path):
+    """Without a kernel given, a search runs on integer kernels where they apply ("auto"), and a resumed
+    one goes on with what its state was made with: fake quantization for states from before the setting
+    (their fingerprints have no kernel). Given explicitly, another kernel than the state's is refused."""
+    import json as _json
+
+    state = tmp_path / "s.json"
+    kwargs = dict(
+        method="full", num_samples=4, evolution=EvolutionConfig(population=4, top_k=2, generations=1),
+        state_path=state, model_name="tiny",
+    )  # fmt: skip
+    fresh = search_groups(tiny_dit, toy_features(), fitness=FIT, **kwargs)
+    assert fresh.report["kernel"] == "auto" and fresh.objective.describe()["kernel"] == "auto"
+    old = search_groups(tiny_dit, toy_features(), fitness=replace(FIT, kernel="fake"), **kwargs)
+    assert old.report["kernel"] == "fake" and "kernel" not in old.objective.describe()
+    saved = _json.loads(state.read_text())
+    assert "kernel" not in saved["fingerprint"]["objective"]  # as states written before the setting
+    resumed = search_groups(tiny_dit, toy_features(), fitness=FIT, resume=True, **kwargs)
+    assert resumed.report["kernel"] == "fake"
+    assert resumed.result.best_genome == old.result.best_genome
+    assert resumed.report["evaluations"] == old.report["evaluations"]
+    with pytest.raises(QditError, match="kernel"):
+        search_groups(tiny_dit, toy_features(), fitness=replace(FIT, kernel="auto"), resume=True, **kwargs)

@@ -215,6 +215,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="samples per held-out measurement (default --num-samples)",
     )
+    p.add_argument(
+        "--kernel", choices=("auto", "fake"), default=None,  # qdit.search.fitness.SEARCH_KERNELS (tested)
+        help="how candidates run: auto (default; on --resume what the search started with): the AMX "
+        "integer kernel where it applies, as qdit quantize deploys (several times faster on CPU); fake: "
+        "fake quantization throughout (the reference)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
@@ -443,6 +449,7 @@ def run(args: argparse.Namespace) -> int:
         reference="fp" if args.fitness == "fd-fp" else "data",
         cfg_channels=args.cfg_channels,
         backward=args.sensitivity_backward,
+        kernel=args.kernel,
     )
     config = SearchConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, method=args.method, budget=budget, num_samples=args.num_samples,

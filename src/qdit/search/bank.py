@@ -2,8 +2,9 @@
 widths) so a candidate is a few pointer swaps, not a re-quantization.
 
 Search-only by design: a :class:`BankedQuantLinear` runs fake quantization (its dequantized weights are
-cached per variant), and :func:`qdit.nn.freeze` never turns it into an integer layer. The plain
-:class:`~qdit.nn.QuantLinear` of a deployed model knows nothing of banks.
+cached per variant) unless the search asks for integer kernels (:meth:`BankedQuantLinear.run_integer`:
+each variant's kernel layout prepared once and kept), and :func:`qdit.nn.freeze` never touches it. The
+plain :class:`~qdit.nn.QuantLinear` of a deployed model knows nothing of banks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from qdit.errors import QditError
+from qdit.kernels.linear import KernelWeight, best_path, prepare_weight
 from qdit.nn.quant_linear import FAKE, FloatWeight, QuantLinear, WeightKey
 from qdit.nn.swap import LayerFactory, quant_layers
 from qdit.quant.rules import check_divides, divides
@@ -29,6 +31,10 @@ class BankedQuantLinear(QuantLinear):
         super().__init__(*args, **kwargs)
         self.bank: dict[WeightKey, QWeight] = {}
         self._deq: dict[tuple[WeightKey, torch.dtype], torch.Tensor] = {}
+        self.integer = False  # the search's switch: each variant on its compiled integer kernel
+        # (weight variant, activation group, activation bits) -> (path, the weight in its layout)
+        # (None: no compiled kernel for it, fake quantization is faster than the PyTorch emulation)
+        self._kws: dict[tuple[WeightKey, int, int], tuple[str, KernelWeight | None]] = {}
 
     @classmethod
     @torch.no_grad()
@@ -68,11 +74,50 @@ class BankedQuantLinear(QuantLinear):
         if self.bank.get(key) is not qw:  # not the banked variant: its cached dequantized weight is stale
             for k in [k for k in getattr(self, "_deq", {}) if k[0] == key]:
                 del self._deq[k]
+            for k in [k for k in getattr(self, "_kws", {}) if k[0] == key]:
+                del self._kws[k]
         super().set_qweight(qw)
 
     def set_kernel(self, path: str, consume: bool = False) -> None:
         if path != FAKE:
-            raise QditError(f"{self.name or 'layer'}: a search layer with a weight bank runs fake quantization only")
+            raise QditError(
+                f"{self.name or 'layer'}: a search layer with a weight bank is not frozen to a kernel "
+                "(the search switches it: run_integer)"
+            )
+        self._kw = None  # the plain codes are always kept
+        self.kernel = FAKE
+
+    @torch.no_grad()
+    def run_integer(self, on: bool = True) -> None:
+        """Run every variant's product through the AMX integer kernel (the one qdit quantize deploys on
+        CPU), the variant's weight prepared in its layout once and kept; ``on=False``: fake quantization
+        again. A variant the kernel does not take (its block size, a GPU, a layer that cannot run an
+        integer kernel: weight-only, groups that do not nest) stays on fake quantization. The integer
+        path has no gradient: passes that need one go through fake quantization (see
+        :meth:`QuantLinear.forward`)."""
+        self.integer = on
+        self._sync_kernel()
+
+    def _sync_kernel(self) -> None:
+        if not self.integer or QuantLinear.integer_blocker(self) is not None:
+            self.set_kernel(FAKE)
+            return
+        act = self.act_spec()
+        assert act is not None
+        key = (self.weight_key, act.group, act.bits)
+        hit = self._kws.get(key)
+        if hit is None:
+            weight = self.int_weight()
+            device = self.weight_scale.device
+            # the compiled CPU kernel only: the PyTorch emulation is slower than fake quantization, and
+            # on a GPU fake quantization's float products are not known to be slower than Triton's
+            path = best_path(weight, act, device) if device.type == "cpu" else FAKE
+            hit = self._kws[key] = (path, prepare_weight(weight, act.group, path) if path == "amx" else None)
+        path, kw = hit
+        if kw is None:
+            self.set_kernel(FAKE)
+        else:
+            self.kernel, self._kw = path, kw
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or self.weight_dtype
@@ -110,6 +155,7 @@ class BankedQuantLinear(QuantLinear):
                 )
             self.set_qweight(self.bank[key])
         super().configure(a_group=a_group, a_bits=a_bits)
+        self._sync_kernel()
 
     def set_weight_group(self, group: int) -> None:
         self.configure(w_group=group)
@@ -124,6 +170,8 @@ class BankedQuantLinear(QuantLinear):
         device = fn(torch.empty(0, device=self.weight_scale.device)).device
         self.bank = {k: q.apply(lambda t: t.to(device)) for k, q in self.bank.items()}
         self._deq.clear()
+        self._kws.clear()  # kernel layouts belong to their device: prepared again when next used
+        self._sync_kernel()
         return self
 
     def extra_repr(self) -> str:

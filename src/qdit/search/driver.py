@@ -4,7 +4,7 @@ space, the objective and the method) and :func:`heldout_fitness`."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from qdit.search.evolution import EvolutionConfig
 from qdit.search.fitness import FitnessConfig, ModelObjective
 from qdit.search.recipes import genome_recipe, searchable_layers
 from qdit.search.runner import run_full
-from qdit.search.session import SearchResult
+from qdit.search.session import SearchResult, saved_kernel
 from qdit.search.space import CandidateRule, Genome, build_space
 
 METHODS = ("cheap", "full")
@@ -122,6 +122,8 @@ def search_groups(
     separate_act, bits_choices = c.separate_act, c.bits_choices
     act_granularity, weight_method = c.act_granularity, c.weight_method
     fitness = fitness or FitnessConfig(seed=seed)
+    if fitness.kernel is None:  # a resumed search goes on as it started
+        fitness = replace(fitness, kernel=saved_kernel(state_path) if resume and state_path else "auto")
     base = QuantSpec(
         w_bits=w_bits, a_bits=a_bits, w_group=0, a_group=0, act_granularity=act_granularity,
         weight_method=weight_method, w_symmetric=w_sym, a_symmetric=a_sym,
@@ -167,6 +169,7 @@ def search_groups(
         steps=fitness.steps,
         cfg_scale=fitness.cfg_scale,
         cfg_channels=fitness.cfg_channels,
+        kernel=fitness.kernel,
         w_symmetric=w_sym,
         a_symmetric=a_sym,
         seed=seed,

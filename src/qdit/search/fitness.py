@@ -34,7 +34,7 @@ from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
 from qdit.models.adapter import get_adapter
-from qdit.nn.swap import quant_layers
+from qdit.nn.swap import fuse, quant_layers
 from qdit.recipe import QuantSpec
 from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.objective import Evaluation, Sensitivity
@@ -46,6 +46,7 @@ from qdit.search.space import (
 
 REFERENCES = ("data", "fp")
 BACKWARDS = ("auto", "graph", "steps")
+SEARCH_KERNELS = ("auto", "fake")
 
 
 @dataclass
@@ -71,6 +72,11 @@ class FitnessConfig:
     # the sensitivity pass's backward through the sampler: "graph" (one graph over all steps: fastest),
     # "steps" (one step's graph at a time: an extra forward, memory of one step), "auto" (steps for clips)
     backward: str = "auto"
+    # how candidates run: "auto" the AMX integer kernel where it applies (what qdit quantize deploys; on
+    # CPU several times faster than fake quantization), else fake quantization; "fake" fake quantization
+    # throughout (the reference, and how searches ran before this setting). None: "auto", or on resume
+    # what the saved search ran with (see qdit.search.driver)
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         SamplerConfig(self.steps, self.method, self.cfg_scale, cfg_channels=self.cfg_channels)  # validates
@@ -82,6 +88,8 @@ class FitnessConfig:
             raise QditError(f"the sensitivity backward must be one of {', '.join(BACKWARDS)}, got {self.backward!r}")
         if self.batch_size < 1 or self.proxy_samples < 1 or self.proxy_steps < 1:
             raise QditError("batch size, proxy samples and proxy steps must be >= 1")
+        if self.kernel is not None and self.kernel not in SEARCH_KERNELS:
+            raise QditError(f"the search's kernel must be one of {', '.join(SEARCH_KERNELS)}, got {self.kernel!r}")
 
     @property
     def sampler(self) -> SamplerConfig:
@@ -230,11 +238,15 @@ class ModelObjective:
             space, tuple(g.choices[0] if g.kind != "w_bits" else space.w_bits for g in space.genes), base
         )
         factory = bank_factory({k: sorted(v) for k, v in banks.items()}, bits if len(bits) > 1 else ())
-        # the banked layers run fake quantization only: no kernel choice (qdit.quantize's freeze) here
+        # the banked layers are never frozen to a kernel (qdit.quantize's freeze): they switch themselves
         quantize_layers(model, resolve_specs(model, recipe), layer_factory=factory, progress=progress)
+        integer = (config.kernel or "auto") != "fake"
         for layer in quant_layers(model).values():
             if isinstance(layer, BankedQuantLinear):
                 layer.precompute()
+                layer.run_integer(integer)
+        if integer:  # as a deployed model: the kernel applies the activation after the product
+            fuse(model, get_adapter(model).activation_pairs(model))
         for p in model.parameters():  # the search never trains; the sensitivity pass needs no weight grads
             p.requires_grad_(False)
         obj = cls(model, space, features, config, proxy, model_name, device, fp_model=fp_model)
@@ -515,5 +527,6 @@ class ModelObjective:
             # settings added later: only when they differ from the defaults, so that the fingerprints
             # of states written before them still match
             **({"cfg_channels": c.cfg_channels} if c.cfg_channels is not None else {}),
+            **({"kernel": c.kernel or "auto"} if c.kernel != "fake" else {}),
             **self.quant_settings,
         }

@@ -136,12 +136,7 @@ class SearchLog:
         if d.get("version") != STATE_VERSION:
             raise QditError(f"search state version {d.get('version')} is not {STATE_VERSION}; start afresh")
         if d.get("method") != self.method or d.get("fingerprint") != self.fingerprint:
-            diff = sorted(
-                k
-                for k in set(self.fingerprint) | set(d.get("fingerprint", {}))
-                if self.fingerprint.get(k) != d.get("fingerprint", {}).get(k)
-            )
-            what = ", ".join(diff) if diff else "method"
+            what = ", ".join(_differences(self.fingerprint, d.get("fingerprint", {}))) or "method"
             raise QditError(
                 f"the saved search state belongs to a different search ({what} differ); start without --resume"
             )
@@ -153,9 +148,32 @@ class SearchLog:
         self.extra = dict(d.get("extra", {}))
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The keys whose values differ between ``a`` and ``b``, nested dicts' keys dotted (``objective.steps``)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def _normalise(obj: object) -> object:
     """The JSON form of ``obj`` (tuples become lists), so fingerprints compare equal after a reload."""
     return json.loads(json.dumps(obj))
+
+
+def saved_kernel(path: str | Path) -> str:
+    """The kernel the candidates of the search saved at ``path`` ran on (``"fake"`` for states written
+    before the setting existed); ``"auto"`` when no state can be read there (the search then starts
+    afresh, or reading it reports what is wrong)."""
+    try:
+        objective = json.loads(Path(path).read_text())["fingerprint"]["objective"]
+        return str(objective.get("kernel", "fake"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "auto"
 
 
 class StateFile:
