@@ -88,10 +88,14 @@ def test_integer_variants_run_as_the_deployed_layer_and_follow_a_new_weight(monk
     other.set_kernel("amx")
     assert layer.kernel == "amx" and layer._kw is not seen[16]
     assert torch.equal(layer(x), other(x))
+    third = QuantLinear.from_linear(linear(seed=2), QuantSpec(4, 8, 16, 16))
+    layer.load_state_dict(third.state_dict())  # new values for the active variant: its layout redone
+    third.set_kernel("amx")
+    assert layer.kernel == "amx" and torch.equal(layer(x), third(x))
     layer.run_integer(False)
     assert layer.kernel == "fake" and layer._kw is None
-    other.set_kernel("fake")
-    assert torch.equal(layer(x), other(x))
+    third.set_kernel("fake")
+    assert torch.equal(layer(x), third(x))
 
 
 def test_freeze_leaves_banked_layers_on_fake_quantization() -> None:

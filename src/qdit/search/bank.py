@@ -77,6 +77,8 @@ class BankedQuantLinear(QuantLinear):
             for k in [k for k in getattr(self, "_kws", {}) if k[0] == key]:
                 del self._kws[k]
         super().set_qweight(qw)
+        if getattr(self, "integer", False):
+            self._sync_kernel()
 
     def set_kernel(self, path: str, consume: bool = False) -> None:
         if path != FAKE:
@@ -173,6 +175,13 @@ class BankedQuantLinear(QuantLinear):
         self._kws.clear()  # kernel layouts belong to their device: prepared again when next used
         self._sync_kernel()
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        # the active variant's values may have changed: its cached dequantized weight and layout are stale
+        self._deq = {k: v for k, v in self._deq.items() if k[0] != self.weight_key}
+        self._kws = {k: v for k, v in self._kws.items() if k[0] != self.weight_key}
+        self._sync_kernel()
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bank={len(self.bank)}"
