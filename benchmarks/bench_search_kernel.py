@@ -4,7 +4,7 @@ the AMX integer kernel (``qdit search --kernel fake`` / ``auto``), same candidat
 The search's setting on the embedded model (W4A8, width-derived group sizes, domain Fréchet distance of
 ``--num-samples`` samples, DDIM ``--steps`` steps, CFG 1.5, seed 0): for uniform group 128 and
 ``--candidates - 1`` random candidates, the two kernels are timed in turn (interleaved, so that a change of
-the host's load touches both; each candidate is run once untimed first, so that the integer kernel's
+the host's load touches both, each first for half the candidates; each candidate is run once untimed first, so that the integer kernel's
 one-off preparation of each weight variant is left out), and their fitness values compared. Reported: seconds per evaluation on
 each kernel (best and median over the candidates), the ratio, and the relative fitness difference per
 candidate (the integer kernel's roundings differ from fake quantization's by float rounding per layer,
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i, g in enumerate(genomes):
         row: dict = {"genome": list(g)}
-        for k, obj in objectives.items():
+        order = SEARCH_KERNELS if i % 2 == 0 else SEARCH_KERNELS[::-1]  # each kernel first half the time
+        for k in order:
+            obj = objectives[k]
             t0 = time.perf_counter()
             value = obj.fitness(g, a.num_samples).value
             row[k] = {"seconds": time.perf_counter() - t0, "fitness": value}
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"candidate {i}: fake {row['fake']['seconds']:.2f} s, auto {row['auto']['seconds']:.2f} s, "
               f"fitness {row['fake']['fitness']:.3f} vs {row['auto']['fitness']:.3f}", flush=True)  # fmt: skip
     probe_after = host_probe_ms()
+    from qdit.nn import kernel_paths
+
+    on_amx = {k: sum(p == "amx" for p in kernel_paths(obj.model).values()) for k, obj in objectives.items()}
     summary = {}
     for k in SEARCH_KERNELS:
         times = [r[k]["seconds"] for r in rows]
@@ -92,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     summary["speedup_median"] = summary["fake"]["median_s"] / summary["auto"]["median_s"]
     summary["speedup_best"] = summary["fake"]["best_s"] / summary["auto"]["best_s"]
     summary["fitness_rel_diff_max"] = max(r["fitness_rel_diff"] for r in rows)
+    summary["layers_on_amx"] = on_amx  # at the last candidate
     result = {"rows": rows, "summary": summary, "host_probe_ms": {"before": probe_before, "after": probe_after},
               "meta": run_meta(a)}  # fmt: skip
     print(
         f"\n{a.model}, W4A8, {a.num_samples} samples x {a.steps} DDIM steps per evaluation, {a.threads} thread(s), "
-        f"{len(rows)} candidates; host probe {probe_before:.2f} / {probe_after:.2f} ms\n"
+        f"{len(rows)} candidates; host probe {probe_before:.2f} / {probe_after:.2f} ms; layers on AMX: "
+        f"{on_amx['auto']} (auto), {on_amx['fake']} (fake)\n"
         "| kernel | s per evaluation (median) | best |\n|---|---|---|\n"
         + "".join(f"| {k} | {summary[k]['median_s']:.2f} | {summary[k]['best_s']:.2f} |\n" for k in SEARCH_KERNELS)
         + f"\nauto vs fake: {summary['speedup_median']:.2f}x (median), {summary['speedup_best']:.2f}x (best); "

@@ -40,7 +40,7 @@ def measure(mode: str, samples: int, batch: int, steps: int, out: Path) -> None:
     cost = CostModel()
     g0 = baseline_group(space, cost, default_budget(space, cost))
     base = QuantSpec(w_bits=4, a_bits=8, w_group=g0, a_group=g0)
-    fit = FitnessConfig(steps=steps, batch_size=batch, reference="fp", backward=mode)
+    fit = FitnessConfig(steps=steps, batch_size=batch, reference="fp", backward=mode, kernel="fake")  # as measured
     obj = ModelObjective.build(model, space, base, video_feature_space(None), fit, with_proxy=False)
     genome = space.uniform(g0)
     ev = obj.fitness(genome, samples)

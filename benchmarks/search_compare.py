@@ -201,10 +201,11 @@ def compare(instances: list[Instance], a: argparse.Namespace) -> dict:
                 "images_sampled": r[m]["images_sampled"], "image_equivalents": r[m]["image_equivalents"],
                 "seconds": r[m]["seconds"], "genome": r[m]["best_genome"],
             }  # fmt: skip
-        kernels = {r[m].get("kernel", "fake") for m in METHODS}  # reports before the setting: fake
-        if len(kernels) != 1:
-            raise SystemExit(f"{inst.name}: the two searches ran their candidates on other kernels")
-        row["kernel"] = kernels.pop()
+        kernels = {m: r[m].get("kernel", "fake") for m in METHODS}  # reports before the setting: fake
+        if len(set(kernels.values())) != 1:
+            raise SystemExit(f"{inst.name}: the two searches ran their candidates on other kernels "
+                             f"({', '.join(f'{m} on {k}' for m, k in kernels.items())})")  # fmt: skip
+        row["kernel"] = kernels["full"]
         row["uniform_fitness"] = r["full"]["baseline_fitness"]
         row["same_genome"] = r["full"]["best_genome"] == r["cheap"]["best_genome"]
         rows.append(row)

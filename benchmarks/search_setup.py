@@ -26,6 +26,8 @@ def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool =
     from qdit.search.space import CandidateRule, build_space
 
     model = load_model(model_name)
+    # fake quantization, as when the committed results were measured (the search's kernel setting came
+    # later; benchmarks/bench_search_kernel.py compares the two)
     # the width-derived choices ({32, 64, 128, 256} on the embedded model's widths), as in the committed
     # results: the paper's {32, 64, 128, 192, 288} leave only {32, 64, 128} there, and under "mean
     # group >= 128" a single legal genome
@@ -36,7 +38,7 @@ def w4a8_search_setup(model_name: str, steps: int, seed: int, with_proxy: bool =
     g0 = baseline_group(space, cost, budget)
     base = QuantSpec(w_bits=4, a_bits=8, w_group=g0, a_group=g0)
     objective = ModelObjective.build(
-        model, space, base, domain_feature_space(), FitnessConfig(steps=steps, seed=seed),
+        model, space, base, domain_feature_space(), FitnessConfig(steps=steps, seed=seed, kernel="fake"),
         model_name=model_name, with_proxy=with_proxy,
     )  # fmt: skip
     return SearchSetup(space, cost, budget, g0, objective)

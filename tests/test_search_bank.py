@@ -56,16 +56,14 @@ def test_group_bank_switching_equals_direct_quantization() -> None:
 
 
 
-def test_integer_variants_run_as_the_deployed_layer_and_follow_a_new_weight(monkeypatch) -> None:
+def test_integer_variants_run_as_the_deployed_layer_and_follow_a_new_weight() -> None:
     """``run_integer``: every variant runs on the AMX kernel exactly as a plain layer quantized to that
     variant and put on it; a variant's layout is prepared once; a new weight drops its stale layout;
     ``run_integer(False)`` is fake quantization again."""
-    import qdit.search.bank as bank
     from qdit.kernels.cpu import cpu_extension
 
     if cpu_extension() is None:
         pytest.skip("no AMX extension on this machine")
-    monkeypatch.setattr(bank, "best_path", lambda *a, **k: "amx")  # the machine's choice aside
     lin, x = linear(), batch()
     layer = BankedQuantLinear.build(lin, QuantSpec(4, 8, 32, 32), None, "layer", groups=[0, 16, 32, 64])
     layer.precompute()
@@ -88,6 +86,12 @@ def test_integer_variants_run_as_the_deployed_layer_and_follow_a_new_weight(monk
     other.set_kernel("amx")
     assert layer.kernel == "amx" and layer._kw is not seen[16]
     assert torch.equal(layer(x), other(x))
+    layer.set_group(32)
+    layer.set_group(16)  # back to the key: the new weight, not the one banked before it
+    assert torch.equal(layer(x), other(x))
+    # a switch prepares only the layout it runs (weight group = activation group), none for the old
+    # activation group on the way
+    assert all(weight_key[1] == a_group for weight_key, a_group, _ in layer._kws)
     third = QuantLinear.from_linear(linear(seed=2), QuantSpec(4, 8, 16, 16))
     layer.load_state_dict(third.state_dict())  # new values for the active variant: its layout redone
     third.set_kernel("amx")

@@ -64,20 +64,17 @@ def test_space_of_a_dit(tiny_dit):
 
 
 @pytest.mark.parametrize("kernel", ["fake", "auto"])
-def test_switching_groups_matches_quantizing_directly(tiny_dit, kernel, monkeypatch):
+def test_switching_groups_matches_quantizing_directly(tiny_dit, kernel):
     """Candidates switched in the bank run as the same recipe quantized directly: on fake quantization,
     or (``auto``) on the AMX integer kernel, each variant's layout prepared once and reused."""
     import copy
 
-    import qdit.search.bank as bank
     from qdit.api import quantize
     from qdit.kernels.cpu import cpu_extension
     from qdit.nn.swap import quant_layers
 
     if kernel == "auto" and cpu_extension() is None:
         pytest.skip("no AMX extension on this machine")
-    # which integer path is faster is measured on the machine; here the kernel under test
-    monkeypatch.setattr(bank, "best_path", lambda *a, **k: "amx")
     objective = ModelObjective.build(
         tiny_dit, build_space(searchable_layers(tiny_dit, BASE), 4, 8), BASE, toy_features(),
         replace(FIT, kernel=kernel), model_name="tiny",
@@ -104,11 +101,15 @@ def test_switching_groups_matches_quantizing_directly(tiny_dit, kernel, monkeypa
         for name, layer in quant_layers(objective.model).items():
             if (name, 64) in layouts:
                 assert layer._kw is layouts[name, 64]
-        with torch.enable_grad():  # a pass that needs a gradient goes through fake quantization
-            xg = x.clone().requires_grad_(True)
-            out = objective.model(xg, t, y)
-            out.square().sum().backward()
-        assert xg.grad is not None and torch.isfinite(xg.grad).all()
+        grads = []
+        for integer in (True, False):  # a pass that needs a gradient goes through fake quantization
+            for layer in objective.layers.values():
+                layer.run_integer(integer)
+            with torch.enable_grad():
+                xg = x.clone().requires_grad_(True)
+                objective.model(xg, t, y).square().sum().backward()
+            grads.append(xg.grad)
+        assert grads[0] is not None and torch.equal(grads[0], grads[1])
     assert objective.describe().get("kernel") == (None if kernel == "fake" else "auto")
 
 
@@ -170,7 +171,11 @@ def test_search_groups_end_to_end(tiny_dit, tmp_path, method):
 
     q = quantize(__import__("copy").deepcopy(tiny_dit), recipe, kernel="fake")
     out.objective.apply(out.result.best_genome)
+    from qdit.kernels.cpu import cpu_extension
+    from qdit.nn import kernel_paths
+
     assert r["kernel"] == "auto"  # the search ran its candidates on integer kernels where they apply
+    assert ("amx" in kernel_paths(out.objective.model).values()) == (cpu_extension() is not None)
     for layer in out.objective.layers.values():  # compared on fake quantization: exactly equal
         layer.run_integer(False)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
@@ -492,5 +497,52 @@ def test_a_resumed_search_keeps_the_kernel_it_started_with(tiny_dit, tmp_path):
     assert resumed.report["kernel"] == "fake"
     assert resumed.result.best_genome == old.result.best_genome
     assert resumed.report["evaluations"] == old.report["evaluations"]
-    with pytest.raises(QditError, match="kernel"):
+    with pytest.raises(QditError, match="ran its candidates on the 'fake' kernel: resume it without --kernel"):
         search_groups(tiny_dit, toy_features(), fitness=replace(FIT, kernel="auto"), resume=True, **kwargs)
+
+
+def test_the_kernel_of_a_resumed_search_comes_from_rank_0(tmp_path, monkeypatch):
+    """Under torchrun only rank 0 may see the state file: the others take its kernel from rank 0."""
+    import qdit.search.driver as driver
+    from qdit.diffusion.distributed import DistContext
+
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps({"fingerprint": {"objective": {"steps": 4}}}))  # a state from before the setting
+    sent: list[object] = []
+
+    def broadcast(obj, ctx):  # rank 0 holds "fake" (read from its file); what reaches the other ranks
+        sent.append(obj)
+        return "fake"
+
+    monkeypatch.setattr(driver, "broadcast", broadcast)
+    rank1 = DistContext(rank=1, world_size=2)
+    assert driver.search_kernel(FIT, state, True, rank1) == "fake" and sent == [None]  # rank 1 read nothing
+    assert driver.search_kernel(FIT, state, True, DistContext(rank=0, world_size=2)) == "fake"
+    assert sent[-1] == "fake"  # rank 0 read its file and sent what it found
+    assert driver.search_kernel(replace(FIT, kernel="auto"), state, True, rank1) == "auto"  # asked for
+    monkeypatch.undo()
+    assert driver.search_kernel(FIT, state, False, DistContext()) == "auto"  # a fresh search
+    assert driver.search_kernel(FIT, tmp_path / "none.json", True, DistContext()) == "auto"
+
+
+def test_the_sensitivity_is_the_same_on_either_kernel(tiny_dit):
+    """The sensitivity linearises each layer on fake quantization with activations unfused, whatever
+    the kernel the candidates run on: given the same sample features, the two tables are equal."""
+    from tests.test_search_gradient import differentiable_toy_features
+
+    from qdit.kernels.cpu import cpu_extension
+    from qdit.nn import kernel_paths
+
+    if cpu_extension() is None:
+        pytest.skip("no AMX extension on this machine")
+    space = build_space(searchable_layers(tiny_dit, BASE), 4, 8)
+    objs = {
+        k: ModelObjective.build(tiny_dit, space, BASE, differentiable_toy_features(), replace(FIT, kernel=k),
+                                model_name="tiny", with_proxy=False)  # fmt: skip
+        for k in ("fake", "auto")
+    }
+    g = space.uniform(64)
+    known = objs["fake"].fitness(g, 4).features
+    tables = {k: o.sensitivity(g, 4, known).table for k, o in objs.items()}
+    assert tables["auto"] == tables["fake"]
+    assert "amx" in kernel_paths(objs["auto"].model).values()  # back on the kernel afterwards

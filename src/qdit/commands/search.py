@@ -218,8 +218,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--kernel", choices=("auto", "fake"), default=None,  # qdit.search.fitness.SEARCH_KERNELS (tested)
         help="how candidates run: auto (default; on --resume what the search started with): the AMX "
-        "integer kernel where it applies, as qdit quantize deploys (several times faster on CPU); fake: "
-        "fake quantization throughout (the reference)",
+        "integer kernel where it applies, as qdit quantize deploys on CPU; fake: fake quantization "
+        "throughout (the reference)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument(

@@ -8,8 +8,8 @@ optional division by per-channel balancing factors (SmoothQuant or PTQ4DiT-style
 
 Two ways to run the product:
 
-* ``fake`` (the reference, and what calibration and the search use): the codes are dequantized for
-  each call and the quantized activations go through a float matmul;
+* ``fake`` (the reference, what calibration uses, and what the search's gradients pass through): the
+  codes are dequantized for each call and the quantized activations go through a float matmul;
 * an integer kernel path of :mod:`qdit.kernels` (``amx``, ``torch``, ``triton``), chosen by
   :meth:`QuantLinear.set_kernel` or :func:`qdit.nn.freeze`: integer activations times integer
   weights with the scales applied per K block. A path may keep the weight in its own layout (the AMX

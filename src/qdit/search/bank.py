@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from qdit.errors import QditError
-from qdit.kernels.linear import KernelWeight, best_path, prepare_weight
+from qdit.kernels.formats import block_size
+from qdit.kernels.linear import KernelWeight, prepare_weight, supports
 from qdit.nn.quant_linear import FAKE, FloatWeight, QuantLinear, WeightKey
 from qdit.nn.swap import LayerFactory, quant_layers
 from qdit.quant.rules import check_divides, divides
@@ -32,9 +33,9 @@ class BankedQuantLinear(QuantLinear):
         self.bank: dict[WeightKey, QWeight] = {}
         self._deq: dict[tuple[WeightKey, torch.dtype], torch.Tensor] = {}
         self.integer = False  # the search's switch: each variant on its compiled integer kernel
-        # (weight variant, activation group, activation bits) -> (path, the weight in its layout)
-        # (None: no compiled kernel for it, fake quantization is faster than the PyTorch emulation)
-        self._kws: dict[tuple[WeightKey, int, int], tuple[str, KernelWeight | None]] = {}
+        # (weight variant, activation group, activation bits) -> the weight in the AMX kernel's layout,
+        # or None where the kernel does not take it
+        self._kws: dict[tuple[WeightKey, int, int], KernelWeight | None] = {}
 
     @classmethod
     @torch.no_grad()
@@ -67,18 +68,26 @@ class BankedQuantLinear(QuantLinear):
         return layer
 
     def integer_blocker(self) -> str | None:
-        return "a search layer with a weight bank (fake quantization only)"
+        return "a search layer with a weight bank (the search switches its kernel; never frozen to one)"
 
     def set_qweight(self, qw: QWeight) -> None:
+        """Make ``qw`` the weight, and the bank's variant for its bits and group (a new weight for a
+        banked key replaces that variant: switching away and back returns to ``qw``)."""
+        self._set_weight(qw)
+        if getattr(self, "integer", False):
+            self._sync_kernel()
+
+    def _set_weight(self, qw: QWeight) -> None:
         key = (qw.bits, qw.group_size)
-        if self.bank.get(key) is not qw:  # not the banked variant: its cached dequantized weight is stale
+        bank = getattr(self, "bank", {})
+        if bank.get(key) is not qw:  # a new weight for this key: the variant's caches are stale
             for k in [k for k in getattr(self, "_deq", {}) if k[0] == key]:
                 del self._deq[k]
             for k in [k for k in getattr(self, "_kws", {}) if k[0] == key]:
                 del self._kws[k]
+            if key in bank:
+                bank[key] = qw
         super().set_qweight(qw)
-        if getattr(self, "integer", False):
-            self._sync_kernel()
 
     def set_kernel(self, path: str, consume: bool = False) -> None:
         if path != FAKE:
@@ -107,19 +116,19 @@ class BankedQuantLinear(QuantLinear):
         act = self.act_spec()
         assert act is not None
         key = (self.weight_key, act.group, act.bits)
-        hit = self._kws.get(key)
-        if hit is None:
+        if key not in self._kws:
             weight = self.int_weight()
-            device = self.weight_scale.device
-            # the compiled CPU kernel only: the PyTorch emulation is slower than fake quantization, and
-            # on a GPU fake quantization's float products are not known to be slower than Triton's
-            path = best_path(weight, act, device) if device.type == "cpu" else FAKE
-            hit = self._kws[key] = (path, prepare_weight(weight, act.group, path) if path == "amx" else None)
-        path, kw = hit
+            # AMX or nothing, decided by the shape alone (not by a timing, which could differ between
+            # runs and ranks): the PyTorch emulation is slower than fake quantization, and on a GPU fake
+            # quantization's float products are not known to be slower than the Triton kernel
+            block = block_size(self.in_features, act.group, self.spec.w_group)
+            amx = supports("amx", block, self.weight_scale.device)
+            self._kws[key] = prepare_weight(weight, act.group, "amx") if amx else None
+        kw = self._kws[key]
         if kw is None:
             self.set_kernel(FAKE)
         else:
-            self.kernel, self._kw = path, kw
+            self.kernel, self._kw = "amx", kw
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or self.weight_dtype
@@ -155,9 +164,9 @@ class BankedQuantLinear(QuantLinear):
                     f"{self.name or 'QuantLinear'}: no precomputed weight for W{key[0]} group {key[1]} "
                     f"(precomputed: {have})"
                 )
-            self.set_qweight(self.bank[key])
+            self._set_weight(self.bank[key])
         super().configure(a_group=a_group, a_bits=a_bits)
-        self._sync_kernel()
+        self._sync_kernel()  # once, for the new weight and activation group together
 
     def set_weight_group(self, group: int) -> None:
         self.configure(w_group=group)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdit.diffusion.distributed import DistContext
+from qdit.diffusion.distributed import DistContext, broadcast
 from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
 from qdit.quant.rules import ActGranularity, parse_act_granularity
@@ -122,8 +122,8 @@ def search_groups(
     separate_act, bits_choices = c.separate_act, c.bits_choices
     act_granularity, weight_method = c.act_granularity, c.weight_method
     fitness = fitness or FitnessConfig(seed=seed)
-    if fitness.kernel is None:  # a resumed search goes on as it started
-        fitness = replace(fitness, kernel=saved_kernel(state_path) if resume and state_path else "auto")
+    dist = dist or DistContext.current()
+    fitness = replace(fitness, kernel=search_kernel(fitness, state_path, resume, dist))
     base = QuantSpec(
         w_bits=w_bits, a_bits=a_bits, w_group=0, a_group=0, act_granularity=act_granularity,
         weight_method=weight_method, w_symmetric=w_sym, a_symmetric=a_sym,
@@ -148,7 +148,6 @@ def search_groups(
         model, space, base, features, fitness, model_name=model_name, device=device, with_proxy=method == "cheap" and (cheap or CheapConfig()).screen,
         progress=progress,
     )  # fmt: skip
-    dist = dist or DistContext.current()
     if method == "full":
         result = run_full(
             space, cost, budget, objective, num_samples, evolution, seed, state_path, resume, dist, progress
@@ -176,6 +175,17 @@ def search_groups(
         recipe=recipe.to_dict(),
     )
     return SearchOutcome(result, recipe, report, objective)
+
+
+def search_kernel(
+    fitness: FitnessConfig, state_path: str | Path | None, resume: bool, dist: DistContext
+) -> str:
+    """The kernel a search's candidates run on: the one asked for; else, resuming, what the saved search
+    ran with (read by rank 0, which alone may see the state file, and sent to the others); else auto."""
+    if fitness.kernel is not None:
+        return fitness.kernel
+    saved = saved_kernel(state_path) if resume and state_path is not None and dist.is_main else None
+    return broadcast(saved, dist) or "auto"
 
 
 def heldout_fitness(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ from qdit.diffusion.schedule import GaussianDiffusion
 from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
 from qdit.models.adapter import get_adapter
-from qdit.nn.swap import fuse, quant_layers
+from qdit.nn.swap import fuse, quant_layers, unfuse
 from qdit.recipe import QuantSpec
 from qdit.search.bank import BankedQuantLinear, bank_factory
 from qdit.search.objective import Evaluation, Sensitivity
@@ -72,10 +73,10 @@ class FitnessConfig:
     # the sensitivity pass's backward through the sampler: "graph" (one graph over all steps: fastest),
     # "steps" (one step's graph at a time: an extra forward, memory of one step), "auto" (steps for clips)
     backward: str = "auto"
-    # how candidates run: "auto" the AMX integer kernel where it applies (what qdit quantize deploys; on
-    # CPU several times faster than fake quantization), else fake quantization; "fake" fake quantization
-    # throughout (the reference, and how searches ran before this setting). None: "auto", or on resume
-    # what the saved search ran with (see qdit.search.driver)
+    # how candidates run: "auto" the AMX integer kernel where it applies (what qdit quantize deploys on
+    # CPU; BENCHMARKS.md has its speed), else fake quantization; "fake" fake quantization throughout (the
+    # reference, and how searches ran before this setting). None: "auto", or on resume what the saved
+    # search ran with (qdit.search.driver)
     kernel: str | None = None
 
     def __post_init__(self) -> None:
@@ -96,6 +97,11 @@ class FitnessConfig:
         return SamplerConfig(
             steps=self.steps, method=self.method, cfg_scale=self.cfg_scale, cfg_channels=self.cfg_channels
         )
+
+    @property
+    def resolved_kernel(self) -> str:
+        """The kernel the candidates run on (None: ``auto``)."""
+        return self.kernel or "auto"
 
     @property
     def forwards_per_image(self) -> int:
@@ -240,7 +246,7 @@ class ModelObjective:
         factory = bank_factory({k: sorted(v) for k, v in banks.items()}, bits if len(bits) > 1 else ())
         # the banked layers are never frozen to a kernel (qdit.quantize's freeze): they switch themselves
         quantize_layers(model, resolve_specs(model, recipe), layer_factory=factory, progress=progress)
-        integer = (config.kernel or "auto") != "fake"
+        integer = config.resolved_kernel != "fake"
         for layer in quant_layers(model).values():
             if isinstance(layer, BankedQuantLinear):
                 layer.precompute()
@@ -399,6 +405,25 @@ class ModelObjective:
                 )
         return out
 
+    @contextmanager
+    def _fake_quantization(self) -> Iterator[None]:
+        """The model as ``--kernel fake`` has it (fake quantization, activations not fused), meanwhile:
+        the sensitivity linearises each layer around its own output and needs gradients, so it is the
+        same on either kernel. The integer layouts are kept for afterwards."""
+        if self.config.resolved_kernel == "fake":
+            yield
+            return
+        banks = [layer for layer in self.layers.values() if isinstance(layer, BankedQuantLinear)]
+        unfuse(self.model)
+        for layer in banks:
+            layer.run_integer(False)
+        try:
+            yield
+        finally:
+            for layer in banks:
+                layer.run_integer(True)
+            fuse(self.model, get_adapter(self.model).activation_pairs(self.model))
+
     def sensitivity_forwards(self, num_samples: int) -> int:
         """What :meth:`sensitivity` costs, in model rows: the forward, about two forwards' worth of
         backward, and one forward per alternative of the layer with the most (an upper bound: only
@@ -476,7 +501,7 @@ class ModelObjective:
         labels = default_labels(num_samples, self.num_classes)
         chunk = max(1, min(self.config.batch_size, 16))
         stepwise = self.stepwise_backward
-        with OutputProbe(self.layers, {n: alt_fn(n) for n in alternatives}) as probe:
+        with self._fake_quantization(), OutputProbe(self.layers, {n: alt_fn(n) for n in alternatives}) as probe:
             for idx, x0 in iter_samples(
                 self.model_fn if stepwise else fn, self.image_shape, self.num_classes, labels, self.config.seed,
                 self.config.sampler, batch_size=chunk, device=self.device, diffusion=self.diffusion,
@@ -527,6 +552,6 @@ class ModelObjective:
             # settings added later: only when they differ from the defaults, so that the fingerprints
             # of states written before them still match
             **({"cfg_channels": c.cfg_channels} if c.cfg_channels is not None else {}),
-            **({"kernel": c.kernel or "auto"} if c.kernel != "fake" else {}),
+            **({"kernel": c.resolved_kernel} if c.resolved_kernel != "fake" else {}),
             **self.quant_settings,
         }

@@ -136,7 +136,14 @@ class SearchLog:
         if d.get("version") != STATE_VERSION:
             raise QditError(f"search state version {d.get('version')} is not {STATE_VERSION}; start afresh")
         if d.get("method") != self.method or d.get("fingerprint") != self.fingerprint:
-            what = ", ".join(_differences(self.fingerprint, d.get("fingerprint", {}))) or "method"
+            diff = _differences(self.fingerprint, d.get("fingerprint", {}))
+            if diff == ["objective.kernel"]:
+                saved = d["fingerprint"].get("objective", {}).get("kernel", "fake")
+                raise QditError(
+                    f"the saved search ran its candidates on the {saved!r} kernel: resume it without --kernel "
+                    f"(or with --kernel {saved})"
+                )
+            what = ", ".join(diff) or "method"
             raise QditError(
                 f"the saved search state belongs to a different search ({what} differ); start without --resume"
             )
