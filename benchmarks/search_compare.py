@@ -87,6 +87,8 @@ def search_command(inst: Instance, method: str, folder: Path, a: argparse.Namesp
         "search", "--model", a.model, "--choices", a.choices, "--w-bits", str(inst.w_bits),
         "--a-bits", str(inst.a_bits), "--method", method, "--steps", str(inst.steps),
         "--num-samples", str(a.num_samples), "--seed", str(inst.seed), "--features", inst.features,
+        # Inception FID takes its reference from --ref (the domain features know the test set)
+        *(["--ref", "fashion-mnist-test"] if inst.features == "inception" else []),
         "--fitness", "fd", "--heldout-seeds", a.heldout_seeds, "--heldout-samples", str(a.heldout_samples),
         "--threads", str(a.threads), "--no-progress", "--kernel", instance_kernel(folder),
         *a.search_args.split(), "--state", str(state),

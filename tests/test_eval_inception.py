@@ -333,3 +333,15 @@ def test_compile_mode_pads_batches_and_falls_back(monkeypatch: pytest.MonkeyPatc
     assert broken.compile_error == "RuntimeError: no C++ compiler"
     np.testing.assert_array_equal(out.pool, fast.pool)
     assert out.spatial is not None and np.array_equal(out.spatial, fast.spatial)
+
+
+def test_the_searchs_inception_space_is_named_after_its_mode() -> None:
+    """A search's Inception fitness runs ``qdit eval``'s default mode unless told; the space's name (in a
+    saved search's fingerprint) tells the modes apart, fp32 keeping the name searches saved before had."""
+    from qdit.eval.features import feature_space
+    from qdit.eval.inception import DEFAULT_MODE, FAST_VERSION
+
+    assert DEFAULT_MODE == "fast"
+    assert feature_space("inception", None).name == f"fid-fast{FAST_VERSION}"
+    assert feature_space("inception", None, inception_mode="fp32").name == "fid"
+    assert feature_space("inception", None, bf16=True).name == "fid-bf16"

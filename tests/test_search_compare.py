@@ -116,6 +116,9 @@ def test_an_instance_keeps_the_kernel_its_first_search_ran_on(tmp_path: Path) ->
         return args[args.index("--kernel") + 1]
 
     assert kernel("full") == "auto" and kernel("cheap") == "auto"
+    inception = sc.search_command(sc.Instance.parse("W4A8/10/2/inception"), "full", tmp_path / "i", a)
+    assert inception[inception.index("--ref") + 1] == "fashion-mnist-test"  # Inception FID needs one
+    assert "--ref" not in sc.search_command(inst, "full", tmp_path, a)
     (tmp_path / "full.state.json").write_text(json.dumps({"fingerprint": {"objective": {"steps": 10}}}))
     assert kernel("full") == "fake" and kernel("cheap") == "fake"
     (tmp_path / "full.state.json").write_text(json.dumps({"fingerprint": {"objective": {"kernel": "auto"}}}))

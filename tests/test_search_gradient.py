@@ -185,6 +185,14 @@ def test_search_cli_offers_the_fitness_backward_modes():
     search = add_parser(argparse.ArgumentParser().add_subparsers())
     action = next(a for a in search._actions if a.dest == "sensitivity_backward")
     assert tuple(action.choices) == BACKWARDS and action.default == "auto"
+    from qdit.commands.eval import add_parser as add_eval
+    from qdit.eval.inception import DEFAULT_MODE, INCEPTION_MODES
+
+    ev = add_eval(argparse.ArgumentParser().add_subparsers())
+    for parser in (search, ev):  # both commands offer the Inception modes, defaulting to the same one
+        mode = next(a for a in parser._actions if a.dest == "inception_mode")
+        assert tuple(mode.choices) == INCEPTION_MODES and mode.default is None
+    assert DEFAULT_MODE in INCEPTION_MODES
     kernel = next(a for a in search._actions if a.dest == "kernel")
     assert tuple(kernel.choices) == SEARCH_KERNELS and kernel.default is None  # None: auto, or the saved one
 

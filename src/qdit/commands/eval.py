@@ -9,7 +9,6 @@ import time
 # fast (fp32 stem, bf16 blocks) ran 2.95x fp32 per CPU-second; its FID of 1000 real images against 1000 others
 # was -0.44% off fp32's, pool features 1.2% (benchmarks/bench_eval.py, BENCHMARKS.md):
 # within the 1% and ~1.5% a new default must meet
-DEFAULT_INCEPTION_MODE = "fast"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -99,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         raise QditError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.bf16 and args.inception_mode not in (None, "bf16"):
         raise QditError(f"--bf16 and --inception-mode {args.inception_mode} disagree; give one of them")
-    inception_mode = "bf16" if args.bf16 else (args.inception_mode or DEFAULT_INCEPTION_MODE)
+    from qdit.eval.inception import DEFAULT_MODE
+
+    inception_mode = "bf16" if args.bf16 else (args.inception_mode or DEFAULT_MODE)
     video_features = args.video_features or ("i3d" if args.i3d is not None else "clipnet")
     check_outputs({"--json": args.json}, {"SAMPLES": args.samples, "--ref": args.ref, "--i3d": args.i3d})
     device = resolve_device(args.device)

@@ -196,6 +196,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "the embedded video model)",
     )
     p.add_argument(
+        "--inception-mode",
+        choices=("fp32", "bf16", "fast", "compile"),  # qdit.eval.inception.INCEPTION_MODES (tested)
+        default=None,
+        help="--features inception: how its features are computed, as qdit eval --inception-mode (default "
+        "fast, as there; fp32 the reference network; the sensitivity pass differentiates fp32 in every mode)",
+    )
+    p.add_argument(
         "--fitness",
         default="fd",
         help="fd: Fréchet distance to the reference data (--ref; the paper's FID) | fd-fp: to the float "
@@ -379,12 +386,12 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
             )
         return feature_space("domain", args.ref or "fashion-mnist-test")
     if args.ref is None and args.fitness == "fd-fp":
-        return feature_space("inception", None, device=device)
+        return feature_space("inception", None, device=device, inception_mode=args.inception_mode)
     if args.ref is None:
         raise QditError(
             "Inception FID needs a reference: give --ref (a reference .npz or fashion-mnist-test)"
         )
-    return feature_space("inception", args.ref, device=device)
+    return feature_space("inception", args.ref, device=device, inception_mode=args.inception_mode)
 
 
 def _num(v: float | None) -> str:

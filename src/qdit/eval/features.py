@@ -75,24 +75,32 @@ def domain_feature_space(reference: str = "fashion-mnist-test") -> FeatureSpace:
 
 
 def inception_feature_space(
-    reference: str | None, bf16: bool = False, device: str | torch.device = "cpu"
+    reference: str | None,
+    bf16: bool = False,
+    device: str | torch.device = "cpu",
+    mode: str | None = None,
 ) -> FeatureSpace:
     """Inception FID against ``reference`` (a named data set or a reference ``.npz``; ``None``: no
-    reference statistics, for distances to the float model's samples only)."""
-    from qdit.eval.inception import InceptionFeatures
+    reference statistics, for distances to the float model's samples only), its features computed in
+    ``mode`` (:data:`qdit.eval.inception.INCEPTION_MODES`; default ``bf16`` with ``bf16``, else
+    :data:`~qdit.eval.inception.DEFAULT_MODE`, as ``qdit eval``). The space is named ``fid`` for the fp32
+    network, else after the mode's features (``fid-fast3``): values of different modes differ slightly,
+    and a saved search must not mix them."""
+    from qdit.eval.inception import DEFAULT_MODE, InceptionFeatures
 
-    inc = InceptionFeatures(bf16=bf16, device=device, progress=False)
-    # the gradient sensitivity differentiates the fp32 network (a bf16 fitness is close, not equal)
+    inc = InceptionFeatures(mode=mode or ("bf16" if bf16 else DEFAULT_MODE), device=device, progress=False)
+    name = "fid" if inc.mode == "fp32" else "fid-" + inc.key.removeprefix(f"{inc.name}-")
+    # the gradient sensitivity differentiates the fp32 network (a faster mode's fitness is close, not equal)
     if reference is None:
         return FeatureSpace(
-            "fid", lambda images: inc.extract(images).pool, differentiable=inc.differentiable_pool
+            name, lambda images: inc.extract(images).pool, differentiable=inc.differentiable_pool
         )
     from qdit.eval.npz import load_reference
     from qdit.eval.refstats import inception_refstats
 
     stats = inception_refstats(load_reference(reference), inc)
     return FeatureSpace(
-        "fid", lambda images: inc.extract(images).pool, stats.mu, stats.sigma, inc.differentiable_pool
+        name, lambda images: inc.extract(images).pool, stats.mu, stats.sigma, inc.differentiable_pool
     )
 
 
@@ -122,16 +130,21 @@ def video_feature_space(reference: str | None = "fashion-mnist-clips-test") -> F
 
 
 def feature_space(
-    kind: str, reference: str | None, bf16: bool = False, device: str | torch.device = "cpu"
+    kind: str,
+    reference: str | None,
+    bf16: bool = False,
+    device: str | torch.device = "cpu",
+    inception_mode: str | None = None,
 ) -> FeatureSpace:
     """The feature space ``kind`` (one of :data:`FEATURES`) against ``reference`` (``None``: no reference
-    statistics, for distances to the float model's samples only; the domain features need one)."""
+    statistics, for distances to the float model's samples only; the domain features need one);
+    ``inception_mode``: see :func:`inception_feature_space`."""
     if kind == "domain":
         if reference is None:
             raise QditError("the domain features need a reference data set")
         return domain_feature_space(reference)
     if kind == "inception":
-        return inception_feature_space(reference, bf16=bf16, device=device)
+        return inception_feature_space(reference, bf16=bf16, device=device, mode=inception_mode)
     if kind == "clipnet":
         return video_feature_space(reference)
     raise QditError(f"unknown features {kind!r}; use one of {', '.join(FEATURES)}")

@@ -88,6 +88,7 @@ SPATIAL_LAYER = "mixed_6"
 SPATIAL_CHANNELS = 7
 SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 INCEPTION_MODES = ("fp32", "bf16", "fast", "compile")
+DEFAULT_MODE = "fast"  # what qdit eval and the search's Inception fitness use unless told
 MAX_WORKERS = 4  # batches the fast mode runs side by side at most (memory grows with each)
 # the fast/compile network's numerics, in its cache key: "" was all-bf16, "2" keeps the stem in fp32,
 # "3" resizes by matrix products (to_inception_input_fast)
