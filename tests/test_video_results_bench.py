@@ -113,3 +113,30 @@ def test_other_weights_of_the_same_model_are_refused(tmp_path: Path, monkeypatch
 
     weights.write_bytes(b"first weights")  # the weights the folder was made from: everything reused
     assert vr.main(args) == 0 and calls == []
+
+
+def test_clips_whose_scoring_failed_are_scored_without_sampling_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    vr = load_script()
+    calls: list[tuple[str, ...]] = []
+    record = fake_qdit(calls)
+
+    def failing_eval(*args: str) -> None:
+        record(*args)
+        if args[0] == "eval":
+            raise RuntimeError("eval died")
+
+    monkeypatch.setattr(vr, "qdit", failing_eval)
+    args = ["--num", "4", "--steps", "2", "--seeds", "0", "--rows", "fp", "--work", str(tmp_path / "w")]
+    with pytest.raises(RuntimeError):
+        vr.main(args)
+    assert [c[0] for c in calls] == ["sample", "eval"]
+    calls.clear()
+    monkeypatch.setattr(vr, "qdit", record)
+    assert vr.main(args) == 0
+    assert [c[0] for c in calls] == ["eval"]  # the clips were there, made with the same settings
+    calls.clear()
+    assert vr.main([*args[:2], "--steps", "3", *args[4:]]) == 0  # other settings: sampled again
+    assert [c[0] for c in calls] == ["sample", "eval"]
