@@ -5,6 +5,7 @@ this folder first on ``sys.path``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -48,3 +49,20 @@ def best_times(
             fn()
             best[name] = min(best[name], clock() - t0)
     return best
+
+
+def sample_once(npz: Path, config: dict, sample: Callable[[], None]) -> float:
+    """Seconds ``sample()`` took to write ``npz``. When ``npz`` is there already and its stamp (``.sample.json``
+    beside it) says it was made with ``config``, the seconds it took then, without sampling again: a run
+    whose scoring was cut short resumes at the scoring."""
+    from qdit.io.atomic import write_json
+
+    stamp = npz.with_suffix(".sample.json")
+    made = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if made.get("config") == config and npz.is_file():
+        return float(made["seconds"])
+    t0 = time.perf_counter()
+    sample()
+    seconds = time.perf_counter() - t0
+    write_json(stamp, {"config": config, "seconds": seconds})
+    return seconds

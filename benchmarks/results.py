@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import run_meta
+from bench_common import run_meta, sample_once
 
 from qdit.io.atomic import write_json
 
@@ -136,10 +136,9 @@ class Runner:
         cached = read_json(metrics_path)
         if cached.get("config") == config and npz.is_file():
             return cached["values"]
-        t0 = time.perf_counter()
-        qdit("sample", "--model", model, "--num", str(a.num), "--steps", str(a.steps), "--cfg", "1.5",
-             "--seed", str(seed), "--batch-size", str(a.batch_size), "--out", str(npz))  # fmt: skip
-        seconds = time.perf_counter() - t0
+        seconds = sample_once(npz, config, lambda: qdit(
+            "sample", "--model", model, "--num", str(a.num), "--steps", str(a.steps), "--cfg", "1.5",
+            "--seed", str(seed), "--batch-size", str(a.batch_size), "--out", str(npz)))  # fmt: skip
         tmp = self.work / f"{name}_s{seed}.eval.json"
         extra = ["--bf16"] if a.bf16 else []
         qdit("eval", str(npz), "--ref", "fashion-mnist-test", "--metrics", ",".join(a.metrics),

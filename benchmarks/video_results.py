@@ -25,11 +25,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import run_meta
+from bench_common import run_meta, sample_once
 
 from qdit.io.atomic import write_json
 
@@ -106,16 +105,9 @@ def sample_and_score(
     values = cached_scores(out, config)
     if values is not None:
         return values
-    stamp = out.with_suffix(".sample.json")  # clips whose scoring was cut short are not sampled again
-    made = read_json(stamp)
-    if made.get("config") == config and clips.is_file():
-        seconds = float(made["seconds"])
-    else:
-        t0 = time.perf_counter()
-        qdit("sample", "--model", model, "-n", str(a.num), "--steps", str(a.steps), "--seed", str(seed),
-             "--batch-size", str(a.batch_size), "--out", str(clips))  # fmt: skip
-        seconds = time.perf_counter() - t0
-        write_json(stamp, {"config": config, "seconds": seconds})
+    seconds = sample_once(clips, config, lambda: qdit(
+        "sample", "--model", model, "-n", str(a.num), "--steps", str(a.steps), "--seed", str(seed),
+        "--batch-size", str(a.batch_size), "--out", str(clips)))  # fmt: skip
     metrics = out.with_suffix(".eval.json")
     qdit("eval", str(clips), "--ref", "fashion-mnist-clips-test", "--metrics", ",".join(METRICS),
          "--no-progress", "--json", str(metrics))  # fmt: skip
