@@ -82,6 +82,16 @@ QUICK_ROWS = ("fp", "rtn", "smoothquant", "gptq", "ptq4dit", "qdit_g128", "qdit_
 FULL_METRICS = ("fid", "sfid", "precision", "recall", "domain_fd", "class_acc")
 QUICK_METRICS = ("domain_fd", "class_acc")
 LOWER_IS_BETTER = {"fid", "sfid", "domain_fd"}
+# Q-DiT's ablation: (step, the step it adds to); the steps should improve monotonically, or the table
+# says where they do not (issue 12)
+ABLATION = (
+    ("qdit_dynamic", "qdit_g128"),
+    ("qdit_full", "qdit_dynamic"),
+    ("qdit_cheap", "qdit_dynamic"),
+    ("qdit_gptq", "qdit_dynamic"),
+    ("qdit_full_gptq", "qdit_full"),
+    ("qdit_cheap_gptq", "qdit_cheap"),
+)
 
 
 def qdit(*args: str) -> None:
@@ -240,6 +250,34 @@ def add_recovery(tables: dict[str, list[dict]], metric: str) -> None:
             r["recovered_metric"] = metric
 
 
+def ablation(tables: dict[str, list[dict]], metric: str) -> list[str]:
+    """One line per setting: each Q-DiT step against the step it adds to, by the mean of ``metric`` --
+    improves, does not, or within the seeds' spread (the difference no larger than either row's std)."""
+    lower = metric in LOWER_IS_BETTER
+    lines = []
+    for setting, rows in tables.items():
+        by = {r["row"]: r for r in rows}
+        parts = []
+        for step, base in ABLATION:
+            s, b = by.get(step), by.get(base)
+            if s is None or b is None or s.get(metric) is None or b.get(metric) is None:
+                continue
+            diff = s[metric] - b[metric]
+            spread = max(s.get(f"{metric}_std") or 0.0, b.get(f"{metric}_std") or 0.0)
+            if diff != 0 and abs(diff) <= spread:
+                verdict = "within the seeds' spread"
+            else:
+                verdict = "improves" if (diff < 0 if lower else diff > 0) else "does not improve"
+            seeds = min(len(s["seeds"]), len(b["seeds"]))
+            parts.append(
+                f"{ROWS[step][0].removeprefix('Q-DiT: ')} over {ROWS[base][0].removeprefix('Q-DiT: ')}: "
+                f"{b[metric]:.2f} -> {s[metric]:.2f}, {verdict}" + (" (one seed)" if seeds == 1 else "")
+            )
+        if parts:
+            lines.append(f"- {setting}: " + "; ".join(parts))
+    return lines
+
+
 def fmt(r: dict, m: str) -> str:
     v, std = r.get(m), r.get(f"{m}_std")
     if v is None:
@@ -270,6 +308,9 @@ def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, info: dict) -
                      *(fmt(r, m) for m in a.metrics), "—" if rec is None else f"{rec:.2f}",
                      str(len(r["seeds"]))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
+    steps = ablation(tables, metric)
+    if steps:
+        lines += ["", f"Q-DiT's steps, {names.get(metric, metric)} (each against the step it adds to):", "", *steps]
     return "\n".join(lines) + "\n"
 
 

@@ -113,3 +113,26 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
     Path(recipe).write_text(recipe_text["value"])  # searched again: another recipe
     runner.row("qdit_cheap", "W4A8")
     assert [c[0] for c in calls] == ["quantize", "sample", "eval"]
+
+
+def test_the_ablation_says_where_a_step_does_not_improve() -> None:
+    results = load_script()
+
+    def row(key: str, fid: float, std: float | None, seeds: int = 3) -> dict:
+        return {"row": key, "fid": fid, "fid_std": std, "seeds": list(range(seeds))}
+
+    tables = {
+        "W4A8": [row("fp", 28.0, 0.4), row("qdit_g128", 30.4, None, 1), row("qdit_dynamic", 30.0, 0.2),
+                 row("qdit_full", 30.5, 0.2), row("qdit_cheap", 29.9, 0.3), row("qdit_gptq", 29.0, 0.4)],
+        "W8A8": [row("qdit_dynamic", 28.2, 0.4)],  # nothing to compare with
+    }  # fmt: skip
+    lines = results.ablation(tables, "fid")
+    assert len(lines) == 1 and lines[0].startswith("- W4A8: ")
+    parts = lines[0].removeprefix("- W4A8: ").split("; ")
+    assert parts == [
+        "+ dynamic act. (token) over group 128 (static act.): 30.40 -> 30.00, improves (one seed)",
+        "+ full search over + dynamic act. (token): 30.00 -> 30.50, does not improve",
+        "+ cheap search over + dynamic act. (token): 30.00 -> 29.90, within the seeds' spread",
+        "+ GPTQ weights over + dynamic act. (token): 30.00 -> 29.00, improves",
+    ]
+    assert results.ablation(tables, "class_acc") == []  # a metric no row has
