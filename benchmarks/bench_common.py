@@ -59,10 +59,11 @@ def sample_once(npz: Path, config: dict, sample: Callable[[], None]) -> float:
 
     stamp = npz.with_suffix(".sample.json")
     made = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    if made.get("config") == config and npz.is_file():
+    if made.get("config") == config and npz.is_file() and made.get("size") == npz.stat().st_size:
         return float(made["seconds"])
+    stamp.unlink(missing_ok=True)  # vouches for nothing while the samples are redone
     t0 = time.perf_counter()
     sample()
     seconds = time.perf_counter() - t0
-    write_json(stamp, {"config": config, "seconds": seconds})
+    write_json(stamp, {"config": config, "seconds": seconds, "size": npz.stat().st_size})
     return seconds

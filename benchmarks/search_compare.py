@@ -208,6 +208,10 @@ def compare(instances: list[Instance], a: argparse.Namespace) -> dict:
             raise SystemExit(f"{inst.name}: the two searches ran their candidates on other kernels "
                              f"({', '.join(f'{m} on {k}' for m, k in kernels.items())})")  # fmt: skip
         row["kernel"] = kernels["full"]
+        metrics = {m: r[m].get("fitness_metric") for m in METHODS}
+        if len(set(metrics.values())) != 1:
+            raise SystemExit(f"{inst.name}: the two searches measured other fitnesses "
+                             f"({', '.join(f'{m}: {k}' for m, k in metrics.items())})")  # fmt: skip
         row["uniform_fitness"] = r["full"]["baseline_fitness"]
         row["same_genome"] = r["full"]["best_genome"] == r["cheap"]["best_genome"]
         rows.append(row)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench_scripts import load_benchmark
 
 
@@ -24,6 +26,25 @@ def test_sample_once_samples_again_only_what_is_missing_or_made_otherwise(tmp_pa
     npz.unlink()  # the stamp without its samples
     common.sample_once(npz, {"steps": 3}, sample)
     assert calls == [1, 1, 1]
+    npz.write_bytes(b"rewritten by something else")  # not the samples the stamp was written for
+    common.sample_once(npz, {"steps": 3}, sample)
+    assert calls == [1, 1, 1, 1]
+
+
+def test_a_failed_sampling_leaves_no_stamp_to_vouch_for_its_file(tmp_path: Path) -> None:
+    common = load_benchmark("bench_common")
+    npz = tmp_path / "s.npz"
+    common.sample_once(npz, {"steps": 2}, lambda: npz.write_bytes(b"old samples"))
+
+    def dies_after_writing() -> None:
+        npz.write_bytes(b"new sample")  # replaced (same size would pass a size check), then a failure
+        raise RuntimeError("cut short")
+
+    with pytest.raises(RuntimeError):
+        common.sample_once(npz, {"steps": 3}, dies_after_writing)
+    calls: list[int] = []
+    common.sample_once(npz, {"steps": 2}, lambda: calls.append(1) or npz.write_bytes(b"old samples"))
+    assert calls == [1]  # the first settings' stamp is gone: sampled again
 
 
 def test_best_times_interleaves_and_keeps_the_best() -> None:

@@ -335,6 +335,7 @@ def test_compile_mode_pads_batches_and_falls_back(monkeypatch: pytest.MonkeyPatc
     assert out.spatial is not None and np.array_equal(out.spatial, fast.spatial)
 
 
+@needs_weights
 def test_the_searchs_inception_space_is_named_after_its_mode() -> None:
     """A search's Inception fitness runs ``qdit eval``'s default mode unless told; the space's name (in a
     saved search's fingerprint) tells the modes apart, fp32 keeping the name searches saved before had."""
@@ -345,3 +346,32 @@ def test_the_searchs_inception_space_is_named_after_its_mode() -> None:
     assert feature_space("inception", None).name == f"fid-fast{FAST_VERSION}"
     assert feature_space("inception", None, inception_mode="fp32").name == "fid"
     assert feature_space("inception", None, bf16=True).name == "fid-bf16"
+    with pytest.raises(QditError, match="bf16=True asks for Inception mode 'bf16'"):
+        feature_space("inception", None, bf16=True, inception_mode="fast")
+
+
+def test_the_search_cli_picks_the_inception_mode(tmp_path, monkeypatch) -> None:
+    """``qdit search --inception-mode`` reaches the feature space; without it a resumed search goes on in
+    the mode its state was saved with (``fid``: fp32, as searches saved before the option), a new one in
+    the default; the option is refused for other features."""
+    import argparse
+    import json
+
+    import qdit.eval.features as features
+    from qdit.commands.search import _features, add_parser
+    from qdit.models.dit import DiT
+    from quant_helpers import TINY
+
+    asked: list[str | None] = []
+    monkeypatch.setattr(features, "feature_space", lambda kind, ref, **kw: asked.append(kw.get("inception_mode")))
+    search = add_parser(argparse.ArgumentParser().add_subparsers())
+    state = tmp_path / "r.json.state.json"
+    state.write_text(json.dumps({"fingerprint": {"objective": {"features": "fid"}}}))
+    model = DiT(TINY)
+    base = ["--features", "inception", "--ref", "fashion-mnist-test", "--out", str(tmp_path / "r.json")]
+    for extra in (["--inception-mode", "bf16"], ["--resume"], []):
+        _features(search.parse_args([*base, *extra]), model, "cpu")
+    assert asked == ["bf16", "fp32", None]  # None: inception_feature_space's default mode
+    with pytest.raises(QditError, match="--inception-mode is for --features inception"):
+        _features(search.parse_args(["--features", "domain", "--inception-mode", "fp32", "--out", "r.json"]),
+                  model, "cpu")  # fmt: skip

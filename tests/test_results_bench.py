@@ -116,23 +116,29 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
 
 
 def test_the_ablation_says_where_a_step_does_not_improve() -> None:
+    """Each Q-DiT step against the step it adds to, on the seeds both rows have (paired)."""
     results = load_script()
 
-    def row(key: str, fid: float, std: float | None, seeds: int = 3) -> dict:
-        return {"row": key, "fid": fid, "fid_std": std, "seeds": list(range(seeds))}
+    def row(key: str, *fids: float) -> dict:
+        return {"row": key, "seeds": list(range(len(fids))), "per_seed": [{"fid": f} for f in fids]}
 
     tables = {
-        "W4A8": [row("fp", 28.0, 0.4), row("qdit_g128", 30.4, None, 1), row("qdit_dynamic", 30.0, 0.2),
-                 row("qdit_full", 30.5, 0.2), row("qdit_cheap", 29.9, 0.3), row("qdit_gptq", 29.0, 0.4)],
-        "W8A8": [row("qdit_dynamic", 28.2, 0.4)],  # nothing to compare with
+        "W4A8": [row("fp", 28.0, 28.4, 27.9), row("qdit_g128", 30.4), row("qdit_dynamic", 30.0, 31.0, 29.0),
+                 row("qdit_full", 30.5, 31.4, 29.6), row("qdit_cheap", 29.9, 31.3, 28.9),
+                 row("qdit_gptq", 29.0, 30.2, 27.9)],
+        "W8A8": [row("qdit_dynamic", 28.2)],  # nothing to compare with
     }  # fmt: skip
     lines = results.ablation(tables, "fid")
     assert len(lines) == 1 and lines[0].startswith("- W4A8: ")
     parts = lines[0].removeprefix("- W4A8: ").split("; ")
     assert parts == [
+        # seed 0 only: the g128 row has no other
         "+ dynamic act. (token) over group 128 (static act.): 30.40 -> 30.00, improves (one seed)",
-        "+ full search over + dynamic act. (token): 30.00 -> 30.50, does not improve",
-        "+ cheap search over + dynamic act. (token): 30.00 -> 29.90, within the seeds' spread",
-        "+ GPTQ weights over + dynamic act. (token): 30.00 -> 29.00, improves",
+        # worse on every seed: +0.5, +0.4, +0.6
+        "+ full search over + dynamic act. (token): 30.00 -> 30.50, does not improve (3 seeds, difference +0.50 ± 0.10)",
+        # -0.1, +0.3, -0.1: a mean of +0.03 against a spread of 0.23
+        "+ cheap search over + dynamic act. (token): 30.00 -> 30.03, within the seeds' spread "
+        "(3 seeds, difference +0.03 ± 0.23)",
+        "+ GPTQ weights over + dynamic act. (token): 30.00 -> 29.03, improves (3 seeds, difference -0.97 ± 0.15)",
     ]
     assert results.ablation(tables, "class_acc") == []  # a metric no row has

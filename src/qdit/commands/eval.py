@@ -6,10 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 
-# fast (fp32 stem, bf16 blocks) ran 2.95x fp32 per CPU-second; its FID of 1000 real images against 1000 others
-# was -0.44% off fp32's, pool features 1.2% (benchmarks/bench_eval.py, BENCHMARKS.md):
-# within the 1% and ~1.5% a new default must meet
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(

@@ -373,6 +373,8 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
             f"--features {kind} is for {'images' if video else 'clips'}, and {args.model} makes "
             f"{'clips' if video else 'images'} (clips: clipnet, the FVD of qdit's moving-garment clips)"
         )
+    if args.inception_mode is not None and kind != "inception":
+        raise QditError(f"--inception-mode is for --features inception; these are {kind} features")
     if kind == "clipnet":
         if tuple(shape) != (1, 8, 32, 32):
             raise QditError(f"clipnet features need clips of 8 grayscale 32x32 frames; this model makes {list(shape)}")
@@ -385,13 +387,24 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
                 f"domain features need a 28x28 grayscale model; this one makes {list(shape)} images"
             )
         return feature_space("domain", args.ref or "fashion-mnist-test")
+    mode = args.inception_mode
+    state = args.state or f"{args.out}.state.json"
+    if mode is None and args.resume:  # a resumed search goes on in the mode it started with
+        from qdit.diffusion.distributed import DistContext, broadcast
+        from qdit.eval.features import inception_mode_of
+        from qdit.search.session import saved_objective
+
+        ctx = DistContext.current()  # the group init_distributed joined, if any
+        if ctx.is_main:  # rank 0 alone may see the state file: it reads it and sends the mode
+            mode = inception_mode_of(str((saved_objective(state) or {}).get("features", "")))
+        mode = broadcast(mode, ctx)
     if args.ref is None and args.fitness == "fd-fp":
-        return feature_space("inception", None, device=device, inception_mode=args.inception_mode)
+        return feature_space("inception", None, device=device, inception_mode=mode)
     if args.ref is None:
         raise QditError(
             "Inception FID needs a reference: give --ref (a reference .npz or fashion-mnist-test)"
         )
-    return feature_space("inception", args.ref, device=device, inception_mode=args.inception_mode)
+    return feature_space("inception", args.ref, device=device, inception_mode=mode)
 
 
 def _num(v: float | None) -> str:

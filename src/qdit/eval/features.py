@@ -88,6 +88,8 @@ def inception_feature_space(
     and a saved search must not mix them."""
     from qdit.eval.inception import DEFAULT_MODE, InceptionFeatures
 
+    if bf16 and mode not in (None, "bf16"):
+        raise QditError(f"bf16=True asks for Inception mode 'bf16', but mode is {mode!r}; give one of them")
     inc = InceptionFeatures(mode=mode or ("bf16" if bf16 else DEFAULT_MODE), device=device, progress=False)
     name = "fid" if inc.mode == "fp32" else "fid-" + inc.key.removeprefix(f"{inc.name}-")
     # the gradient sensitivity differentiates the fp32 network (a faster mode's fitness is close, not equal)
@@ -127,6 +129,16 @@ def video_feature_space(reference: str | None = "fashion-mnist-clips-test") -> F
 
     stats = video_refstats(load_reference(reference), video)
     return FeatureSpace("fvd", extract, stats.mu, stats.sigma, differentiable)
+
+
+def inception_mode_of(space_name: str) -> str | None:
+    """The Inception mode behind a feature space's name (:func:`inception_feature_space`'s naming):
+    ``fid`` fp32, ``fid-bf16`` bf16, ``fid-fast<version>`` fast; None for other spaces."""
+    if space_name == "fid":
+        return "fp32"
+    if space_name == "fid-bf16":
+        return "bf16"
+    return "fast" if space_name.startswith("fid-fast") else None
 
 
 def feature_space(

@@ -172,15 +172,21 @@ def _normalise(obj: object) -> object:
     return json.loads(json.dumps(obj))
 
 
-def saved_kernel(path: str | Path) -> str:
-    """The kernel the candidates of the search saved at ``path`` ran on (``"fake"`` for states written
-    before the setting existed); ``"auto"`` when no state can be read there (the search then starts
-    afresh, or reading it reports what is wrong)."""
+def saved_objective(path: str | Path) -> dict | None:
+    """The objective's description in the search state saved at ``path`` (None when none can be read
+    there: the search then starts afresh, or reading it reports what is wrong)."""
     try:
         objective = json.loads(Path(path).read_text())["fingerprint"]["objective"]
-        return str(objective.get("kernel", "fake"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "auto"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return objective if isinstance(objective, dict) else None
+
+
+def saved_kernel(path: str | Path) -> str:
+    """The kernel the candidates of the search saved at ``path`` ran on (``"fake"`` for states written
+    before the setting existed); ``"auto"`` when no state can be read there."""
+    objective = saved_objective(path)
+    return "auto" if objective is None else str(objective.get("kernel", "fake"))
 
 
 class StateFile:
