@@ -61,6 +61,21 @@ def test_search_recipe_returns_the_drivers_recipe_and_report(tiny_dit, tmp_path)
         SearchConfig(method="grid")
     with pytest.raises(QditError, match="need a reference"):
         qdit.search_recipe(tiny_dit, "inception", **SMALL)
+    with pytest.raises(QditError, match="inception_mode is for Inception features; these are domain"):
+        qdit.search_recipe(tiny_dit, "domain", inception_mode="fp32", **SMALL)
+
+
+def test_search_recipe_passes_the_inception_mode(tiny_dit, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qdit.eval.features as features
+    import qdit.search.driver as driver
+
+    asked: list[object] = []
+    monkeypatch.setattr(features, "feature_space", lambda kind, ref, **kw: asked.append((kind, ref, kw)))
+    monkeypatch.setattr(driver, "search_groups", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    for mode in ("fp32", None):
+        with pytest.raises(RuntimeError, match="stop"):
+            qdit.search_recipe(tiny_dit, "inception", reference="r.npz", inception_mode=mode, **SMALL)
+    assert [kw["inception_mode"] for _, _, kw in asked] == ["fp32", None]  # None: the feature space's default
 
 
 def test_sample_and_eval_commands_call_the_facade(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

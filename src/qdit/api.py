@@ -101,6 +101,7 @@ def search_recipe(
     progress: bool = False,
     device: torch.device | str = "cpu",
     model_name: str = "model",
+    inception_mode: str | None = None,
     **settings: Any,
 ) -> tuple[Recipe, dict]:
     """Search per-layer group sizes (and bits) of ``model`` (not changed: a copy is quantized); returns
@@ -108,7 +109,8 @@ def search_recipe(
 
     ``features``: a :class:`~qdit.eval.features.FeatureSpace`, or a name (``domain``, ``inception``,
     ``clipnet``; ``auto``: by the model's sample shape) scored against ``reference`` (a named data
-    set or a reference ``.npz``; default: the features' own, none for Inception). ``config``: a
+    set or a reference ``.npz``; default: the features' own, none for Inception), Inception's computed in
+    ``inception_mode`` (default that of ``qdit eval``: :data:`qdit.eval.inception.DEFAULT_MODE`). ``config``: a
     :class:`~qdit.search.driver.SearchConfig`, or its fields as keywords (``method="full"``,
     ``num_samples=16``, ...). ``state_path``: a state file the search can be resumed from (``resume``).
     Under ``torch.distributed`` the candidates are spread over the ranks.
@@ -128,7 +130,9 @@ def search_recipe(
             raise QditError(
                 f"{kind} features need a reference: give reference= (a reference .npz or a named data set)"
             )
-        features = feature_space(kind, ref, device=device)
+        if inception_mode is not None and kind != "inception":
+            raise QditError(f"inception_mode is for Inception features; these are {kind} features")
+        features = feature_space(kind, ref, device=device, inception_mode=inception_mode)
     outcome = search_groups(
         model, features, config, state_path=state_path, resume=resume, progress=progress,
         model_name=model_name, device=device,
