@@ -75,10 +75,10 @@ def instance_kernel(folder: Path) -> str:
     """What both searches of an instance run their candidates on (the same fitness for both): what the
     first saved state there was made with (``fake`` for instances begun before the setting), else
     ``auto`` (the AMX integer kernel where it applies)."""
-    from qdit.search.session import saved_kernel
+    from qdit.search.session import saved_kernel, saved_objective
 
     states = [folder / f"{m}.state.json" for m in METHODS]
-    return next((saved_kernel(s) for s in states if s.is_file()), "auto")
+    return next((saved_kernel(saved_objective(s)) for s in states if s.is_file()), "auto")
 
 
 def search_command(inst: Instance, method: str, folder: Path, a: argparse.Namespace) -> list[str]:

@@ -502,27 +502,30 @@ def test_a_resumed_search_keeps_the_kernel_it_started_with(tiny_dit, tmp_path):
 
 
 def test_the_kernel_of_a_resumed_search_comes_from_rank_0(tmp_path, monkeypatch):
-    """Under torchrun only rank 0 may see the state file: the others take its kernel from rank 0."""
+    """Under torchrun only rank 0 may see the state file: the others take its objective from rank 0."""
     import qdit.search.driver as driver
+    import qdit.search.session as session
     from qdit.diffusion.distributed import DistContext
 
     state = tmp_path / "s.json"
     state.write_text(json.dumps({"fingerprint": {"objective": {"steps": 4}}}))  # a state from before the setting
     sent: list[object] = []
 
-    def broadcast(obj, ctx):  # rank 0 holds "fake" (read from its file); what reaches the other ranks
+    def broadcast(obj, ctx):  # what rank 0 read from its file reaches the other ranks
         sent.append(obj)
-        return "fake"
+        return {"steps": 4}
 
-    monkeypatch.setattr(driver, "broadcast", broadcast)
+    monkeypatch.setattr(session, "broadcast", broadcast)
     rank1 = DistContext(rank=1, world_size=2)
     assert driver.search_kernel(FIT, state, True, rank1) == "fake" and sent == [None]  # rank 1 read nothing
     assert driver.search_kernel(FIT, state, True, DistContext(rank=0, world_size=2)) == "fake"
-    assert sent[-1] == "fake"  # rank 0 read its file and sent what it found
+    assert sent[-1] == {"steps": 4}  # rank 0 read its file and sent what it found
     assert driver.search_kernel(replace(FIT, kernel="auto"), state, True, rank1) == "auto"  # asked for
     monkeypatch.undo()
     assert driver.search_kernel(FIT, state, False, DistContext()) == "auto"  # a fresh search
     assert driver.search_kernel(FIT, tmp_path / "none.json", True, DistContext()) == "auto"
+    state.write_text(json.dumps({"fingerprint": {"objective": {"steps": 4, "kernel": "auto"}}}))
+    assert driver.search_kernel(FIT, state, True, DistContext()) == "auto"  # saved on the integer kernel
 
 
 def test_the_sensitivity_is_the_same_on_either_kernel(tiny_dit):

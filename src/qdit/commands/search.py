@@ -390,14 +390,12 @@ def _features(args: argparse.Namespace, model: object, device: str) -> object:
     mode = args.inception_mode
     state = args.state or f"{args.out}.state.json"
     if mode is None and args.resume:  # a resumed search goes on in the mode it started with
-        from qdit.diffusion.distributed import DistContext, broadcast
+        from qdit.diffusion.distributed import DistContext
         from qdit.eval.features import inception_mode_of
-        from qdit.search.session import saved_objective
+        from qdit.search.session import shared_saved_objective
 
-        ctx = DistContext.current()  # the group init_distributed joined, if any
-        if ctx.is_main:  # rank 0 alone may see the state file: it reads it and sends the mode
-            mode = inception_mode_of(str((saved_objective(state) or {}).get("features", "")))
-        mode = broadcast(mode, ctx)
+        saved = shared_saved_objective(state, DistContext.current())  # the group init_distributed joined
+        mode = inception_mode_of(str((saved or {}).get("features", "")))
     if args.ref is None and args.fitness == "fd-fp":
         return feature_space("inception", None, device=device, inception_mode=mode)
     if args.ref is None:

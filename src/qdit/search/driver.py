@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdit.diffusion.distributed import DistContext, broadcast
+from qdit.diffusion.distributed import DistContext
 from qdit.errors import QditError
 from qdit.eval.features import FeatureSpace
 from qdit.quant.rules import ActGranularity, parse_act_granularity
@@ -23,7 +23,7 @@ from qdit.search.evolution import EvolutionConfig
 from qdit.search.fitness import FitnessConfig, ModelObjective
 from qdit.search.recipes import genome_recipe, searchable_layers
 from qdit.search.runner import run_full
-from qdit.search.session import SearchResult, saved_kernel
+from qdit.search.session import SearchResult, saved_kernel, shared_saved_objective
 from qdit.search.space import CandidateRule, Genome, build_space
 
 METHODS = ("cheap", "full")
@@ -184,8 +184,7 @@ def search_kernel(
     ran with (read by rank 0, which alone may see the state file, and sent to the others); else auto."""
     if fitness.kernel is not None:
         return fitness.kernel
-    saved = saved_kernel(state_path) if resume and state_path is not None and dist.is_main else None
-    return broadcast(saved, dist) or "auto"
+    return saved_kernel(shared_saved_objective(state_path, dist) if resume else None)
 
 
 def heldout_fitness(

@@ -182,10 +182,16 @@ def saved_objective(path: str | Path) -> dict | None:
     return objective if isinstance(objective, dict) else None
 
 
-def saved_kernel(path: str | Path) -> str:
-    """The kernel the candidates of the search saved at ``path`` ran on (``"fake"`` for states written
-    before the setting existed); ``"auto"`` when no state can be read there."""
-    objective = saved_objective(path)
+def shared_saved_objective(path: str | Path | None, dist: DistContext) -> dict | None:
+    """``saved_objective(path)`` as rank 0 reads it (it alone may see the state file), sent to every
+    rank so that all of them resume the same way."""
+    objective = saved_objective(path) if path is not None and dist.is_main else None
+    return broadcast(objective, dist)
+
+
+def saved_kernel(objective: dict | None) -> str:
+    """The kernel the candidates of a saved search (its ``saved_objective``) ran on (``"fake"`` for states
+    written before the setting existed); ``"auto"`` when there is no saved search."""
     return "auto" if objective is None else str(objective.get("kernel", "fake"))
 
 
