@@ -82,6 +82,9 @@ def check_weights(work: Path, model: str, record: bool) -> str | None:
     if known.get(model, digest) != digest:
         return (f"{work} holds models and clips made from other weights of {model} (sha256 "
                 f"{known[model][:12]}, now {digest[:12]}): give --work another folder or delete it")  # fmt: skip
+    if not known and any(work.glob("*.metrics.json")):  # filled before the weights were recorded
+        return (f"{work} holds models and clips made from weights it does not record: "
+                "give --work another folder or delete it")  # fmt: skip
     if model not in known and record:
         write_json(stamp, {**known, model: digest})
     return None

@@ -114,6 +114,10 @@ def test_other_weights_of_the_same_model_are_refused(tmp_path: Path, monkeypatch
     weights.write_bytes(b"first weights")  # the weights the folder was made from: everything reused
     assert vr.main(args) == 0 and calls == []
 
+    (tmp_path / "w" / "weights.json").unlink()  # a folder filled before the weights were recorded
+    assert vr.main(args) == 2
+    assert calls == [] and table.read_text() == before
+
 
 def test_clips_whose_scoring_failed_are_scored_without_sampling_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
