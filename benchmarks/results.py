@@ -99,6 +99,21 @@ def qdit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "qdit", *args], check=True)
 
 
+BEGIN, END = "<!-- results.py table: begin -->", "<!-- results.py table: end -->"
+
+
+def replace_block(doc: str, text: str) -> str:
+    """``doc`` with what lies between the ``BEGIN`` and ``END`` markers replaced by ``text``."""
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{text}{END}{tail}"
+
+
+def benchmarks_block(doc: str) -> str:
+    """What lies between the markers of ``doc`` (as ``replace_block`` wrote it)."""
+    return doc.split(BEGIN, 1)[1].split(END, 1)[0].removeprefix("\n")
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -160,6 +175,13 @@ class Runner:
         write_json(metrics_path, {"config": config, "values": values})
         return values
 
+    def search_args(self, method: str) -> list[str]:
+        """``qdit search``'s flags beyond the model and the bits: the method, the steps of the table
+        (unless the method's extra flags give their own) and those extra flags."""
+        extra = (self.a.full_search_args if method == "full" else self.a.cheap_search_args).split()
+        steps = [] if "--steps" in extra else ["--steps", str(self.a.steps)]
+        return ["--method", method, *steps, *extra]
+
     def quantized_model(self, key: str, w_bits: int, a_bits: int) -> tuple[str, dict]:
         a = self.a
         name = f"w{w_bits}a{a_bits}_{key}"
@@ -174,9 +196,9 @@ class Runner:
             if not recipe.is_file():
                 state = self.work / f"{searched}.recipe.state.json"
                 resume = ["--resume"] if state.is_file() else []
-                extra = (a.full_search_args if method == "full" else a.cheap_search_args).split()
+                extra = self.search_args(method)
                 qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
-                     "--method", method, "--steps", str(a.steps), "--no-progress", *extra,
+                     *extra, "--no-progress",
                      "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
             flags = ["--recipe", str(recipe), *flags]
             # a searched-again recipe must not reuse the models and samples of the old one
@@ -211,6 +233,8 @@ class Runner:
             vals = [r[m] for r in per_seed if m in r]
             row[m] = float(np.mean(vals)) if vals else None
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        if key in SEARCH_ROWS:  # how the recipe was searched (qdit search's flags beyond the setting's)
+            row["search"] = " ".join(self.search_args(SEARCH_ROWS[key]))
         row["seconds"] = round(time.perf_counter() - t0, 1)
         return row
 
@@ -220,7 +244,7 @@ class Runner:
         tables: dict[str, list[dict]] = {}
         fp_path = self.out / "fp.json"
         fp_rows = [r for r in read_json(fp_path).get("rows", []) if r.get("config") == self.config]
-        if "fp" in a.rows and (not fp_rows or a.force):
+        if "fp" in a.rows and (not fp_rows or a.force) and not a.table_only:
             print("== full precision", flush=True)
             fp_rows = [self.row("fp", None)]
             write_json(fp_path, {"rows": fp_rows, "meta": run_meta(a)})
@@ -229,7 +253,7 @@ class Runner:
         for setting in a.settings:
             path = self.out / f"{setting.lower()}.json"
             done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
-            for key in a.rows:
+            for key in () if a.table_only else a.rows:
                 if key == "fp":
                     continue
                 if key in done and not a.force:
@@ -277,7 +301,7 @@ def ablation(tables: dict[str, list[dict]], metric: str) -> list[str]:
                 verdict = "within the seeds' spread"
             else:
                 verdict = "improves" if (diff < 0 if lower else diff > 0) else "does not improve"
-            seeds = "one seed" if len(common) == 1 else f"{len(common)} seeds, difference {diff:+.2f} ± {spread:.2f}"
+            seeds = f"one seed, difference {diff:+.2f}" if len(common) == 1 else f"{len(common)} seeds, difference {diff:+.2f} ± {spread:.2f}"
             parts.append(
                 f"{ROWS[step][0].removeprefix('Q-DiT: ')} over {ROWS[base][0].removeprefix('Q-DiT: ')}: "
                 f"{np.mean([bv[k] for k in common]):.2f} -> {np.mean([sv[k] for k in common]):.2f}, "
@@ -296,7 +320,24 @@ def fmt(r: dict, m: str) -> str:
     return f"{v:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, info: dict) -> str:
+def measured(out: Path, settings: list[str]) -> str:
+    """Where and when the tabled rows were written, from the ``meta`` of their JSON files (each file's
+    last write): machine, CPUs, threads, torch, and the span of dates."""
+    metas = [read_json(out / f"{name}.json").get("meta") for name in ("fp", *(s.lower() for s in settings))]
+    metas = [m for m in metas if m]
+    if not metas:
+        return "no rows measured yet"
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(m.get(key)) for m in metas}))
+
+    dates = sorted(m["date"] for m in metas if m.get("date"))
+    span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    return (f"machine {values('machine')} ({values('cpus')} CPUs, {values('threads')} threads), torch "
+            f"{values('torch')}, JSON last written {span}")  # fmt: skip
+
+
+def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, where: str) -> str:
     metric = a.metrics[0]
     names = {"fid": "FID", "sfid": "sFID", "precision": "precision", "recall": "recall",
              "domain_fd": "domain FD", "class_acc": "class acc"}  # fmt: skip
@@ -304,20 +345,27 @@ def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, info: dict) -
             f"RTN's {names.get(metric, metric)} loss recovered", "seeds"]  # fmt: skip
     lines = [
         f"{a.model}: {a.num} samples per seed, DDIM {a.steps} steps, CFG 1.5, against the Fashion-MNIST "
-        f"test set; machine {info['machine']} ({info['cpus']} CPUs, {a.threads} threads), torch "
-        f"{info['torch']}, {info['date']}, commit {info['commit']}.",
+        f"test set; {where}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    fp_shown = False
     for setting, rows in tables.items():
         for r in rows:
+            if r["row"] == "fp" and fp_shown:  # the same row in every setting: shown once, first
+                continue
+            fp_shown = fp_shown or r["row"] == "fp"
             rec = r.get("recovered")
             bpw = r.get("bits_per_weight")
             cells = [setting if r["row"] != "fp" else "FP", r["label"], "—" if bpw is None else f"{bpw:.2f}",
                      *(fmt(r, m) for m in a.metrics), "—" if rec is None else f"{rec:.2f}",
                      str(len(r["seeds"]))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
+    searches = sorted({(r["label"], r["search"]) for rows in tables.values() for r in rows if r.get("search")})
+    if searches:
+        lines += ["", "Searched recipes (`qdit search` flags beside the setting's bits):", "",
+                  *(f"- {label}: `{flags}`" for label, flags in searches)]  # fmt: skip
     steps = ablation(tables, metric)
     if steps:
         lines += ["", f"Q-DiT's steps, {names.get(metric, metric)} (each against the step it adds to, on the seeds "
@@ -399,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-count", type=int, default=8, help="images per row of grid.png")
     p.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: benchmarks/results/quick)")
     p.add_argument("--force", action="store_true", help="redo rows that are done already")
+    p.add_argument("--table-only", action="store_true", help="run nothing: the table, plot and grid from the JSON there is")
+    p.add_argument("--update-benchmarks", nargs="?", const=str(ROOT / "BENCHMARKS.md"), default=None, metavar="MD",
+                   help=f"also put the table into MD (default BENCHMARKS.md), between {BEGIN} and {END}")  # fmt: skip
     a = p.parse_args(argv)
     q = a.quick
     a.num = a.num or (100 if q else 1000)
@@ -406,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     a.calib_samples = a.calib_samples or (4 if q else 16)
     a.calib_steps = a.calib_steps or (10 if q else 25)
     a.metrics = [m for m in (a.metrics or ",".join(QUICK_METRICS if q else FULL_METRICS)).split(",") if m]
+    out = Path(a.out_dir or ROOT / "benchmarks" / "results" / ("quick" if q else ""))
+    if a.table_only and not a.settings:  # every setting measured so far
+        a.settings = ",".join(s for s in (*SETTINGS, *HARD_SETTINGS) if (out / f"{s.lower()}.json").is_file())
     a.settings = [s.upper() for s in (a.settings or ("W4A8" if q else ",".join(SETTINGS))).split(",") if s]
     if a.hard:
         a.settings += [s for s in HARD_SETTINGS if s not in a.settings]
@@ -417,13 +471,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown rows: {', '.join(unknown)} (rows: {', '.join(ALL_ROWS)})")
     a.key_rows = [r for r in a.key_rows.split(",") if r]
     a.seeds = [int(s) for s in (a.seeds.split(",")[:1] if q else a.seeds.split(","))]
-    a.out_dir = a.out_dir or str(ROOT / "benchmarks" / "results" / ("quick" if q else ""))
+    a.out_dir = str(out)
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    benchmarks = Path(a.update_benchmarks or ROOT / "BENCHMARKS.md")
+    if a.update_benchmarks and (not benchmarks.is_file() or BEGIN not in benchmarks.read_text()):
+        print(f"results.py: {benchmarks} has no {BEGIN} ... {END} block to put the table in", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     tables = Runner(a).run()
     add_recovery(tables, a.metrics[0])
-    info = run_meta(a)
-    out = Path(a.out_dir)
     for setting, rows in tables.items():  # the recovery fractions go into the JSON too
         path = out / f"{setting.lower()}.json"
         data = read_json(path)
@@ -432,8 +488,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in (r for r in data["rows"] if r["row"] in by):  # rows of another config: left as they are
                 r["recovered"], r["recovered_metric"] = by[r["row"]]["recovered"], a.metrics[0]
             write_json(path, data)
-    text = markdown(tables, a, info)
+    tables = {k: rows for k, rows in tables.items() if any(r["row"] != "fp" for r in rows)}
+    text = markdown(tables, a, measured(out, list(tables)))
     (out / "results.md").write_text(text)
+    if a.update_benchmarks:
+        benchmarks.write_text(replace_block(benchmarks.read_text(), text))
     plot(tables, a.metrics[0], out / "fid_vs_bpw.png")
     grid(tables, a.grid_setting.upper(), out / "work", out / "grid.png", a.grid_count)
     print()

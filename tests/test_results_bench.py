@@ -133,7 +133,7 @@ def test_the_ablation_says_where_a_step_does_not_improve() -> None:
     parts = lines[0].removeprefix("- W4A8: ").split("; ")
     assert parts == [
         # seed 0 only: the g128 row has no other
-        "+ dynamic act. (token) over group 128 (static act.): 30.40 -> 30.00, improves (one seed)",
+        "+ dynamic act. (token) over group 128 (static act.): 30.40 -> 30.00, improves (one seed, difference -0.40)",
         # worse on every seed: +0.5, +0.4, +0.6
         "+ full search over + dynamic act. (token): 30.00 -> 30.50, does not improve (3 seeds, difference +0.50 ± 0.10)",
         # -0.1, +0.3, -0.1: a mean of +0.03 against a spread of 0.23
@@ -142,3 +142,48 @@ def test_the_ablation_says_where_a_step_does_not_improve() -> None:
         "+ GPTQ weights over + dynamic act. (token): 30.00 -> 29.03, improves (3 seeds, difference -0.97 ± 0.15)",
     ]
     assert results.ablation(tables, "class_acc") == []  # a metric no row has
+
+
+def test_benchmarks_md_holds_the_table_of_the_committed_json(tmp_path: Path) -> None:
+    """Every number of BENCHMARKS.md's results table comes from the JSON beside it: rebuilt from the
+    committed JSON alone (running nothing), the block is what BENCHMARKS.md holds."""
+    import shutil
+
+    results = load_script()
+    committed = Path(results.ROOT) / "benchmarks" / "results"
+    for f in committed.glob("*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text((Path(results.ROOT) / "BENCHMARKS.md").read_text())
+    assert results.main(["--table-only", "--threads", "1", "--out-dir", str(tmp_path), "--update-benchmarks", str(md)]) == 0
+    assert md.read_text() == (Path(results.ROOT) / "BENCHMARKS.md").read_text(), (
+        "BENCHMARKS.md's results table is not the committed JSON's: run python benchmarks/results.py "
+        "--table-only --update-benchmarks"
+    )
+    assert "| W4A8 | GPTQ + per-token act. |" in results.benchmarks_block(md.read_text())
+
+
+def test_table_only_runs_nothing_and_needs_the_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    results = load_script()
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(results, "qdit", lambda *args: calls.append(args))
+    fp = {"row": "fp", "label": "full precision", "seeds": [0], "per_seed": [{"fid": 20.0}], "fid": 20.0,
+          "bits_per_weight": 16.0, "config": {"model": "embedded", "num": 1000, "steps": 50, "cfg": 1.5,
+          "metrics": ["fid"], "calib_samples": 16, "calib_steps": 25}}  # fmt: skip
+    rtn = {**fp, "row": "rtn", "label": "RTN", "w_bits": 4, "a_bits": 8, "fid": 30.0, "bits_per_weight": 4.1}
+    meta = {"machine": "m", "cpus": 2, "threads": 1, "torch": "t", "date": "2026-01-01 00:00"}
+    (tmp_path / "fp.json").write_text(json.dumps({"rows": [fp], "meta": meta}))
+    (tmp_path / "w4a6.json").write_text(json.dumps({"rows": [rtn], "meta": {**meta, "date": "2026-01-02 00:00"}}))
+    md = tmp_path / "B.md"
+    md.write_text("# title\nno markers\n")
+    args = ["--table-only", "--metrics", "fid", "--out-dir", str(tmp_path), "--update-benchmarks", str(md)]
+    assert results.main(args) == 2 and md.read_text() == "# title\nno markers\n"
+    md.write_text(f"# title\n{results.BEGIN}\nold table\n{results.END}\nafter\n")
+    assert results.main(args) == 0 and calls == []
+    text = md.read_text()
+    assert text.startswith(f"# title\n{results.BEGIN}\nembedded: ") and text.endswith(f"{results.END}\nafter\n")
+    block = results.benchmarks_block(text)
+    assert "old table" not in block and "| W4A6 | RTN | 4.10 | 30.00 |" in block  # the hard setting found
+    assert "JSON last written 2026-01-01 00:00 to 2026-01-02 00:00" in block
+    assert block == (tmp_path / "results.md").read_text()
