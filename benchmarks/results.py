@@ -13,8 +13,9 @@ Rows, for each setting (``W8A8``, ``W6A8``, ``W4A8``; ``--hard`` adds ``W4A6``, 
 * ``qdit_gptq``: step 2 with GPTQ weights instead of RTN (Q-DiT's optional second-order weight rounding,
   per layer at its own group size; still no search);
 * ``qdit_full``: step 3, + the paper's evolutionary search of per-layer group sizes (``qdit search
-  --method full``; its cost is set by ``--full-search-args``);
-* ``qdit_cheap``: + qdit's cheap search instead (``qdit search --method cheap``);
+  --method full`` with ``--full-search-args``, by default :data:`SEARCH_FLAGS`: 10 DDIM steps, the
+  domain Frechet distance to the float model's samples as fitness, width-derived group sizes);
+* ``qdit_cheap``: + qdit's cheap search instead (``qdit search --method cheap``, ``--cheap-search-args``);
 * ``qdit_full_gptq``, ``qdit_cheap_gptq``: the same searched recipes quantized with GPTQ weights (the
   search itself scores RTN weights: GPTQ for every candidate would cost more than the search).
 
@@ -81,6 +82,12 @@ ALL_ROWS = ("fp", *ROWS)
 QUICK_ROWS = ("fp", "rtn", "smoothquant", "gptq", "ptq4dit", "qdit_g128", "qdit_dynamic", "qdit_gptq")
 FULL_METRICS = ("fid", "sfid", "precision", "recall", "domain_fd", "class_acc")
 QUICK_METRICS = ("domain_fd", "class_acc")
+# The searches' flags by default: candidates scored after 10 DDIM steps (the table samples 50) by the
+# Frechet distance to the float model's samples drawn with the same noise (fidelity; the paper scores
+# against the data, which a 64-sample distance lets a recipe game by moving the images, see
+# BENCHMARKS.md); group sizes derived from the layer widths (the paper's sizes leave a single legal
+# genome on the embedded model)
+SEARCH_FLAGS = "--steps 10 --choices width --fitness fd-fp"
 LOWER_IS_BETTER = {"fid", "sfid", "domain_fd"}
 # Q-DiT's ablation: (step, the step it adds to); the steps should improve monotonically, or the table
 # says where they do not (issue 12)
@@ -140,6 +147,47 @@ def bits_per_weight(summary: dict) -> float | None:
     return 16.0 * packed / bf16 if packed and bf16 else None
 
 
+def psnr(npz: Path, ref: Path) -> float | None:
+    """PSNR (dB) of the images in ``npz`` against those in ``ref`` drawn from the same noise and labels
+    (full precision's samples of the same seed); None when either file is missing, they do not pair up,
+    or they are identical."""
+    if not (npz.is_file() and ref.is_file()):
+        return None
+    with np.load(npz) as f, np.load(ref) as g:
+        a, b = f["arr_0"], g["arr_0"]
+        if a.shape != b.shape or not np.array_equal(f["labels"], g["labels"]):
+            return None
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return None if mse == 0 else 10.0 * float(np.log10(255.0**2 / mse))
+
+
+def aggregate(row: dict, metric: str) -> None:
+    """``row[metric]`` (mean over its seeds) and ``row[metric + '_std']`` (None for one seed) from ``per_seed``."""
+    vals = [r[metric] for r in row["per_seed"] if r.get(metric) is not None]
+    row[metric] = float(np.mean(vals)) if vals else None
+    row[f"{metric}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+
+def sample_name(row: dict) -> str:
+    return "fp" if row["row"] == "fp" else f"w{row['w_bits']}a{row['a_bits']}_{row['row']}"
+
+
+def add_psnr(row: dict, work: Path) -> bool:
+    """Each seed's PSNR against full precision's samples of that seed (``psnr_fp``: how far the
+    quantized model's images move, free of the seed noise of FID), where the samples are in ``work``
+    and the seed has none yet; True when something was added."""
+    if row["row"] == "fp":
+        return False
+    added = False
+    for seed, values in zip(row["seeds"], row["per_seed"], strict=True):
+        if values.get("psnr_fp") is None:
+            value = psnr(work / f"{sample_name(row)}_s{seed}.npz", work / f"fp_s{seed}.npz")
+            if value is not None:
+                values["psnr_fp"], added = value, True
+    aggregate(row, "psnr_fp")
+    return added
+
+
 class Runner:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
@@ -191,12 +239,14 @@ class Runner:
         config = self.config
         if key in SEARCH_ROWS:
             method = SEARCH_ROWS[key]
-            searched = f"w{w_bits}a{a_bits}_qdit_{method}"  # one search per method and setting
+            extra = self.search_args(method)
+            # one search per method, setting and flags: other flags search again
+            digest = hashlib.sha256(" ".join(extra).encode()).hexdigest()[:8]
+            searched = f"w{w_bits}a{a_bits}_qdit_{method}_{digest}"
             recipe = self.work / f"{searched}.recipe.json"
             if not recipe.is_file():
                 state = self.work / f"{searched}.recipe.state.json"
                 resume = ["--resume"] if state.is_file() else []
-                extra = self.search_args(method)
                 qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
                      *extra, "--no-progress",
                      "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
@@ -230,9 +280,8 @@ class Runner:
                      "per_seed": per_seed, "bits_per_weight": bits_per_weight(summary) if summary else 16.0,
                      "config": self.config}  # fmt: skip
         for m in (*a.metrics, "sample_seconds"):
-            vals = [r[m] for r in per_seed if m in r]
-            row[m] = float(np.mean(vals)) if vals else None
-            row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            aggregate(row, m)
+        add_psnr(row, self.work)
         if key in SEARCH_ROWS:  # how the recipe was searched (qdit search's flags beyond the setting's)
             row["search"] = " ".join(self.search_args(SEARCH_ROWS[key]))
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -253,10 +302,17 @@ class Runner:
         for setting in a.settings:
             path = self.out / f"{setting.lower()}.json"
             done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
+            if any([add_psnr(r, self.work) for r in done.values()]):  # rows from before the column
+                data = read_json(path)
+                data["rows"] = [done.get(r["row"], r) if r.get("config") == self.config else r for r in data["rows"]]
+                write_json(path, data)
             for key in () if a.table_only else a.rows:
                 if key == "fp":
                     continue
-                if key in done and not a.force:
+                searched_as = " ".join(self.search_args(SEARCH_ROWS[key])) if key in SEARCH_ROWS else None
+                if key in done and done[key].get("search") != searched_as:
+                    print(f"== {setting} {key}: searched with other flags ({done[key].get('search')}): again", flush=True)
+                elif key in done and not a.force:
                     print(f"== {setting} {key}: done already (skipped)", flush=True)
                     continue
                 print(f"== {setting} {key}", flush=True)
@@ -342,7 +398,7 @@ def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, where: str) -
     names = {"fid": "FID", "sfid": "sFID", "precision": "precision", "recall": "recall",
              "domain_fd": "domain FD", "class_acc": "class acc"}  # fmt: skip
     head = ["setting", "method", "bits/weight", *(names.get(m, m) for m in a.metrics),
-            f"RTN's {names.get(metric, metric)} loss recovered", "seeds"]  # fmt: skip
+            f"RTN's {names.get(metric, metric)} loss recovered", "PSNR vs FP (dB)", "seeds"]  # fmt: skip
     lines = [
         f"{a.model}: {a.num} samples per seed, DDIM {a.steps} steps, CFG 1.5, against the Fashion-MNIST "
         f"test set; {where}.",
@@ -360,7 +416,7 @@ def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, where: str) -
             bpw = r.get("bits_per_weight")
             cells = [setting if r["row"] != "fp" else "FP", r["label"], "—" if bpw is None else f"{bpw:.2f}",
                      *(fmt(r, m) for m in a.metrics), "—" if rec is None else f"{rec:.2f}",
-                     str(len(r["seeds"]))]  # fmt: skip
+                     fmt(r, "psnr_fp"), str(len(r["seeds"]))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     searches = sorted({(r["label"], r["search"]) for rows in tables.values() for r in rows if r.get("search")})
     if searches:
@@ -405,8 +461,7 @@ def grid(tables: dict[str, list[dict]], setting: str, work: Path, path: Path, co
 
     strips = []
     for r in tables.get(setting, []):
-        name = "fp" if r["row"] == "fp" else f"w{r['w_bits']}a{r['a_bits']}_{r['row']}"
-        npz = work / f"{name}_s{r['seeds'][0]}.npz"
+        npz = work / f"{sample_name(r)}_s{r['seeds'][0]}.npz"
         if npz.is_file():
             with np.load(npz) as f:
                 imgs = f["arr_0"][:count, ..., 0]
@@ -438,8 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="embedded")
     p.add_argument("--calib-samples", type=int, default=None, help="default 16 (--quick 4)")
     p.add_argument("--calib-steps", type=int, default=None, help="default 25 (--quick 10)")
-    p.add_argument("--full-search-args", default="", help="extra qdit search flags of the full search row")
-    p.add_argument("--cheap-search-args", default="", help="extra qdit search flags of the cheap search row")
+    p.add_argument("--full-search-args", default=SEARCH_FLAGS, help=f"extra qdit search flags of the full search rows (default {SEARCH_FLAGS!r})")
+    p.add_argument("--cheap-search-args", default=SEARCH_FLAGS, help=f"extra qdit search flags of the cheap search rows (default {SEARCH_FLAGS!r})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bf16", action="store_true", help="Inception features under bf16 autocast")
     p.add_argument("--threads", type=int, default=2)

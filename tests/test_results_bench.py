@@ -114,6 +114,14 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
     runner.row("qdit_cheap", "W4A8")
     assert [c[0] for c in calls] == ["quantize", "sample", "eval"]
 
+    a.cheap_search_args = "--choices width --fitness fd-fp"  # other search flags: another search
+    recipe_text["value"] = '{"version": 1, "overrides": {"x": {}}}'  # which finds another recipe
+    calls.clear()
+    row = runner.row("qdit_cheap", "W4A8")
+    assert [c[0] for c in calls] == ["search", "quantize", "sample", "eval"]
+    assert calls[0][calls[0].index("--out") + 1] != recipe
+    assert row["search"] == "--method cheap --steps 2 --choices width --fitness fd-fp"
+
 
 def test_the_ablation_says_where_a_step_does_not_improve() -> None:
     """Each Q-DiT step against the step it adds to, on the seeds both rows have (paired)."""
@@ -187,3 +195,24 @@ def test_table_only_runs_nothing_and_needs_the_markers(tmp_path: Path, monkeypat
     assert "old table" not in block and "| W4A6 | RTN | 4.10 | 30.00 |" in block  # the hard setting found
     assert "JSON last written 2026-01-01 00:00 to 2026-01-02 00:00" in block
     assert block == (tmp_path / "results.md").read_text()
+
+
+def test_psnr_against_full_precision_of_the_same_seed(tmp_path: Path) -> None:
+    """Each seed's images against full precision's of that seed: a shift of 5 grey levels everywhere
+    is an MSE of 25, 10 log10(255^2 / 25) = 34.15 dB; another seed, other labels or no file: nothing."""
+    import numpy as np
+
+    results = load_script()
+    labels = np.arange(4)
+    imgs = np.full((4, 8, 8, 1), 100, np.uint8)
+    np.savez(tmp_path / "fp_s0.npz", arr_0=imgs, labels=labels)
+    np.savez(tmp_path / "fp_s1.npz", arr_0=imgs, labels=labels[::-1])
+    np.savez(tmp_path / "w4a8_rtn_s0.npz", arr_0=imgs + 5, labels=labels)
+    np.savez(tmp_path / "w4a8_rtn_s1.npz", arr_0=imgs - 5, labels=labels)  # labels differ from fp's seed 1
+    row = {"row": "rtn", "w_bits": 4, "a_bits": 8, "seeds": [0, 1, 2], "per_seed": [{}, {}, {}]}
+    assert results.add_psnr(row, tmp_path)
+    assert row["per_seed"][0]["psnr_fp"] == pytest.approx(34.1514, abs=1e-4)
+    assert "psnr_fp" not in row["per_seed"][1] and "psnr_fp" not in row["per_seed"][2]
+    assert row["psnr_fp"] == pytest.approx(34.1514, abs=1e-4) and row["psnr_fp_std"] is None
+    assert not results.add_psnr(row, tmp_path)  # nothing new
+    assert not results.add_psnr({"row": "fp", "seeds": [0], "per_seed": [{}]}, tmp_path)
