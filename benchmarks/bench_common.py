@@ -67,3 +67,34 @@ def sample_once(npz: Path, config: dict, sample: Callable[[], None]) -> float:
     seconds = time.perf_counter() - t0
     write_json(stamp, {"config": config, "seconds": seconds, "size": npz.stat().st_size})
     return seconds
+
+
+class Block:
+    """A region of a Markdown file (BENCHMARKS.md) that a script writes: everything between
+    ``<!-- {name}: begin -->`` and ``<!-- {name}: end -->``, so the numbers there come from the script's
+    JSON and nowhere else."""
+
+    def __init__(self, name: str) -> None:
+        self.begin, self.end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+    def in_doc(self, doc: str) -> bool:
+        return self.begin in doc and self.end in doc.split(self.begin, 1)[1]
+
+    def replace(self, doc: str, text: str) -> str:
+        """``doc`` with what lies between the markers replaced by ``text``."""
+        head, rest = doc.split(self.begin, 1)
+        _, tail = rest.split(self.end, 1)
+        return f"{head}{self.begin}\n{text}{self.end}{tail}"
+
+    def read(self, doc: str) -> str:
+        """What lies between the markers (as :meth:`replace` wrote it)."""
+        return doc.split(self.begin, 1)[1].split(self.end, 1)[0].removeprefix("\n")
+
+    def write(self, path: Path, text: str) -> str | None:
+        """Put ``text`` between the markers of the file ``path``; a one-line error (nothing written)
+        when the file or its markers are missing."""
+        doc = path.read_text() if path.is_file() else ""
+        if not self.in_doc(doc):
+            return f"{path} has no {self.begin} ... {self.end} block to put the table in"
+        path.write_text(self.replace(doc, text))
+        return None

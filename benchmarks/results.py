@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import run_meta, sample_once
+from bench_common import Block, run_meta, sample_once
 
 from qdit.io.atomic import write_json
 
@@ -106,19 +106,7 @@ def qdit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "qdit", *args], check=True)
 
 
-BEGIN, END = "<!-- results.py table: begin -->", "<!-- results.py table: end -->"
-
-
-def replace_block(doc: str, text: str) -> str:
-    """``doc`` with what lies between the ``BEGIN`` and ``END`` markers replaced by ``text``."""
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{text}{END}{tail}"
-
-
-def benchmarks_block(doc: str) -> str:
-    """What lies between the markers of ``doc`` (as ``replace_block`` wrote it)."""
-    return doc.split(BEGIN, 1)[1].split(END, 1)[0].removeprefix("\n")
+TABLE = Block("results.py table")  # the region of BENCHMARKS.md this script writes
 
 
 def read_json(path: Path) -> dict:
@@ -504,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="redo rows that are done already")
     p.add_argument("--table-only", action="store_true", help="run nothing: the table, plot and grid from the JSON there is")
     p.add_argument("--update-benchmarks", nargs="?", const=str(ROOT / "BENCHMARKS.md"), default=None, metavar="MD",
-                   help=f"also put the table into MD (default BENCHMARKS.md), between {BEGIN} and {END}")  # fmt: skip
+                   help=f"also put the table into MD (default BENCHMARKS.md), between {TABLE.begin} and {TABLE.end}")  # fmt: skip
     a = p.parse_args(argv)
     q = a.quick
     a.num = a.num or (100 if q else 1000)
@@ -529,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     a.out_dir = str(out)
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
     benchmarks = Path(a.update_benchmarks or ROOT / "BENCHMARKS.md")
-    if a.update_benchmarks and (not benchmarks.is_file() or BEGIN not in benchmarks.read_text()):
-        print(f"results.py: {benchmarks} has no {BEGIN} ... {END} block to put the table in", file=sys.stderr)
+    if a.update_benchmarks and not TABLE.in_doc(benchmarks.read_text() if benchmarks.is_file() else ""):
+        print(f"results.py: {benchmarks} has no {TABLE.begin} ... {TABLE.end} block to put the table in", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     tables = Runner(a).run()
@@ -547,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(tables, a, measured(out, list(tables)))
     (out / "results.md").write_text(text)
     if a.update_benchmarks:
-        benchmarks.write_text(replace_block(benchmarks.read_text(), text))
+        TABLE.write(benchmarks, text)
     plot(tables, a.metrics[0], out / "fid_vs_bpw.png")
     grid(tables, a.grid_setting.upper(), out / "work", out / "grid.png", a.grid_count)
     print()

@@ -30,9 +30,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import run_meta
+from bench_common import Block, run_meta
 
 ROOT = Path(__file__).resolve().parents[1]
+TABLE = Block("search_compare.py table")  # the region of BENCHMARKS.md this script writes
 DEFAULT_INSTANCES = "W3A8/10/0/domain,W4A8/10/1/domain,W4A6/10/0/domain,W4A8/50/0/domain,W4A8/10/2/inception"
 METHODS = ("full", "cheap")
 
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                    "only build the table from the finished ones, or only replay the finished searches from "
                    "their saved states and check they give the committed results")  # fmt: skip
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results" / "search_compare"))
+    p.add_argument("--update-benchmarks", nargs="?", const=str(ROOT / "BENCHMARKS.md"), default=None, metavar="MD",
+                   help=f"also put the table into MD (default BENCHMARKS.md), between {TABLE.begin} and {TABLE.end}")  # fmt: skip
     a = p.parse_args(argv)
     try:
         instances = [Instance.parse(t) for t in a.instances.split(",") if t.strip()]
@@ -293,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         lines = verify(instances, a)
         print("\n".join(lines) if lines else "no finished search to replay")
         return 0
+    benchmarks = Path(a.update_benchmarks) if a.update_benchmarks else None
+    if benchmarks is not None and not TABLE.in_doc(benchmarks.read_text() if benchmarks.is_file() else ""):
+        print(f"search_compare.py: {benchmarks} has no {TABLE.begin} ... {TABLE.end} block to put the table in",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if a.only != "table":
         run(instances, a)
     result = compare(instances, a)
@@ -301,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result, a)
     (out / "compare.md").write_text(text)
+    if benchmarks is not None:
+        TABLE.write(benchmarks, text)
     print(text)
     return 0
 

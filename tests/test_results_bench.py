@@ -168,7 +168,7 @@ def test_benchmarks_md_holds_the_table_of_the_committed_json(tmp_path: Path) -> 
         "BENCHMARKS.md's results table is not the committed JSON's: run python benchmarks/results.py "
         "--table-only --update-benchmarks"
     )
-    assert "| W4A8 | GPTQ + per-token act. |" in results.benchmarks_block(md.read_text())
+    assert "| W4A8 | GPTQ + per-token act. |" in results.TABLE.read(md.read_text())
 
 
 def test_table_only_runs_nothing_and_needs_the_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,11 +187,11 @@ def test_table_only_runs_nothing_and_needs_the_markers(tmp_path: Path, monkeypat
     md.write_text("# title\nno markers\n")
     args = ["--table-only", "--metrics", "fid", "--out-dir", str(tmp_path), "--update-benchmarks", str(md)]
     assert results.main(args) == 2 and md.read_text() == "# title\nno markers\n"
-    md.write_text(f"# title\n{results.BEGIN}\nold table\n{results.END}\nafter\n")
+    md.write_text(f"# title\n{results.TABLE.begin}\nold table\n{results.TABLE.end}\nafter\n")
     assert results.main(args) == 0 and calls == []
     text = md.read_text()
-    assert text.startswith(f"# title\n{results.BEGIN}\nembedded: ") and text.endswith(f"{results.END}\nafter\n")
-    block = results.benchmarks_block(text)
+    assert text.startswith(f"# title\n{results.TABLE.begin}\nembedded: ") and text.endswith(f"{results.TABLE.end}\nafter\n")
+    block = results.TABLE.read(text)
     assert "old table" not in block and "| W4A6 | RTN | 4.10 | 30.00 |" in block  # the hard setting found
     assert "JSON last written 2026-01-01 00:00 to 2026-01-02 00:00" in block
     assert block == (tmp_path / "results.md").read_text()

@@ -123,3 +123,28 @@ def test_an_instance_keeps_the_kernel_its_first_search_ran_on(tmp_path: Path) ->
     assert kernel("full") == "fake" and kernel("cheap") == "fake"
     (tmp_path / "full.state.json").write_text(json.dumps({"fingerprint": {"objective": {"kernel": "auto"}}}))
     assert kernel("cheap") == "auto"
+
+
+def test_benchmarks_md_holds_the_table_of_the_committed_searches(tmp_path: Path) -> None:
+    """BENCHMARKS.md's cheap-vs-full table is the one the committed search reports give (the header
+    line, which carries the date the table was written, aside); a file without the block is refused."""
+    import shutil
+
+    sc = load_script()
+    committed = Path(sc.ROOT) / "benchmarks" / "results" / "search_compare"
+    for f in committed.glob("*/*.json"):  # reports, recipes and states: everything --only table reads
+        (tmp_path / f.parent.name).mkdir(exist_ok=True)
+        shutil.copy(f, tmp_path / f.parent.name / f.name)
+    doc = (Path(sc.ROOT) / "BENCHMARKS.md").read_text()
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text(doc)
+    assert sc.main(["--only", "table", "--out-dir", str(tmp_path), "--update-benchmarks", str(md)]) == 0
+    regenerated, committed_block = sc.TABLE.read(md.read_text()), sc.TABLE.read(doc)
+    assert regenerated.split("\n", 1)[1] == committed_block.split("\n", 1)[1], (
+        "BENCHMARKS.md's cheap-vs-full table is not the committed searches': run python "
+        "benchmarks/search_compare.py --only table --update-benchmarks"
+    )
+    assert "| W3A8, 10 steps, seed 0, domain, fake quantization |" in committed_block
+    md.write_text("no block\n")
+    assert sc.main(["--only", "table", "--out-dir", str(tmp_path), "--update-benchmarks", str(md)]) == 2
+    assert md.read_text() == "no block\n"
