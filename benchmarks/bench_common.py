@@ -5,6 +5,7 @@ this folder first on ``sys.path``)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -98,3 +99,46 @@ class Block:
             return f"{path} has no {self.begin} ... {self.end} block to put the table in"
         path.write_text(self.replace(doc, text))
         return None
+
+
+def weights_digest(model: str) -> str | None:
+    """SHA-256 of a model's weight files: a built-in model's shipped file, or the file or folder given by
+    path (None for a name with no files here)."""
+    from qdit.models.embedded import EMBEDDED_VIDEO_WEIGHTS, EMBEDDED_WEIGHTS, asset_path
+
+    shipped = {"embedded": EMBEDDED_WEIGHTS, "embedded-video": EMBEDDED_VIDEO_WEIGHTS}
+    path = asset_path(shipped[model]) if model in shipped else Path(model)
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_weights(work: Path, model: str, record: bool) -> str | None:
+    """An error if the cache folder ``work`` may hold models and samples made from other weights of
+    ``model`` (the cache keys name the model, not its weights): it records other weights, or it holds
+    cached files but no record of ``model``'s weights; else None, recording the weights when ``record``."""
+    stamp = work / "weights.json"
+    known = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    digest = weights_digest(model)
+    if digest is None:
+        return None
+    if known.get(model, digest) != digest:
+        return (f"{work} holds models and samples made from other weights of {model} (sha256 "
+                f"{known[model][:12]}, now {digest[:12]}): give another folder or delete it")  # fmt: skip
+    cached = (f for f in work.iterdir() if f.name != "weights.json") if work.is_dir() else iter(())
+    if model not in known and next(cached, None) is not None:
+        return (f"{work} holds cached models and samples without a record of the weights of {model} "
+                "they were made from: give another folder or delete it")  # fmt: skip
+    if model not in known and record:
+        from qdit.io.atomic import write_json
+
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(stamp, {**known, model: digest})
+    return None

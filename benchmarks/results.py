@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import Block, run_meta, sample_once
+from bench_common import Block, check_weights, run_meta, sample_once
 
 from qdit.io.atomic import write_json
 
@@ -160,20 +160,51 @@ def sample_name(row: dict) -> str:
     return "fp" if row["row"] == "fp" else f"w{row['w_bits']}a{row['a_bits']}_{row['row']}"
 
 
-def add_psnr(row: dict, work: Path) -> bool:
+def samples_of(work: Path, name: str, seed: int, scores: dict) -> Path | None:
+    """``work``'s samples of ``name`` and ``seed`` if they are the ones ``scores`` (a row's values for
+    that seed) were measured on: the scores cached beside them are ``scores``, and the samples were not
+    drawn again since (their stamp's config is the cached scores' one); else None."""
+    npz = work / f"{name}_s{seed}.npz"
+    cached = read_json(work / f"{name}_s{seed}.metrics.json")
+    values = cached.get("values", {})
+    if not npz.is_file() or not values or any(values.get(k) != v for k, v in scores.items() if k in values):
+        return None
+    drawn = read_json(npz.with_suffix(".sample.json")).get("config")
+    scored = {k: v for k, v in cached.get("config", {}).items() if k not in ("metrics", "inception")}
+    return npz if drawn is None or drawn == scored else None
+
+
+def add_psnr(row: dict, fp_row: dict | None, work: Path) -> bool:
     """Each seed's PSNR against full precision's samples of that seed (``psnr_fp``: how far the
-    quantized model's images move, free of the seed noise of FID), where the samples are in ``work``
-    and the seed has none yet; True when something was added."""
-    if row["row"] == "fp":
+    quantized model's images move, free of the seed noise of FID), for the seeds that have none yet and
+    whose samples, and full precision's, are in ``work`` as they were scored (:func:`samples_of`); True
+    when something was added."""
+    if row["row"] == "fp" or fp_row is None:
         return False
+    fp_scores = dict(zip(fp_row["seeds"], fp_row["per_seed"], strict=True))
     added = False
     for seed, values in zip(row["seeds"], row["per_seed"], strict=True):
-        if values.get("psnr_fp") is None:
-            value = psnr(work / f"{sample_name(row)}_s{seed}.npz", work / f"fp_s{seed}.npz")
-            if value is not None:
-                values["psnr_fp"], added = value, True
+        if values.get("psnr_fp") is not None or seed not in fp_scores:
+            continue
+        mine = samples_of(work, sample_name(row), seed, {k: v for k, v in values.items() if k != "psnr_fp"})
+        ref = samples_of(work, "fp", seed, {k: v for k, v in fp_scores[seed].items() if k != "psnr_fp"})
+        value = psnr(mine, ref) if mine is not None and ref is not None else None
+        if value is not None:
+            values["psnr_fp"], added = value, True
     aggregate(row, "psnr_fp")
     return added
+
+
+def normalise_flags(tokens: list[str]) -> list[str]:
+    """Command-line flags in one spelling: each flag with the values after it, ``--x=y`` as ``--x y``,
+    the flags sorted (so the same search gets the same name whatever the order it was given in)."""
+    groups: list[list[str]] = []
+    for token in tokens:
+        if token.startswith("--") or not groups:
+            groups.append(token.split("=", 1) if token.startswith("--") else [token])
+        else:
+            groups[-1].append(token)
+    return [t for g in sorted(groups) for t in g]
 
 
 class Runner:
@@ -187,6 +218,7 @@ class Runner:
                        "calib_steps": a.calib_steps}  # fmt: skip
         if a.bf16:  # bf16 Inception features give other FIDs: never reuse fp32 numbers for them (or back)
             self.config["inception"] = "bf16"
+        self.fp_row: dict | None = None  # full precision's row of this config, once run() has it
 
     # --- one row -------------------------------------------------------------------------------
     def sample_and_score(self, model: str, name: str, seed: int, config: dict) -> dict[str, float]:
@@ -213,10 +245,11 @@ class Runner:
 
     def search_args(self, method: str) -> list[str]:
         """``qdit search``'s flags beyond the model and the bits: the method, the steps of the table
-        (unless the method's extra flags give their own) and those extra flags."""
-        extra = (self.a.full_search_args if method == "full" else self.a.cheap_search_args).split()
+        (unless the method's extra flags give their own) and those extra flags, in one spelling (each
+        flag with its values, ``--x=y`` as ``--x y``, sorted), so that the same search is named alike."""
+        extra = normalise_flags((self.a.full_search_args if method == "full" else self.a.cheap_search_args).split())
         steps = [] if "--steps" in extra else ["--steps", str(self.a.steps)]
-        return ["--method", method, *steps, *extra]
+        return ["--method", method, *normalise_flags([*extra, *steps])]
 
     def quantized_model(self, key: str, w_bits: int, a_bits: int) -> tuple[str, dict]:
         a = self.a
@@ -228,8 +261,9 @@ class Runner:
         if key in SEARCH_ROWS:
             method = SEARCH_ROWS[key]
             extra = self.search_args(method)
-            # one search per method, setting and flags: other flags search again
-            digest = hashlib.sha256(" ".join(extra).encode()).hexdigest()[:8]
+            # one search per model, method, setting and flags: others search again (the weights behind
+            # the model's name are checked for the whole folder: check_weights)
+            digest = hashlib.sha256(" ".join([a.model, *extra]).encode()).hexdigest()[:8]
             searched = f"w{w_bits}a{a_bits}_qdit_{method}_{digest}"
             recipe = self.work / f"{searched}.recipe.json"
             if not recipe.is_file():
@@ -269,7 +303,7 @@ class Runner:
                      "config": self.config}  # fmt: skip
         for m in (*a.metrics, "sample_seconds"):
             aggregate(row, m)
-        add_psnr(row, self.work)
+        add_psnr(row, self.fp_row, self.work)
         if key in SEARCH_ROWS:  # how the recipe was searched (qdit search's flags beyond the setting's)
             row["search"] = " ".join(self.search_args(SEARCH_ROWS[key]))
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -287,10 +321,11 @@ class Runner:
             write_json(fp_path, {"rows": fp_rows, "meta": run_meta(a)})
         elif fp_rows:
             print("== full precision: done already (skipped)", flush=True)
+        self.fp_row = fp_rows[0] if fp_rows else None
         for setting in a.settings:
             path = self.out / f"{setting.lower()}.json"
             done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
-            if any([add_psnr(r, self.work) for r in done.values()]):  # rows from before the column
+            if any([add_psnr(r, self.fp_row, self.work) for r in done.values()]):  # rows from before the column
                 data = read_json(path)
                 data["rows"] = [done.get(r["row"], r) if r.get("config") == self.config else r for r in data["rows"]]
                 write_json(path, data)
@@ -298,7 +333,8 @@ class Runner:
                 if key == "fp":
                     continue
                 searched_as = " ".join(self.search_args(SEARCH_ROWS[key])) if key in SEARCH_ROWS else None
-                if key in done and done[key].get("search") != searched_as:
+                same = normalise_flags((done[key].get("search") or "").split()) == normalise_flags((searched_as or "").split()) if key in done else False
+                if key in done and not same:
                     print(f"== {setting} {key}: searched with other flags ({done[key].get('search')}): again", flush=True)
                 elif key in done and not a.force:
                     print(f"== {setting} {key}: done already (skipped)", flush=True)
@@ -306,7 +342,8 @@ class Runner:
                 print(f"== {setting} {key}", flush=True)
                 done[key] = self.row(key, setting)
                 ordered = [done[k] for k in ALL_ROWS if k in done]
-                write_json(path, {"rows": ordered, "meta": run_meta(a)})
+                others = [r for r in read_json(path).get("rows", []) if r.get("config") != self.config]
+                write_json(path, {"rows": [*ordered, *others], "meta": run_meta(a)})  # others kept as they are
             tables[setting] = [*fp_rows, *(done[k] for k in ALL_ROWS if k in done)]
         return tables
 
@@ -341,7 +378,9 @@ def ablation(tables: dict[str, list[dict]], metric: str) -> list[str]:
             diffs = [sv[k] - bv[k] for k in common]
             diff = float(np.mean(diffs))
             spread = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
-            if spread > 0 and abs(diff) <= spread:
+            if len(common) == 1:
+                verdict = "one seed only, not a verdict"
+            elif spread > 0 and abs(diff) <= spread:
                 verdict = "within the seeds' spread"
             else:
                 verdict = "improves" if (diff < 0 if lower else diff > 0) else "does not improve"
@@ -375,7 +414,7 @@ def measured(out: Path, settings: list[str]) -> str:
     def values(key: str) -> str:
         return ", ".join(sorted({str(m.get(key)) for m in metas}))
 
-    dates = sorted(m["date"] for m in metas if m.get("date"))
+    dates = sorted(m["date"] for m in metas if m.get("date")) or ["an unrecorded date"]
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     return (f"machine {values('machine')} ({values('cpus')} CPUs, {values('threads')} threads), torch "
             f"{values('torch')}, JSON last written {span}")  # fmt: skip
@@ -490,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-count", type=int, default=8, help="images per row of grid.png")
     p.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: benchmarks/results/quick)")
     p.add_argument("--force", action="store_true", help="redo rows that are done already")
-    p.add_argument("--table-only", action="store_true", help="run nothing: the table, plot and grid from the JSON there is")
+    p.add_argument("--table-only", action="store_true",
+                   help="sample and score nothing: the table, plot and grid from the JSON there is (the PSNR "
+                        "column filled in from the samples in work/ where they are the scored ones)")  # fmt: skip
     p.add_argument("--update-benchmarks", nargs="?", const=str(ROOT / "BENCHMARKS.md"), default=None, metavar="MD",
                    help=f"also put the table into MD (default BENCHMARKS.md), between {TABLE.begin} and {TABLE.end}")  # fmt: skip
     a = p.parse_args(argv)
@@ -520,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.update_benchmarks and not TABLE.in_doc(benchmarks.read_text() if benchmarks.is_file() else ""):
         print(f"results.py: {benchmarks} has no {TABLE.begin} ... {TABLE.end} block to put the table in", file=sys.stderr)
         return 2
+    error = check_weights(out / "work", a.model, record=not a.table_only)
+    if error:
+        print(f"results.py: {error}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     tables = Runner(a).run()
     add_recovery(tables, a.metrics[0])
@@ -528,14 +573,22 @@ def main(argv: list[str] | None = None) -> int:
         data = read_json(path)
         if data:
             by = {r["row"]: r for r in rows}
-            for r in (r for r in data["rows"] if r["row"] in by):  # rows of another config: left as they are
+            mine = (r for r in data["rows"] if r["row"] in by and r.get("config") == by[r["row"]].get("config"))
+            for r in mine:  # rows of another config: left as they are
                 r["recovered"], r["recovered_metric"] = by[r["row"]]["recovered"], a.metrics[0]
             write_json(path, data)
     tables = {k: rows for k, rows in tables.items() if any(r["row"] != "fp" for r in rows)}
+    if a.table_only and not tables:
+        print(f"results.py: no quantized rows of this configuration in {out} (samples {a.num}, steps {a.steps}, "
+              f"metrics {','.join(a.metrics)}, ...): nothing written", file=sys.stderr)  # fmt: skip
+        return 2
     text = markdown(tables, a, measured(out, list(tables)))
     (out / "results.md").write_text(text)
     if a.update_benchmarks:
-        TABLE.write(benchmarks, text)
+        error = TABLE.write(benchmarks, text)
+        if error:
+            print(f"results.py: {error}", file=sys.stderr)
+            return 2
     plot(tables, a.metrics[0], out / "fid_vs_bpw.png")
     grid(tables, a.grid_setting.upper(), out / "work", out / "grid.png", a.grid_count)
     print()

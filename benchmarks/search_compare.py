@@ -309,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result, a)
     (out / "compare.md").write_text(text)
-    if benchmarks is not None:
-        TABLE.write(benchmarks, text)
+    error = TABLE.write(benchmarks, text) if benchmarks is not None else None
+    if error:
+        print(f"search_compare.py: {error}", file=sys.stderr)
+        return 2
     print(text)
     return 0
 

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from bench_common import run_meta, sample_once
+from bench_common import check_weights, run_meta, sample_once
 
 from qdit.io.atomic import write_json
 
@@ -48,46 +48,6 @@ def qdit(*args: str) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def weights_digest(model: str) -> str | None:
-    """SHA-256 of a model's weight files: the embedded video model's shipped file, or the file or folder
-    given by path (None for a name with no files here)."""
-    if model == "embedded-video":
-        from qdit.models.embedded import EMBEDDED_VIDEO_WEIGHTS, asset_path
-
-        path = asset_path(EMBEDDED_VIDEO_WEIGHTS)
-    else:
-        path = Path(model)
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def check_weights(work: Path, model: str, record: bool) -> str | None:
-    """An error if ``work`` was filled from other weights of ``model`` (its models and clips are stale:
-    the cache keys name the model, not its weights); else None, recording the weights when ``record``."""
-    stamp = work / "weights.json"
-    known = read_json(stamp)
-    digest = weights_digest(model)
-    if digest is None:
-        return None
-    if known.get(model, digest) != digest:
-        return (f"{work} holds models and clips made from other weights of {model} (sha256 "
-                f"{known[model][:12]}, now {digest[:12]}): give --work another folder or delete it")  # fmt: skip
-    if not known and any(work.glob("*.metrics.json")):  # filled before the weights were recorded
-        return (f"{work} holds models and clips made from weights it does not record: "
-                "give --work another folder or delete it")  # fmt: skip
-    if model not in known and record:
-        write_json(stamp, {**known, model: digest})
-    return None
 
 
 def cached_scores(out: Path, config: dict) -> dict[str, float] | None:

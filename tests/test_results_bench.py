@@ -120,7 +120,10 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
     row = runner.row("qdit_cheap", "W4A8")
     assert [c[0] for c in calls] == ["search", "quantize", "sample", "eval"]
     assert calls[0][calls[0].index("--out") + 1] != recipe
-    assert row["search"] == "--method cheap --steps 2 --choices width --fitness fd-fp"
+    assert row["search"] == "--method cheap --choices width --fitness fd-fp --steps 2"
+    a.cheap_search_args = "--fitness=fd-fp --choices width"  # the same search spelled otherwise
+    calls.clear()
+    assert runner.row("qdit_cheap", "W4A8")["search"] == row["search"] and calls == []
 
 
 def test_the_ablation_says_where_a_step_does_not_improve() -> None:
@@ -141,7 +144,7 @@ def test_the_ablation_says_where_a_step_does_not_improve() -> None:
     parts = lines[0].removeprefix("- W4A8: ").split("; ")
     assert parts == [
         # seed 0 only: the g128 row has no other
-        "+ dynamic act. (token) over group 128 (static act.): 30.40 -> 30.00, improves (one seed, difference -0.40)",
+        "+ dynamic act. (token) over group 128 (static act.): 30.40 -> 30.00, one seed only, not a verdict (one seed, difference -0.40)",
         # worse on every seed: +0.5, +0.4, +0.6
         "+ full search over + dynamic act. (token): 30.00 -> 30.50, does not improve (3 seeds, difference +0.50 ± 0.10)",
         # -0.1, +0.3, -0.1: a mean of +0.03 against a spread of 0.23
@@ -152,11 +155,12 @@ def test_the_ablation_says_where_a_step_does_not_improve() -> None:
     assert results.ablation(tables, "class_acc") == []  # a metric no row has
 
 
-def test_benchmarks_md_holds_the_table_of_the_committed_json(tmp_path: Path) -> None:
+def test_benchmarks_md_holds_the_table_of_the_committed_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every number of BENCHMARKS.md's results table comes from the JSON beside it: rebuilt from the
     committed JSON alone (running nothing), the block is what BENCHMARKS.md holds."""
     import shutil
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main() sets it for its qdit commands; restored after
     results = load_script()
     committed = Path(results.ROOT) / "benchmarks" / "results"
     for f in committed.glob("*.json"):
@@ -199,20 +203,100 @@ def test_table_only_runs_nothing_and_needs_the_markers(tmp_path: Path, monkeypat
 
 def test_psnr_against_full_precision_of_the_same_seed(tmp_path: Path) -> None:
     """Each seed's images against full precision's of that seed: a shift of 5 grey levels everywhere
-    is an MSE of 25, 10 log10(255^2 / 25) = 34.15 dB; another seed, other labels or no file: nothing."""
+    is an MSE of 25, 10 log10(255^2 / 25) = 34.15 dB. Only samples that are the scored ones count:
+    other labels, scores that are not the row's, samples drawn again since, or no file give nothing."""
     import numpy as np
 
     results = load_script()
     labels = np.arange(4)
     imgs = np.full((4, 8, 8, 1), 100, np.uint8)
-    np.savez(tmp_path / "fp_s0.npz", arr_0=imgs, labels=labels)
-    np.savez(tmp_path / "fp_s1.npz", arr_0=imgs, labels=labels[::-1])
-    np.savez(tmp_path / "w4a8_rtn_s0.npz", arr_0=imgs + 5, labels=labels)
-    np.savez(tmp_path / "w4a8_rtn_s1.npz", arr_0=imgs - 5, labels=labels)  # labels differ from fp's seed 1
-    row = {"row": "rtn", "w_bits": 4, "a_bits": 8, "seeds": [0, 1, 2], "per_seed": [{}, {}, {}]}
-    assert results.add_psnr(row, tmp_path)
+
+    def put(name: str, seed: int, images, lab, fid: float, drawn: dict | None = None) -> None:
+        np.savez(tmp_path / f"{name}_s{seed}.npz", arr_0=images, labels=lab)
+        (tmp_path / f"{name}_s{seed}.metrics.json").write_text(
+            json.dumps({"config": {"steps": 2, "metrics": ["fid"]}, "values": {"fid": fid}}))
+        if drawn is not None:
+            (tmp_path / f"{name}_s{seed}.sample.json").write_text(json.dumps({"config": drawn}))
+
+    for seed in (0, 1, 2, 3):
+        put("fp", seed, imgs, labels if seed != 1 else labels[::-1], 20.0 + seed)
+    put("w4a8_rtn", 0, imgs + 5, labels, 30.0, drawn={"steps": 2})
+    put("w4a8_rtn", 1, imgs - 5, labels, 31.0)  # labels differ from full precision's seed 1
+    put("w4a8_rtn", 2, imgs - 5, labels, 99.0)  # cached scores that are not the row's
+    put("w4a8_rtn", 3, imgs - 5, labels, 33.0, drawn={"steps": 5})  # drawn again with other settings
+    fp = {"row": "fp", "seeds": [0, 1, 2, 3], "per_seed": [{"fid": 20.0 + s} for s in range(4)]}
+    row = {"row": "rtn", "w_bits": 4, "a_bits": 8, "seeds": [0, 1, 2, 3, 4],
+           "per_seed": [{"fid": 30.0}, {"fid": 31.0}, {"fid": 32.0}, {"fid": 33.0}, {"fid": 34.0}]}  # fmt: skip
+    assert results.add_psnr(row, fp, tmp_path)
     assert row["per_seed"][0]["psnr_fp"] == pytest.approx(34.1514, abs=1e-4)
-    assert "psnr_fp" not in row["per_seed"][1] and "psnr_fp" not in row["per_seed"][2]
+    assert all("psnr_fp" not in v for v in row["per_seed"][1:])
     assert row["psnr_fp"] == pytest.approx(34.1514, abs=1e-4) and row["psnr_fp_std"] is None
-    assert not results.add_psnr(row, tmp_path)  # nothing new
-    assert not results.add_psnr({"row": "fp", "seeds": [0], "per_seed": [{}]}, tmp_path)
+    assert not results.add_psnr(row, fp, tmp_path)  # nothing new
+    assert not results.add_psnr(fp, fp, tmp_path)
+    fp["per_seed"][0]["fid"] = 20.5  # full precision's scores are not those of the samples there
+    row["per_seed"][0].pop("psnr_fp")
+    assert not results.add_psnr(row, fp, tmp_path)
+
+
+def test_a_work_folder_of_other_weights_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    results = load_script()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fp_s0.npz").write_bytes(b"samples")  # cached, with no record of the weights
+    args = ["--table-only", "--out-dir", str(tmp_path)]
+    assert results.main(args) == 2
+    assert "without a record of the weights of embedded" in capsys.readouterr().err
+    (work / "weights.json").write_text(json.dumps({"embedded": "0" * 64}))
+    assert results.main(args) == 2
+    assert "other weights of embedded (sha256 000000000000" in capsys.readouterr().err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["work"]  # nothing written
+
+
+def test_a_row_searched_with_other_flags_is_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished search row whose flags are not the run's is searched and measured again; the same
+    flags spelled in another order are the same search (nothing runs)."""
+    import numpy as np
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    results = load_script()
+    calls: list[tuple[str, ...]] = []
+
+    def fake(*args: str) -> None:  # writes what the command would, so the run can go on
+        calls.append(args)
+        if args[0] == "eval":
+            Path(args[args.index("--json") + 1]).write_text(json.dumps({"metrics": {"domain_fd": 2.0}}))
+            return
+        out = Path(args[args.index("--out") + 1])
+        if args[0] == "search":
+            out.write_text('{"version": 1}')
+        elif args[0] == "quantize":
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "qdit.json").write_text("{}")
+            Path(args[args.index("--json") + 1]).write_text("{}")
+        else:
+            np.savez(out, arr_0=np.zeros((4, 8, 8, 1), np.uint8), labels=np.arange(4))
+
+    monkeypatch.setattr(results, "qdit", fake)
+    config = {"model": "embedded", "num": 4, "steps": 2, "cfg": 1.5, "metrics": ["domain_fd"],
+              "calib_samples": 2, "calib_steps": 2}  # fmt: skip
+
+    def row(key: str, **extra: object) -> dict:
+        return {"row": key, "label": key, "seeds": [0], "per_seed": [{"domain_fd": 1.0}], "domain_fd": 1.0,
+                "w_bits": 4, "a_bits": 8, "bits_per_weight": 4.2, "config": config, **extra}  # fmt: skip
+
+    (tmp_path / "fp.json").write_text(json.dumps({"rows": [row("fp")], "meta": {}}))
+    old = row("qdit_cheap", search="--method cheap --steps 2 --choices width")
+    (tmp_path / "w4a8.json").write_text(json.dumps({"rows": [old], "meta": {}}))
+    args = ["--settings", "W4A8", "--rows", "qdit_cheap", "--num", "4", "--steps", "2", "--metrics", "domain_fd",
+            "--calib-samples", "2", "--calib-steps", "2", "--seeds", "0", "--threads", "1",
+            "--out-dir", str(tmp_path)]  # fmt: skip
+    assert results.main([*args, "--cheap-search-args", "--choices width"]) == 0  # the same search
+    assert calls == [] and "done already" in capsys.readouterr().out
+    assert results.main([*args, "--cheap-search-args", "--choices width --fitness fd-fp"]) == 0
+    assert [c[0] for c in calls] == ["search", "quantize", "sample", "eval"]
+    (new,) = json.loads((tmp_path / "w4a8.json").read_text())["rows"]
+    assert new["search"] == "--method cheap --choices width --fitness fd-fp --steps 2" and new["domain_fd"] == 2.0

@@ -125,11 +125,14 @@ def test_an_instance_keeps_the_kernel_its_first_search_ran_on(tmp_path: Path) ->
     assert kernel("cheap") == "auto"
 
 
-def test_benchmarks_md_holds_the_table_of_the_committed_searches(tmp_path: Path) -> None:
+def test_benchmarks_md_holds_the_table_of_the_committed_searches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """BENCHMARKS.md's cheap-vs-full table is the one the committed search reports give (the header
     line, which carries the date the table was written, aside); a file without the block is refused."""
     import shutil
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main() sets it; restored after
     sc = load_script()
     committed = Path(sc.ROOT) / "benchmarks" / "results" / "search_compare"
     for f in committed.glob("*/*.json"):  # reports, recipes and states: everything --only table reads
