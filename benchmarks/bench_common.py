@@ -52,6 +52,15 @@ def best_times(
     return best
 
 
+def drawn_with(npz: Path) -> dict | None:
+    """The config ``npz``'s samples were drawn with, by :func:`sample_once`'s stamp beside them; None when
+    there is no stamp or the file is not the one it stamped (another size)."""
+    stamp = npz.with_suffix(".sample.json")
+    made = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    ok = npz.is_file() and made.get("size") == npz.stat().st_size
+    return made.get("config") if ok else None
+
+
 def sample_once(npz: Path, config: dict, sample: Callable[[], None]) -> float:
     """Seconds ``sample()`` took to write ``npz``. When ``npz`` is there already and its stamp (``.sample.json``
     beside it) says it was made with ``config``, the seconds it took then, without sampling again: a run
@@ -59,9 +68,8 @@ def sample_once(npz: Path, config: dict, sample: Callable[[], None]) -> float:
     from qdit.io.atomic import write_json
 
     stamp = npz.with_suffix(".sample.json")
-    made = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    if made.get("config") == config and npz.is_file() and made.get("size") == npz.stat().st_size:
-        return float(made["seconds"])
+    if drawn_with(npz) == config:
+        return float(json.loads(stamp.read_text())["seconds"])
     stamp.unlink(missing_ok=True)  # vouches for nothing while the samples are redone
     t0 = time.perf_counter()
     sample()

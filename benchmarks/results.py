@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import Block, check_weights, run_meta, sample_once
+from bench_common import Block, check_weights, drawn_with, run_meta, sample_once
 
 from qdit.io.atomic import write_json
 
@@ -156,8 +156,13 @@ def aggregate(row: dict, metric: str) -> None:
     row[f"{metric}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
+def model_name(key: str, w_bits: int, a_bits: int) -> str:
+    """The name of a quantized row's model folder, and the prefix of its samples in ``work/``."""
+    return f"w{w_bits}a{a_bits}_{key}"
+
+
 def sample_name(row: dict) -> str:
-    return "fp" if row["row"] == "fp" else f"w{row['w_bits']}a{row['a_bits']}_{row['row']}"
+    return "fp" if row["row"] == "fp" else model_name(row["row"], row["w_bits"], row["a_bits"])
 
 
 def samples_of(work: Path, name: str, seed: int, scores: dict) -> Path | None:
@@ -169,9 +174,9 @@ def samples_of(work: Path, name: str, seed: int, scores: dict) -> Path | None:
     values = cached.get("values", {})
     if not npz.is_file() or not values or any(values.get(k) != v for k, v in scores.items() if k in values):
         return None
-    drawn = read_json(npz.with_suffix(".sample.json")).get("config")
     scored = {k: v for k, v in cached.get("config", {}).items() if k not in ("metrics", "inception")}
-    return npz if drawn is None or drawn == scored else None
+    stamped = npz.with_suffix(".sample.json").is_file()  # samples from before the stamps have none
+    return npz if not stamped or drawn_with(npz) == scored else None
 
 
 def add_psnr(row: dict, fp_row: dict | None, work: Path) -> bool:
@@ -253,7 +258,7 @@ class Runner:
 
     def quantized_model(self, key: str, w_bits: int, a_bits: int) -> tuple[str, dict]:
         a = self.a
-        name = f"w{w_bits}a{a_bits}_{key}"
+        name = model_name(key, w_bits, a_bits)
         folder = self.work / name
         summary_path = self.work / f"{name}.quantize.json"
         flags = list(ROWS[key][1])

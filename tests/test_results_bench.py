@@ -216,7 +216,8 @@ def test_psnr_against_full_precision_of_the_same_seed(tmp_path: Path) -> None:
         (tmp_path / f"{name}_s{seed}.metrics.json").write_text(
             json.dumps({"config": {"steps": 2, "metrics": ["fid"]}, "values": {"fid": fid}}))
         if drawn is not None:
-            (tmp_path / f"{name}_s{seed}.sample.json").write_text(json.dumps({"config": drawn}))
+            size = (tmp_path / f"{name}_s{seed}.npz").stat().st_size  # as bench_common.sample_once stamps
+            (tmp_path / f"{name}_s{seed}.sample.json").write_text(json.dumps({"config": drawn, "size": size}))
 
     for seed in (0, 1, 2, 3):
         put("fp", seed, imgs, labels if seed != 1 else labels[::-1], 20.0 + seed)
