@@ -89,6 +89,11 @@ QUICK_METRICS = ("domain_fd", "class_acc")
 # genome on the embedded model)
 SEARCH_FLAGS = "--steps 10 --choices width --fitness fd-fp"
 LOWER_IS_BETTER = {"fid", "sfid", "domain_fd"}
+# issue 12's acceptance: the best searched Q-DiT row within these ratios of full precision ...
+TARGETS = {"W4A8": 1.10, "W6A8": 1.02}
+# ... and, at the hardest setting where RTN costs at least RTN_HARD x full precision, that row
+# recovers at least RECOVERY_TARGET of RTN's loss
+RTN_HARD, RECOVERY_TARGET = 2.0, 0.90
 # Q-DiT's ablation: (step, the step it adds to); the steps should improve monotonically, or the table
 # says where they do not (issue 12)
 ABLATION = (
@@ -400,6 +405,49 @@ def ablation(tables: dict[str, list[dict]], metric: str) -> list[str]:
     return lines
 
 
+def acceptance(tables: dict[str, list[dict]], metric: str) -> list[str]:
+    """Issue 12's targets read off the table (lower-is-better metrics only): per setting, the best
+    searched Q-DiT row against full precision (and :data:`TARGETS`' ratio where the setting has one) and
+    against every unsearched row; then, of the settings where RTN is at least :data:`RTN_HARD` times full
+    precision, the hardest (RTN's largest ratio) and the share of RTN's loss that row recovers there."""
+    if metric not in LOWER_IS_BETTER:
+        return []
+    lines, hard = [], []
+    for setting, rows in tables.items():
+        by = {r["row"]: r for r in rows}
+        fp, rtn = by.get("fp", {}).get(metric), by.get("rtn", {}).get(metric)
+        searched = [r for r in rows if r["row"] in SEARCH_ROWS and r.get(metric) is not None]
+        if fp is None:
+            continue
+        if rtn is not None and rtn >= RTN_HARD * fp:
+            hard.append((rtn / fp, setting, min(searched, key=lambda r: r[metric]) if searched else None))
+        if not searched:
+            lines.append(f"- {setting}: no searched Q-DiT row yet")
+            continue
+        best = min(searched, key=lambda r: r[metric])
+        ratio = best[metric] / fp
+        text = f"- {setting}: best searched row {best['label']} ({len(best['seeds'])} seed{'s' if len(best['seeds']) != 1 else ''}) {ratio:.3f}x FP"
+        if setting in TARGETS:
+            text += f" ({'meets' if ratio <= TARGETS[setting] else 'misses'} <= {TARGETS[setting]:.2f}x)"
+        others = [r for r in rows if r["row"] not in SEARCH_ROWS and r["row"] != "fp" and r.get(metric) is not None]
+        beaten_by = [r["label"] for r in others if r[metric] <= best[metric]]
+        text += (f"; not better than {', '.join(beaten_by)}" if beaten_by
+                 else f"; better than the {len(others)} unsearched rows")  # fmt: skip
+        lines.append(text + (f"; RTN {rtn / fp:.2f}x FP" if rtn is not None else ""))
+    if not hard:
+        lines.append(f"- No setting measured so far has RTN at >= {RTN_HARD:g}x full precision.")
+    else:
+        ratio, setting, best = max(hard, key=lambda h: h[0])
+        rec = None if best is None else best.get("recovered")
+        lines.append(
+            f"- Hardest setting with RTN >= {RTN_HARD:g}x FP: {setting} (RTN {ratio:.2f}x); "
+            + ("no searched row yet" if rec is None else
+               f"{best['label']} recovers {rec:.3f} of RTN's loss "
+               f"({'meets' if rec >= RECOVERY_TARGET else 'misses'} >= {RECOVERY_TARGET:.2f})")
+        )  # fmt: skip
+    return lines
+
+
 def fmt(r: dict, m: str) -> str:
     v, std = r.get(m), r.get(f"{m}_std")
     if v is None:
@@ -454,6 +502,10 @@ def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, where: str) -
     if searches:
         lines += ["", "Searched recipes (`qdit search` flags beside the setting's bits):", "",
                   *(f"- {label}: `{flags}`" for label, flags in searches)]  # fmt: skip
+    targets = acceptance(tables, metric)
+    if targets:
+        lines += ["", f"Issue 12's targets ({names.get(metric, metric)}, means over each row's seeds):", "",
+                  *targets]  # fmt: skip
     steps = ablation(tables, metric)
     if steps:
         lines += ["", f"Q-DiT's steps, {names.get(metric, metric)} (each against the step it adds to, on the seeds "
