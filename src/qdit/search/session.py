@@ -183,8 +183,8 @@ def saved_objective(path: str | Path) -> dict | None:
 
 
 def shared_saved_objective(path: str | Path | None, dist: DistContext) -> dict | None:
-    """``saved_objective(path)`` as rank 0 reads it (it alone may see the state file), sent to every
-    rank so that all of them resume the same way."""
+    """``saved_objective(path)`` read once, on rank 0 (the rank that writes the state file), and sent
+    to every rank so that all of them resume the same way."""
     objective = saved_objective(path) if path is not None and dist.is_main else None
     return broadcast(objective, dist)
 
