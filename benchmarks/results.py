@@ -360,8 +360,7 @@ class Runner:
 
 def add_recovery(tables: dict[str, list[dict]], metric: str) -> None:
     for rows in tables.values():
-        by = {r["row"]: r for r in rows}
-        fp, rtn = by.get("fp", {}).get(metric), by.get("rtn", {}).get(metric)
+        fp, rtn = fp_and_rtn(rows, metric)
         for r in rows:
             r["recovered"] = None if r["row"] in ("fp", "rtn") else recovered(rtn, fp, r.get(metric))
             r["recovered_metric"] = metric
@@ -405,45 +404,64 @@ def ablation(tables: dict[str, list[dict]], metric: str) -> list[str]:
     return lines
 
 
+def fp_and_rtn(rows: list[dict], metric: str) -> tuple[float | None, float | None]:
+    """Full precision's and RTN's ``metric`` among one setting's rows (None where a row is missing)."""
+    by = {r["row"]: r for r in rows}
+    return by.get("fp", {}).get(metric), by.get("rtn", {}).get(metric)
+
+
+def seeds_of(row: dict) -> str:
+    n = len(row["seeds"])
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def acceptance(tables: dict[str, list[dict]], metric: str) -> list[str]:
     """Issue 12's targets read off the table (lower-is-better metrics only): per setting, the best
-    searched Q-DiT row against full precision (and :data:`TARGETS`' ratio where the setting has one) and
-    against every unsearched row; then, of the settings where RTN is at least :data:`RTN_HARD` times full
-    precision, the hardest (RTN's largest ratio) and the share of RTN's loss that row recovers there."""
+    searched Q-DiT row (lowest mean) against full precision (and :data:`TARGETS`' ratio where the setting
+    has one) and against the unsearched rows' means; then, of the settings where RTN is at least
+    :data:`RTN_HARD` times full precision, the hardest (RTN's largest ratio) and the share of RTN's loss
+    the best searched row recovers there."""
     if metric not in LOWER_IS_BETTER:
         return []
-    lines, hard = [], []
+    lines: list[str] = []
+    hard: list[tuple[float, str, dict | None, float | None]] = []  # (RTN / FP, setting, best row, its recovery)
     for setting, rows in tables.items():
-        by = {r["row"]: r for r in rows}
-        fp, rtn = by.get("fp", {}).get(metric), by.get("rtn", {}).get(metric)
-        searched = [r for r in rows if r["row"] in SEARCH_ROWS and r.get(metric) is not None]
-        if fp is None:
+        fp, rtn = fp_and_rtn(rows, metric)
+        if fp is None or fp <= 0:
+            lines.append(f"- {setting}: no full-precision value to compare with")
             continue
+        searched = [r for r in rows if r["row"] in SEARCH_ROWS and r.get(metric) is not None]
+        best = min(searched, key=lambda r: r[metric]) if searched else None
         if rtn is not None and rtn >= RTN_HARD * fp:
-            hard.append((rtn / fp, setting, min(searched, key=lambda r: r[metric]) if searched else None))
-        if not searched:
+            hard.append((rtn / fp, setting, best, None if best is None else recovered(rtn, fp, best[metric])))
+        if best is None:
             lines.append(f"- {setting}: no searched Q-DiT row yet")
             continue
-        best = min(searched, key=lambda r: r[metric])
-        ratio = best[metric] / fp
-        text = f"- {setting}: best searched row {best['label']} ({len(best['seeds'])} seed{'s' if len(best['seeds']) != 1 else ''}) {ratio:.3f}x FP"
+        ratio = round(best[metric] / fp, 3)  # the verdict is the one the printed ratio gives
+        text = f"- {setting}: best searched row {best['label']} ({seeds_of(best)}) {ratio:.3f}x FP"
         if setting in TARGETS:
             text += f" ({'meets' if ratio <= TARGETS[setting] else 'misses'} <= {TARGETS[setting]:.2f}x)"
         others = [r for r in rows if r["row"] not in SEARCH_ROWS and r["row"] != "fp" and r.get(metric) is not None]
-        beaten_by = [r["label"] for r in others if r[metric] <= best[metric]]
-        text += (f"; not better than {', '.join(beaten_by)}" if beaten_by
-                 else f"; better than the {len(others)} unsearched rows")  # fmt: skip
+        if not others:
+            text += "; no unsearched row to compare with"
+        else:
+            rival = min(others, key=lambda r: r[metric])
+            std = rival.get(f"{metric}_std")
+            spread = f" ± {std:.2f}" if std is not None else ""
+            verdict = ("lower mean than" if best[metric] < rival[metric] else "not lower than")
+            who = "every unsearched row" if len(others) > 1 else "the only unsearched row"
+            text += (f"; {verdict} {who} (the lowest: {rival['label']}, {rival[metric]:.2f}{spread}, "
+                     f"{seeds_of(rival)})")  # fmt: skip
         lines.append(text + (f"; RTN {rtn / fp:.2f}x FP" if rtn is not None else ""))
     if not hard:
         lines.append(f"- No setting measured so far has RTN at >= {RTN_HARD:g}x full precision.")
     else:
-        ratio, setting, best = max(hard, key=lambda h: h[0])
-        rec = None if best is None else best.get("recovered")
+        ratio, setting, best, rec = max(hard, key=lambda h: h[0])
         lines.append(
             f"- Hardest setting with RTN >= {RTN_HARD:g}x FP: {setting} (RTN {ratio:.2f}x); "
-            + ("no searched row yet" if rec is None else
+            + ("no searched row yet" if best is None or rec is None else
                f"{best['label']} recovers {rec:.3f} of RTN's loss "
-               f"({'meets' if rec >= RECOVERY_TARGET else 'misses'} >= {RECOVERY_TARGET:.2f})")
+               f"({'meets' if round(rec, 3) >= RECOVERY_TARGET else 'misses'} >= {RECOVERY_TARGET:.2f})")
         )  # fmt: skip
     return lines
 
@@ -498,7 +516,8 @@ def markdown(tables: dict[str, list[dict]], a: argparse.Namespace, where: str) -
                      *(fmt(r, m) for m in a.metrics), "—" if rec is None else f"{rec:.2f}",
                      fmt(r, "psnr_fp"), str(len(r["seeds"]))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
-    searches = sorted({(r["label"], r["search"]) for rows in tables.values() for r in rows if r.get("search")})
+    searches = sorted({(r["label"], " ".join(normalise_flags(r["search"].split())))
+                       for rows in tables.values() for r in rows if r.get("search")})  # fmt: skip
     if searches:
         lines += ["", "Searched recipes (`qdit search` flags beside the setting's bits):", "",
                   *(f"- {label}: `{flags}`" for label, flags in searches)]  # fmt: skip
