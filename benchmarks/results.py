@@ -29,7 +29,8 @@ recall, plus the domain Fréchet distance and class accuracy. Rows in ``--key-ro
         [--rows fp,rtn,...] [--settings W8A8,W6A8,W4A8] [--out-dir benchmarks/results] [--threads 2]
 
 Writes ``<out-dir>/<setting>.json`` (e.g. ``w4a8.json``; ``fp.json`` for full precision), each updated
-after every row, so a rerun skips the rows already there (``--force`` redoes them); quantized folders,
+after every row under a lock (two runs on other rows of one setting, one per core, keep each other's
+rows), so a rerun skips the rows already there (``--force`` redoes them); quantized folders,
 searched recipes and samples go to ``<out-dir>/work/`` and are reused too. Then ``results.md`` (the
 table, the machine, the date, torch's version), ``fid_vs_bpw.png`` and ``grid.png`` (the same seed's
 first images in every row of the grid setting). Every step is a ``qdit`` command (printed), so each can
@@ -39,12 +40,15 @@ be rerun alone. ``--quick``: 100 samples, 10 steps, one seed, W4A8 only, no sear
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +209,32 @@ def add_psnr(row: dict, fp_row: dict | None, work: Path) -> bool:
     return added
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while a setting's JSON is read, changed
+    and written back, so that two runs on rows of one setting (one per core) keep each other's rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def store_row(path: Path, row: dict, config: dict, meta: dict, lock: Path) -> dict[str, dict]:
+    """Put ``row`` into the setting's JSON at ``path`` as the file is now (rows written by another run
+    since this one read it stay), in table order, rows of other configurations after them as they are;
+    returns the file's rows of ``config`` by key."""
+    with locked(lock):
+        rows = read_json(path).get("rows", [])
+        mine = {r["row"]: r for r in rows if r.get("config") == config}
+        mine[row["row"]] = row
+        others = [r for r in rows if r.get("config") != config]
+        write_json(path, {"rows": [*(mine[k] for k in ALL_ROWS if k in mine), *others], "meta": meta})
+    return mine
+
+
 def normalise_flags(tokens: list[str]) -> list[str]:
     """Command-line flags in one spelling: each flag with the values after it, ``--x=y`` as ``--x y``,
     the flags sorted (so the same search gets the same name whatever the order it was given in)."""
@@ -334,11 +364,13 @@ class Runner:
         self.fp_row = fp_rows[0] if fp_rows else None
         for setting in a.settings:
             path = self.out / f"{setting.lower()}.json"
-            done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
-            if any([add_psnr(r, self.fp_row, self.work) for r in done.values()]):  # rows from before the column
-                data = read_json(path)
-                data["rows"] = [done.get(r["row"], r) if r.get("config") == self.config else r for r in data["rows"]]
-                write_json(path, data)
+            lock = self.work / f"{path.name}.lock"
+            with locked(lock):
+                done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
+                if any([add_psnr(r, self.fp_row, self.work) for r in done.values()]):  # rows from before the column
+                    data = read_json(path)
+                    data["rows"] = [done.get(r["row"], r) if r.get("config") == self.config else r for r in data["rows"]]
+                    write_json(path, data)
             for key in () if a.table_only else a.rows:
                 if key == "fp":
                     continue
@@ -350,10 +382,7 @@ class Runner:
                     print(f"== {setting} {key}: done already (skipped)", flush=True)
                     continue
                 print(f"== {setting} {key}", flush=True)
-                done[key] = self.row(key, setting)
-                ordered = [done[k] for k in ALL_ROWS if k in done]
-                others = [r for r in read_json(path).get("rows", []) if r.get("config") != self.config]
-                write_json(path, {"rows": [*ordered, *others], "meta": run_meta(a)})  # others kept as they are
+                done = store_row(path, self.row(key, setting), self.config, run_meta(a), lock)
             tables[setting] = [*fp_rows, *(done[k] for k in ALL_ROWS if k in done)]
         return tables
 
@@ -646,13 +675,14 @@ def main(argv: list[str] | None = None) -> int:
     add_recovery(tables, a.metrics[0])
     for setting, rows in tables.items():  # the recovery fractions go into the JSON too
         path = out / f"{setting.lower()}.json"
-        data = read_json(path)
-        if data:
-            by = {r["row"]: r for r in rows}
-            mine = (r for r in data["rows"] if r["row"] in by and r.get("config") == by[r["row"]].get("config"))
-            for r in mine:  # rows of another config: left as they are
-                r["recovered"], r["recovered_metric"] = by[r["row"]]["recovered"], a.metrics[0]
-            write_json(path, data)
+        with locked(out / "work" / f"{path.name}.lock"):
+            data = read_json(path)
+            if data:
+                by = {r["row"]: r for r in rows}
+                mine = (r for r in data["rows"] if r["row"] in by and r.get("config") == by[r["row"]].get("config"))
+                for r in mine:  # rows of another config: left as they are
+                    r["recovered"], r["recovered_metric"] = by[r["row"]]["recovered"], a.metrics[0]
+                write_json(path, data)
     tables = {k: rows for k, rows in tables.items() if any(r["row"] != "fp" for r in rows)}
     if a.table_only and not tables:
         print(f"results.py: no quantized rows of this configuration in {out} (samples {a.num}, steps {a.steps}, "

@@ -286,6 +286,25 @@ def test_psnr_against_full_precision_of_the_same_seed(tmp_path: Path) -> None:
     assert not results.add_psnr(row, fp, tmp_path)
 
 
+def test_a_row_is_stored_beside_rows_another_run_wrote_since(tmp_path: Path) -> None:
+    """Two runs on one setting: the second run's row joins the rows the first wrote after the second
+    read the file (not the file as the second run read it); the same row is replaced; rows of another
+    configuration stay after them, untouched; the order is the table's."""
+    results = load_script()
+    path, lock = tmp_path / "w4a8.json", tmp_path / "work" / "w4a8.json.lock"
+    mine, old = {"num": 1000}, {"num": 10}
+    path.write_text(json.dumps({"rows": [{"row": "rtn", "config": old, "fid": 1.0}], "meta": {}}))
+    # another run wrote qdit_full (after this run had read the file and found nothing of its config)
+    results.store_row(path, {"row": "qdit_full", "config": mine, "fid": 3.0}, mine, {"run": "other"}, lock)
+    done = results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.0}, mine, {"run": "this"}, lock)
+    data = json.loads(path.read_text())
+    assert [(r["row"], r["config"]["num"]) for r in data["rows"]] == [("gptq", 1000), ("qdit_full", 1000), ("rtn", 10)]
+    assert sorted(done) == ["gptq", "qdit_full"] and data["meta"] == {"run": "this"}
+    results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.5}, mine, {}, lock)
+    fids = [r["fid"] for r in json.loads(path.read_text())["rows"]]
+    assert fids == [2.5, 3.0, 1.0]
+
+
 def test_a_work_folder_of_other_weights_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
