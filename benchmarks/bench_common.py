@@ -26,11 +26,22 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows): hosts of one
+    architecture differ in speed and in the kernels they can run (AMX or not)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip() or platform.processor() or platform.machine()
+
+
 def run_meta(a: argparse.Namespace, **extra: object) -> dict:
-    """Machine, torch, date, commit and arguments of this run (``extra`` added as is)."""
+    """Machine, CPU, torch, date, commit and arguments of this run (``extra`` added as is)."""
     import torch
 
-    return {"machine": platform.processor() or platform.machine(), "platform": platform.platform(),
+    return {"machine": platform.processor() or platform.machine(), "cpu": cpu_name(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "threads": getattr(a, "threads", None), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit(), "args": dict(vars(a)),
             **extra}  # fmt: skip

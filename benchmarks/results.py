@@ -505,7 +505,8 @@ def fmt(r: dict, m: str) -> str:
 
 def measured(out: Path, settings: list[str]) -> str:
     """Where and when the tabled rows were written, from the ``meta`` of their JSON files (each file's
-    last write): machine, CPUs, threads, torch, and the span of dates."""
+    last write): machine, CPU models (files from before they were recorded: "unrecorded"), CPUs,
+    threads, torch, and the span of dates."""
     metas = [read_json(out / f"{name}.json").get("meta") for name in ("fp", *(s.lower() for s in settings))]
     metas = [m for m in metas if m]
     if not metas:
@@ -516,7 +517,8 @@ def measured(out: Path, settings: list[str]) -> str:
 
     dates = sorted(m["date"] for m in metas if m.get("date")) or ["an unrecorded date"]
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
-    return (f"machine {values('machine')} ({values('cpus')} CPUs, {values('threads')} threads), torch "
+    cpus = sorted({m["cpu"] for m in metas if m.get("cpu")}) + (["unrecorded"] if any(not m.get("cpu") for m in metas) else [])
+    return (f"machine {values('machine')} (CPU {'; '.join(cpus)}; {values('cpus')} CPUs, {values('threads')} threads), torch "
             f"{values('torch')}, JSON last written {span}")  # fmt: skip
 
 
@@ -591,13 +593,18 @@ def plot(tables: dict[str, list[dict]], metric: str, path: Path) -> None:
 def grid(tables: dict[str, list[dict]], setting: str, work: Path, path: Path, count: int) -> None:
     from PIL import Image, ImageDraw
 
-    strips = []
+    strips, missing = [], []
     for r in tables.get(setting, []):
         npz = work / f"{sample_name(r)}_s{r['seeds'][0]}.npz"
         if npz.is_file():
             with np.load(npz) as f:
                 imgs = f["arr_0"][:count, ..., 0]
             strips.append((r["label"], np.concatenate(list(imgs), axis=1)))
+        else:
+            missing.append(r["label"])
+    if missing and path.is_file():  # a work/ folder of another machine or a fresh clone: keep the whole grid
+        print(f"{path.name} kept as it is: no samples in {work} for {', '.join(missing)}", flush=True)
+        return
     if not strips:
         return
     pad, label_w = 2, 230

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -303,6 +304,40 @@ def test_a_row_is_stored_beside_rows_another_run_wrote_since(tmp_path: Path) -> 
     results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.5}, mine, {}, lock)
     fids = [r["fid"] for r in json.loads(path.read_text())["rows"]]
     assert fids == [2.5, 3.0, 1.0]
+
+
+def test_the_table_says_which_cpus_the_rows_were_measured_on(tmp_path: Path) -> None:
+    results = load_script()
+    meta = {"machine": "x86_64", "cpus": 2, "threads": 1, "torch": "2.13.0+cpu", "date": "2026-12-02 10:00"}
+    (tmp_path / "fp.json").write_text(json.dumps({"rows": [], "meta": {**meta, "cpu": "AMD EPYC"}}))
+    (tmp_path / "w4a8.json").write_text(json.dumps({"rows": [], "meta": {**meta, "date": "2026-11-30 09:00"}}))
+    assert results.measured(tmp_path, ["W4A8", "W6A8"]) == (
+        "machine x86_64 (CPU AMD EPYC; unrecorded; 2 CPUs, 1 threads), torch 2.13.0+cpu, "
+        "JSON last written 2026-11-30 09:00 to 2026-12-02 10:00"
+    )
+    assert results.run_meta(argparse.Namespace())["cpu"]  # this machine's, never empty
+
+
+def test_the_grid_is_kept_when_a_row_has_no_samples_here(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """grid.png has one strip per row of the setting; with a row's samples missing from work/ (a fresh
+    clone, another machine) the grid there is kept whole rather than rewritten without that row."""
+    import numpy as np
+    from PIL import Image
+
+    results = load_script()
+    work, path = tmp_path / "work", tmp_path / "grid.png"
+    work.mkdir()
+    rows = [{"row": "fp", "label": "full precision", "seeds": [0]},
+            {"row": "rtn", "label": "RTN", "w_bits": 4, "a_bits": 8, "seeds": [0]}]  # fmt: skip
+    for name in ("fp", "w4a8_rtn"):
+        np.savez(work / f"{name}_s0.npz", arr_0=np.zeros((4, 28, 28, 1), np.uint8))
+    results.grid({"W4A8": rows}, "W4A8", work, path, 3)
+    assert Image.open(path).size == (230 + 3 * 28, 2 * (28 + 2))
+    before = path.read_bytes()
+    (work / "w4a8_rtn_s0.npz").unlink()
+    results.grid({"W4A8": rows}, "W4A8", work, path, 3)
+    assert path.read_bytes() == before
+    assert f"grid.png kept as it is: no samples in {work} for RTN" in capsys.readouterr().out
 
 
 def test_a_work_folder_of_other_weights_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
