@@ -31,7 +31,8 @@ recall, plus the domain Fréchet distance and class accuracy. Rows in ``--key-ro
 Writes ``<out-dir>/<setting>.json`` (e.g. ``w4a8.json``; ``fp.json`` for full precision), each updated
 after every row under a lock (two runs on other rows of one setting, one per core, keep each other's
 rows), so a rerun skips the rows already there (``--force`` redoes them); quantized folders,
-searched recipes and samples go to ``<out-dir>/work/`` and are reused too. Then ``results.md`` (the
+searched recipes and samples go to ``<out-dir>/work/`` and are reused too; the searched recipes are
+also kept in ``<out-dir>/recipes/`` (committed: a clone quantizes the search rows without searching). Then ``results.md`` (the
 table, the machine, the date, torch's version), ``fid_vs_bpw.png`` and ``grid.png`` (the same seed's
 first images in every row of the grid setting). Every step is a ``qdit`` command (printed), so each can
 be rerun alone. ``--quick``: 100 samples, 10 steps, one seed, W4A8 only, no searches, domain metrics only.
@@ -44,6 +45,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +54,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from bench_common import Block, check_weights, drawn_with, run_meta, sample_once
+from bench_common import Block, check_weights, drawn_with, run_meta, sample_once, weights_digest
 
 from qdit.io.atomic import write_json
 
@@ -259,6 +261,7 @@ class Runner:
         if a.bf16:  # bf16 Inception features give other FIDs: never reuse fp32 numbers for them (or back)
             self.config["inception"] = "bf16"
         self.fp_row: dict | None = None  # full precision's row of this config, once run() has it
+        self.weights = weights_digest(a.model)  # names the kept recipes
 
     # --- one row -------------------------------------------------------------------------------
     def sample_and_score(self, model: str, name: str, seed: int, config: dict) -> dict[str, float]:
@@ -291,6 +294,15 @@ class Runner:
         steps = [] if "--steps" in extra else ["--steps", str(self.a.steps)]
         return ["--method", method, *normalise_flags([*extra, *steps])]
 
+    def kept_recipe(self, searched: str) -> Path | None:
+        """Where a searched recipe is kept beside the JSON (``<out-dir>/recipes/``, committed), named
+        with the model's weights so that a retrained model never takes an old recipe: a fresh clone or
+        another machine quantizes the rows from it instead of searching again (an hour on a CPU without
+        AMX); None for a model whose weights are not files here."""
+        if self.weights is None:
+            return None
+        return self.out / "recipes" / f"{searched}_{self.weights[:12]}.recipe.json"
+
     def quantized_model(self, key: str, w_bits: int, a_bits: int) -> tuple[str, dict]:
         a = self.a
         name = model_name(key, w_bits, a_bits)
@@ -306,12 +318,19 @@ class Runner:
             digest = hashlib.sha256(" ".join([a.model, *extra]).encode()).hexdigest()[:8]
             searched = f"w{w_bits}a{a_bits}_qdit_{method}_{digest}"
             recipe = self.work / f"{searched}.recipe.json"
+            kept = self.kept_recipe(searched)
+            if not recipe.is_file() and kept is not None and kept.is_file():
+                print(f"== {searched}: the recipe searched before ({kept.relative_to(self.out)})", flush=True)
+                shutil.copyfile(kept, recipe)
             if not recipe.is_file():
                 state = self.work / f"{searched}.recipe.state.json"
                 resume = ["--resume"] if state.is_file() else []
                 qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
                      *extra, "--no-progress",
                      "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
+            if kept is not None and (not kept.is_file() or kept.read_bytes() != recipe.read_bytes()):
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(recipe, kept)
             flags = ["--recipe", str(recipe), *flags]
             # a searched-again recipe must not reuse the models and samples of the old one
             config = {**config, "recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,22 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
     calls.clear()
     row = runner.row("qdit_cheap", "W4A8")
     assert [c[0] for c in calls] == ["search", "quantize", "sample", "eval"]
-    assert calls[0][calls[0].index("--out") + 1] != recipe
+    again = Path(calls[0][calls[0].index("--out") + 1])
+    assert str(again) != recipe
     assert row["search"] == "--method cheap --choices width --fitness fd-fp --steps 2"
     a.cheap_search_args = "--fitness=fd-fp --choices width"  # the same search spelled otherwise
     calls.clear()
     assert runner.row("qdit_cheap", "W4A8")["search"] == row["search"] and calls == []
+
+    # the recipes the rows used are kept beside the JSON, named with the weights: a clone without
+    # work/ quantizes from the kept one instead of searching again
+    kept = tmp_path / "recipes" / again.name.replace(".recipe.json", f"_{runner.weights[:12]}.recipe.json")
+    assert kept.read_text() == recipe_text["value"] and len(list(kept.parent.iterdir())) == 2  # both searches
+    shutil.rmtree(tmp_path / "work")
+    calls.clear()
+    results.Runner(a).row("qdit_cheap", "W4A8")
+    assert [c[0] for c in calls] == ["quantize", "sample", "eval"]
+    assert Path(calls[0][calls[0].index("--recipe") + 1]).read_text() == recipe_text["value"]
 
 
 def test_the_ablation_says_where_a_step_does_not_improve() -> None:
