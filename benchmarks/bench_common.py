@@ -31,10 +31,10 @@ def cpu_name() -> str:
     architecture differ in speed and in the kernels they can run (AMX or not)."""
     try:
         with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith("model name")), "")
+            found = next((line for line in f if line.startswith("model name")), "")
     except OSError:
-        line = ""
-    return line.partition(":")[2].strip() or platform.processor() or platform.machine()
+        found = ""
+    return found.partition(":")[2].strip() or platform.processor() or platform.machine()
 
 
 def run_meta(a: argparse.Namespace, **extra: object) -> dict:
@@ -151,7 +151,8 @@ def check_weights(work: Path, model: str, record: bool) -> str | None:
     if known.get(model, digest) != digest:
         return (f"{work} holds models and samples made from other weights of {model} (sha256 "
                 f"{known[model][:12]}, now {digest[:12]}): give another folder or delete it")  # fmt: skip
-    cached = (f for f in work.iterdir() if f.name != "weights.json") if work.is_dir() else iter(())
+    # lock files (results.py's, around its JSON) hold nothing made from the weights
+    cached = (f for f in work.iterdir() if f.name != "weights.json" and f.suffix != ".lock") if work.is_dir() else iter(())
     if model not in known and next(cached, None) is not None:
         return (f"{work} holds cached models and samples without a record of the weights of {model} "
                 "they were made from: give another folder or delete it")  # fmt: skip

@@ -32,7 +32,8 @@ Writes ``<out-dir>/<setting>.json`` (e.g. ``w4a8.json``; ``fp.json`` for full pr
 after every row under a lock (two runs on other rows of one setting, one per core, keep each other's
 rows), so a rerun skips the rows already there (``--force`` redoes them); quantized folders,
 searched recipes and samples go to ``<out-dir>/work/`` and are reused too; the searched recipes are
-also kept in ``<out-dir>/recipes/`` (committed: a clone quantizes the search rows without searching). Then ``results.md`` (the
+also kept in ``<out-dir>/recipes/`` (committed: a clone quantizes the search rows without searching;
+delete one to search again). Then ``results.md`` (the
 table, the machine, the date, torch's version), ``fid_vs_bpw.png`` and ``grid.png`` (the same seed's
 first images in every row of the grid setting). Every step is a ``qdit`` command (printed), so each can
 be rerun alone. ``--quick``: 100 samples, 10 steps, one seed, W4A8 only, no searches, domain metrics only.
@@ -54,9 +55,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from bench_common import Block, check_weights, drawn_with, run_meta, sample_once, weights_digest
+from bench_common import (
+    Block,
+    check_weights,
+    cpu_name,
+    drawn_with,
+    git_commit,
+    run_meta,
+    sample_once,
+    weights_digest,
+)
 
-from qdit.io.atomic import write_json
+from qdit.io.atomic import atomic_write, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("W8A8", "W6A8", "W4A8")
@@ -262,6 +272,11 @@ class Runner:
             self.config["inception"] = "bf16"
         self.fp_row: dict | None = None  # full precision's row of this config, once run() has it
         self.weights = weights_digest(a.model)  # names the kept recipes
+        # the code and the host this run started on (HEAD may move while it runs for hours)
+        self.started = {"commit": git_commit(), "cpu": cpu_name()}
+
+    def meta(self) -> dict:
+        return run_meta(self.a, **self.started)
 
     # --- one row -------------------------------------------------------------------------------
     def sample_and_score(self, model: str, name: str, seed: int, config: dict) -> dict[str, float]:
@@ -319,18 +334,24 @@ class Runner:
             searched = f"w{w_bits}a{a_bits}_qdit_{method}_{digest}"
             recipe = self.work / f"{searched}.recipe.json"
             kept = self.kept_recipe(searched)
-            if not recipe.is_file() and kept is not None and kept.is_file():
-                print(f"== {searched}: the recipe searched before ({kept.relative_to(self.out)})", flush=True)
-                shutil.copyfile(kept, recipe)
-            if not recipe.is_file():
-                state = self.work / f"{searched}.recipe.state.json"
-                resume = ["--resume"] if state.is_file() else []
-                qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
-                     *extra, "--no-progress",
-                     "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
-            if kept is not None and (not kept.is_file() or kept.read_bytes() != recipe.read_bytes()):
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(recipe, kept)
+            # one search at a time per recipe: the other row of a search (+ GPTQ weights) run by
+            # another process waits for it rather than running it again on the same state file
+            with locked(self.work / f"{searched}.lock"):
+                if not recipe.is_file() and kept is not None and kept.is_file():
+                    print(f"== {searched}: the recipe searched before ({kept.relative_to(self.out)})", flush=True)
+                    atomic_write(recipe, lambda tmp: shutil.copyfile(kept, tmp))
+                if not recipe.is_file():
+                    state = self.work / f"{searched}.recipe.state.json"
+                    resume = ["--resume"] if state.is_file() else []
+                    qdit("search", "--model", a.model, "--w-bits", str(w_bits), "--a-bits", str(a_bits),
+                         *extra, "--no-progress",
+                         "--state", str(state), *resume, "--out", str(recipe))  # fmt: skip
+                if kept is not None and (not kept.is_file() or kept.read_bytes() != recipe.read_bytes()):
+                    if kept.is_file():
+                        print(f"== {searched}: {kept.relative_to(self.out)} replaced by the recipe in work/, "
+                              "which these rows use", flush=True)  # fmt: skip
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(kept, lambda tmp: shutil.copyfile(recipe, tmp))
             flags = ["--recipe", str(recipe), *flags]
             # a searched-again recipe must not reuse the models and samples of the old one
             config = {**config, "recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()}
@@ -365,6 +386,8 @@ class Runner:
         add_psnr(row, self.fp_row, self.work)
         if key in SEARCH_ROWS:  # how the recipe was searched (qdit search's flags beyond the setting's)
             row["search"] = " ".join(self.search_args(SEARCH_ROWS[key]))
+            row["recipe_sha256"] = config.get("recipe_sha256")  # which recipe (the kept one in recipes/)
+        row["cpu"] = self.started["cpu"]  # the host of this row (a setting's meta names its last writer only)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         return row
 
@@ -376,8 +399,8 @@ class Runner:
         fp_rows = [r for r in read_json(fp_path).get("rows", []) if r.get("config") == self.config]
         if "fp" in a.rows and (not fp_rows or a.force) and not a.table_only:
             print("== full precision", flush=True)
-            fp_rows = [self.row("fp", None)]
-            write_json(fp_path, {"rows": fp_rows, "meta": run_meta(a)})
+            stored = store_row(fp_path, self.row("fp", None), self.config, self.meta(), self.work / "fp.json.lock")
+            fp_rows = [stored["fp"]]
         elif fp_rows:
             print("== full precision: done already (skipped)", flush=True)
         self.fp_row = fp_rows[0] if fp_rows else None
@@ -393,6 +416,8 @@ class Runner:
             for key in () if a.table_only else a.rows:
                 if key == "fp":
                     continue
+                with locked(lock):  # rows another run stored meanwhile are done too
+                    done.update({r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config})
                 searched_as = " ".join(self.search_args(SEARCH_ROWS[key])) if key in SEARCH_ROWS else None
                 same = normalise_flags((done[key].get("search") or "").split()) == normalise_flags((searched_as or "").split()) if key in done else False
                 if key in done and not same:
@@ -401,7 +426,9 @@ class Runner:
                     print(f"== {setting} {key}: done already (skipped)", flush=True)
                     continue
                 print(f"== {setting} {key}", flush=True)
-                done = store_row(path, self.row(key, setting), self.config, run_meta(a), lock)
+                done = store_row(path, self.row(key, setting), self.config, self.meta(), lock)
+            with locked(lock):  # the table has the rows another run stored after this one's last
+                done.update({r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config})
             tables[setting] = [*fp_rows, *(done[k] for k in ALL_ROWS if k in done)]
         return tables
 
@@ -536,8 +563,8 @@ def measured(out: Path, settings: list[str]) -> str:
 
     dates = sorted(m["date"] for m in metas if m.get("date")) or ["an unrecorded date"]
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
-    cpus = sorted({m["cpu"] for m in metas if m.get("cpu")}) + (["unrecorded"] if any(not m.get("cpu") for m in metas) else [])
-    return (f"machine {values('machine')} (CPU {'; '.join(cpus)}; {values('cpus')} CPUs, {values('threads')} threads), torch "
+    models = sorted({m["cpu"] for m in metas if m.get("cpu")}) + (["unrecorded"] if any(not m.get("cpu") for m in metas) else [])
+    return (f"machine {values('machine')} (CPU {', '.join(models)}; {values('cpus')} CPUs, {values('threads')} threads), torch "
             f"{values('torch')}, JSON last written {span}")  # fmt: skip
 
 
@@ -624,6 +651,8 @@ def grid(tables: dict[str, list[dict]], setting: str, work: Path, path: Path, co
     if missing and path.is_file():  # a work/ folder of another machine or a fresh clone: keep the whole grid
         print(f"{path.name} kept as it is: no samples in {work} for {', '.join(missing)}", flush=True)
         return
+    if missing:
+        print(f"{path.name} without {', '.join(missing)}: no samples in {work}", flush=True)
     if not strips:
         return
     pad, label_w = 2, 230

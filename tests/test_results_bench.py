@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -66,8 +67,6 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
     """The cheap-search row and its GPTQ variant run one search and quantize its recipe (the variant
     with GPTQ weights); a searched-again recipe redoes both rows' models and samples. The qdit commands
     are a recorder that writes the files they would write; what is checked is which commands run."""
-    import argparse
-
     results = load_script()
     calls: list[tuple[str, ...]] = []
     recipe_text = {"value": '{"version": 1}'}
@@ -93,8 +92,9 @@ def test_search_rows_share_one_search_and_follow_its_recipe(
                            cheap_search_args="--choices width", key_rows=["qdit_cheap_gptq"], seeds=[0, 1],
                            batch_size=4)  # fmt: skip
     runner = results.Runner(a)
-    runner.row("qdit_cheap", "W4A8")
+    first = runner.row("qdit_cheap", "W4A8")
     runner.row("qdit_cheap_gptq", "W4A8")
+    assert first["recipe_sha256"] == hashlib.sha256(recipe_text["value"].encode()).hexdigest()
     kinds = [c[0] for c in calls]
     assert kinds.count("search") == 1 and kinds.count("quantize") == 2
     assert kinds.count("sample") == 3  # the key row has both seeds
@@ -317,14 +317,40 @@ def test_a_row_is_stored_beside_rows_another_run_wrote_since(tmp_path: Path) -> 
     fids = [r["fid"] for r in json.loads(path.read_text())["rows"]]
     assert fids == [2.5, 3.0, 1.0]
 
+    # while one run holds the lock, another's store waits for it
+    import threading
+
+    with results.locked(lock):
+        other = threading.Thread(target=results.store_row,
+                                 args=(path, {"row": "rtn", "config": mine, "fid": 4.0}, mine, {}, lock))  # fmt: skip
+        other.start()
+        other.join(timeout=0.5)
+        assert other.is_alive() and [r["fid"] for r in json.loads(path.read_text())["rows"]] == [2.5, 3.0, 1.0]
+    other.join(timeout=10)
+    assert [r["fid"] for r in json.loads(path.read_text())["rows"]] == [4.0, 2.5, 3.0, 1.0]
+
+
+def test_lock_files_are_not_taken_for_cached_models(tmp_path: Path) -> None:
+    """A --table-only run on a fresh clone leaves only lock files in work/; the next run must not
+    refuse the folder as one of cached models of unknown weights (a real cached file still is)."""
+    results = load_script()
+    work = tmp_path / "work"
+    with results.locked(work / "w4a8.json.lock"):
+        pass
+    assert results.check_weights(work, "embedded", record=False) is None
+    (work / "w4a8_rtn_s0.npz").write_bytes(b"npz")
+    assert "without a record of the weights" in results.check_weights(work, "embedded", record=False)
+
 
 def test_the_table_says_which_cpus_the_rows_were_measured_on(tmp_path: Path) -> None:
+    """The line under the table names every CPU model its files were written on, and says so where a
+    file is from before the model was recorded."""
     results = load_script()
     meta = {"machine": "x86_64", "cpus": 2, "threads": 1, "torch": "2.13.0+cpu", "date": "2026-12-02 10:00"}
     (tmp_path / "fp.json").write_text(json.dumps({"rows": [], "meta": {**meta, "cpu": "AMD EPYC"}}))
     (tmp_path / "w4a8.json").write_text(json.dumps({"rows": [], "meta": {**meta, "date": "2026-11-30 09:00"}}))
     assert results.measured(tmp_path, ["W4A8", "W6A8"]) == (
-        "machine x86_64 (CPU AMD EPYC; unrecorded; 2 CPUs, 1 threads), torch 2.13.0+cpu, "
+        "machine x86_64 (CPU AMD EPYC, unrecorded; 2 CPUs, 1 threads), torch 2.13.0+cpu, "
         "JSON last written 2026-11-30 09:00 to 2026-12-02 10:00"
     )
     assert results.run_meta(argparse.Namespace())["cpu"]  # this machine's, never empty
