@@ -234,11 +234,21 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def store_row(path: Path, row: dict, config: dict, meta: dict, lock: Path) -> dict[str, dict]:
+def lock_of(path: Path) -> Path:
+    """The lock file of a setting's JSON (in ``work/`` beside it, which git ignores)."""
+    return path.parent / "work" / f"{path.name}.lock"
+
+
+def rows_of(path: Path, config: dict) -> dict[str, dict]:
+    """The rows of ``config`` in the JSON at ``path`` as it is now, by key (read under its lock)."""
+    return {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == config}
+
+
+def store_row(path: Path, row: dict, config: dict, meta: dict) -> dict[str, dict]:
     """Put ``row`` into the setting's JSON at ``path`` as the file is now (rows written by another run
     since this one read it stay), in table order, rows of other configurations after them as they are;
     returns the file's rows of ``config`` by key."""
-    with locked(lock):
+    with locked(lock_of(path)):
         rows = read_json(path).get("rows", [])
         mine = {r["row"]: r for r in rows if r.get("config") == config}
         mine[row["row"]] = row
@@ -399,16 +409,16 @@ class Runner:
         fp_rows = [r for r in read_json(fp_path).get("rows", []) if r.get("config") == self.config]
         if "fp" in a.rows and (not fp_rows or a.force) and not a.table_only:
             print("== full precision", flush=True)
-            stored = store_row(fp_path, self.row("fp", None), self.config, self.meta(), self.work / "fp.json.lock")
+            stored = store_row(fp_path, self.row("fp", None), self.config, self.meta())
             fp_rows = [stored["fp"]]
         elif fp_rows:
             print("== full precision: done already (skipped)", flush=True)
         self.fp_row = fp_rows[0] if fp_rows else None
         for setting in a.settings:
             path = self.out / f"{setting.lower()}.json"
-            lock = self.work / f"{path.name}.lock"
+            lock = lock_of(path)
             with locked(lock):
-                done = {r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config}
+                done = rows_of(path, self.config)
                 if any([add_psnr(r, self.fp_row, self.work) for r in done.values()]):  # rows from before the column
                     data = read_json(path)
                     data["rows"] = [done.get(r["row"], r) if r.get("config") == self.config else r for r in data["rows"]]
@@ -417,7 +427,7 @@ class Runner:
                 if key == "fp":
                     continue
                 with locked(lock):  # rows another run stored meanwhile are done too
-                    done.update({r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config})
+                    done.update(rows_of(path, self.config))
                 searched_as = " ".join(self.search_args(SEARCH_ROWS[key])) if key in SEARCH_ROWS else None
                 same = normalise_flags((done[key].get("search") or "").split()) == normalise_flags((searched_as or "").split()) if key in done else False
                 if key in done and not same:
@@ -426,9 +436,9 @@ class Runner:
                     print(f"== {setting} {key}: done already (skipped)", flush=True)
                     continue
                 print(f"== {setting} {key}", flush=True)
-                done = store_row(path, self.row(key, setting), self.config, self.meta(), lock)
+                done = store_row(path, self.row(key, setting), self.config, self.meta())
             with locked(lock):  # the table has the rows another run stored after this one's last
-                done.update({r["row"]: r for r in read_json(path).get("rows", []) if r.get("config") == self.config})
+                done.update(rows_of(path, self.config))
             tables[setting] = [*fp_rows, *(done[k] for k in ALL_ROWS if k in done)]
         return tables
 
@@ -730,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     add_recovery(tables, a.metrics[0])
     for setting, rows in tables.items():  # the recovery fractions go into the JSON too
         path = out / f"{setting.lower()}.json"
-        with locked(out / "work" / f"{path.name}.lock"):
+        with locked(lock_of(path)):
             data = read_json(path)
             if data:
                 by = {r["row"]: r for r in rows}

@@ -304,16 +304,18 @@ def test_a_row_is_stored_beside_rows_another_run_wrote_since(tmp_path: Path) -> 
     read the file (not the file as the second run read it); the same row is replaced; rows of another
     configuration stay after them, untouched; the order is the table's."""
     results = load_script()
-    path, lock = tmp_path / "w4a8.json", tmp_path / "work" / "w4a8.json.lock"
+    path = tmp_path / "w4a8.json"
+    lock = results.lock_of(path)
+    assert lock == tmp_path / "work" / "w4a8.json.lock"
     mine, old = {"num": 1000}, {"num": 10}
     path.write_text(json.dumps({"rows": [{"row": "rtn", "config": old, "fid": 1.0}], "meta": {}}))
     # another run wrote qdit_full (after this run had read the file and found nothing of its config)
-    results.store_row(path, {"row": "qdit_full", "config": mine, "fid": 3.0}, mine, {"run": "other"}, lock)
-    done = results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.0}, mine, {"run": "this"}, lock)
+    results.store_row(path, {"row": "qdit_full", "config": mine, "fid": 3.0}, mine, {"run": "other"})
+    done = results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.0}, mine, {"run": "this"})
     data = json.loads(path.read_text())
     assert [(r["row"], r["config"]["num"]) for r in data["rows"]] == [("gptq", 1000), ("qdit_full", 1000), ("rtn", 10)]
     assert sorted(done) == ["gptq", "qdit_full"] and data["meta"] == {"run": "this"}
-    results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.5}, mine, {}, lock)
+    results.store_row(path, {"row": "gptq", "config": mine, "fid": 2.5}, mine, {})
     fids = [r["fid"] for r in json.loads(path.read_text())["rows"]]
     assert fids == [2.5, 3.0, 1.0]
 
@@ -322,7 +324,7 @@ def test_a_row_is_stored_beside_rows_another_run_wrote_since(tmp_path: Path) -> 
 
     with results.locked(lock):
         other = threading.Thread(target=results.store_row,
-                                 args=(path, {"row": "rtn", "config": mine, "fid": 4.0}, mine, {}, lock))  # fmt: skip
+                                 args=(path, {"row": "rtn", "config": mine, "fid": 4.0}, mine, {}))  # fmt: skip
         other.start()
         other.join(timeout=0.5)
         assert other.is_alive() and [r["fid"] for r in json.loads(path.read_text())["rows"]] == [2.5, 3.0, 1.0]
